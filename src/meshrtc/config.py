@@ -1,0 +1,217 @@
+"""Transport configuration (spec section 9, plus the WebRtcTransport rules of section 1).
+
+Validation happens when the object is built, so a bad value fails at start-up with the field's name
+rather than minutes later inside ICE or a codec.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from meshrtc.errors import ConfigError
+
+__all__ = [
+    "PEER_ID_PATTERN",
+    "AudioCodec",
+    "DataChannelMode",
+    "TransportConfig",
+    "TurnServer",
+    "VideoCodec",
+    "generate_peer_id",
+    "validate_peer_id",
+]
+
+#: Peer and session ids: also what the signaling protocol accepts (docs/signaling.md).
+PEER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+MAX_PEERS_LIMIT = 10
+_E = TypeVar("_E", bound=enum.StrEnum)
+JITTER_BUFFER_RANGE_MS = (50, 200)
+RTCP_INTERVAL_RANGE_MS = (1000, 10000)
+
+
+class AudioCodec(enum.StrEnum):
+    OPUS = "opus"
+
+
+class VideoCodec(enum.StrEnum):
+    VP9 = "VP9"
+    H264 = "H264"
+
+
+class DataChannelMode(enum.StrEnum):
+    #: Ordered, retransmitted until delivered (SCTP reliable).
+    RELIABLE = "reliable"
+    #: Unordered, no retransmission: for state that is stale once a newer value exists.
+    UNRELIABLE = "unreliable"
+
+
+def generate_peer_id() -> str:
+    return f"peer-{secrets.token_hex(6)}"
+
+
+def validate_peer_id(field: str, value: object) -> str:
+    if not isinstance(value, str) or not PEER_ID_PATTERN.match(value):
+        raise ConfigError(field, value, "1-64 characters from A-Z a-z 0-9 _ -")
+    return value
+
+
+def _to_enum(kind: type[_E], field: str, value: object) -> _E:
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str):
+        for member in kind:
+            if member.value.lower() == value.lower():
+                return member
+    raise ConfigError(field, value, " or ".join(repr(m.value) for m in kind))
+
+
+def _audio_codec(value: object) -> AudioCodec:
+    return _to_enum(AudioCodec, "audio_codec", value)
+
+
+def _video_codec(value: object) -> VideoCodec:
+    return _to_enum(VideoCodec, "video_codec", value)
+
+
+def _data_channel_mode(value: object) -> DataChannelMode:
+    return _to_enum(DataChannelMode, "data_channel_mode", value)
+
+
+def _turn_url(value: object) -> str:
+    return _url_with_scheme("turn_servers.url", value, ("turn", "turns"))
+
+
+def _signaling_url(value: object) -> str:
+    return _url_with_scheme("signaling_url", value, ("ws", "wss"))
+
+
+def _session_id(value: object) -> str:
+    return validate_peer_id("session_id", value)
+
+
+def _int_in_range(lo: int, hi: int) -> Any:
+    def check(_inst: object, attribute: attrs.Attribute[int], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(attribute.name, value, f"an integer from {lo} to {hi}")
+
+    return check
+
+
+def _url_with_scheme(field: str, url: object, schemes: tuple[str, ...]) -> str:
+    allowed = f"a URL with scheme {' or '.join(s + ':' for s in schemes)} and a host"
+    if not isinstance(url, str):
+        raise ConfigError(field, url, allowed)
+    scheme, _, rest = url.partition(":")
+    if scheme.lower() not in schemes:
+        raise ConfigError(field, url, allowed)
+    if scheme.lower() in ("ws", "wss"):
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ConfigError(field, url, allowed)
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ConfigError(field, url, allowed) from None
+    else:
+        # stun:host[:port] / turn:host[:port][?transport=udp|tcp] (RFC 7064/7065): no slashes.
+        host = rest.split("?", 1)[0]
+        if not host or host.startswith(("/", ":")):
+            raise ConfigError(field, url, allowed)
+    return url
+
+
+def _stun_list(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError("stun_servers", value, "a list of at least one stun: or stuns: URL")
+    if not value:
+        raise ConfigError("stun_servers", value, "at least one stun: or stuns: URL")
+    return tuple(_url_with_scheme("stun_servers", u, ("stun", "stuns")) for u in value)
+
+
+@attrs.frozen
+class TurnServer:
+    """One TURN server; WebRTC only uses long-term credentials, so both are required."""
+
+    url: str = attrs.field(converter=_turn_url)
+    username: str
+    credential: str
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("username", "credential"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"turn_servers.{name}", value, "a non-empty string")
+
+
+def _turn_list(value: object) -> tuple[TurnServer, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(
+            "turn_servers", value, "a list of TurnServer or {url, username, credential}"
+        )
+    out: list[TurnServer] = []
+    for entry in value:
+        if isinstance(entry, TurnServer):
+            out.append(entry)
+        elif isinstance(entry, dict) and set(entry) == {"url", "username", "credential"}:
+            out.append(TurnServer(**entry))
+        else:
+            raise ConfigError("turn_servers", entry, "TurnServer or {url, username, credential}")
+    return tuple(out)
+
+
+def _peer_id(value: object) -> str:
+    if value is None:
+        return generate_peer_id()
+    return validate_peer_id("peer_id", value)
+
+
+def _bool(field: str) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if not isinstance(value, bool):
+            raise ConfigError(field, value, "True or False")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class TransportConfig:
+    """Everything a :class:`WebRtcTransport` needs to join a session.
+
+    Defaults follow the spec. The STUN default points at loopback because meshrtc ships its own
+    binding responder for demos and tests: an unanswered STUN server costs aiortc 5 s of ICE gathering.
+    """
+
+    signaling_url: str = attrs.field(
+        default="ws://127.0.0.1:8765/ws",
+        converter=_signaling_url,
+    )
+    stun_servers: tuple[str, ...] = attrs.field(
+        default=("stun:127.0.0.1:3478",), converter=_stun_list
+    )
+    turn_servers: tuple[TurnServer, ...] = attrs.field(default=(), converter=_turn_list)
+    peer_id: str = attrs.field(default=None, converter=_peer_id)
+    session_id: str = attrs.field(default="default", converter=_session_id)
+    max_peers: int = attrs.field(
+        default=MAX_PEERS_LIMIT, validator=_int_in_range(1, MAX_PEERS_LIMIT)
+    )
+    audio_codec: AudioCodec = attrs.field(default=AudioCodec.OPUS, converter=_audio_codec)
+    video_codec: VideoCodec = attrs.field(default=VideoCodec.VP9, converter=_video_codec)
+    enable_data_channel: bool = attrs.field(default=True, validator=_bool("enable_data_channel"))
+    data_channel_mode: DataChannelMode = attrs.field(
+        default=DataChannelMode.RELIABLE,
+        converter=_data_channel_mode,
+    )
+    jitter_buffer_size_ms: int = attrs.field(
+        default=50, validator=_int_in_range(*JITTER_BUFFER_RANGE_MS)
+    )
+    enable_rtcp: bool = attrs.field(default=True, validator=_bool("enable_rtcp"))
+    rtcp_interval_ms: int = attrs.field(
+        default=5000, validator=_int_in_range(*RTCP_INTERVAL_RANGE_MS)
+    )

@@ -1,0 +1,1 @@
+"""Stream sessions: StreamSession, SessionRouter and SessionManager."""

@@ -1,0 +1,302 @@
+"""Statecharts as data: one spec drives the running machine and the rendered diagram.
+
+Every lifecycle entity declares a :class:`MachineSpec` next to its class (states, transitions and the
+initial state as plain tuples a reader can scan, like h11's state table) and registers it here. The
+runtime builds a plain synchronous ``transitions.Machine`` from the spec; ``python -m meshrtc
+statecharts`` renders the same spec as Mermaid (always) and DOT/SVG (with Graphviz), so a diagram can
+never drift from the code that runs.
+
+Typed models: a class declares ``state: str`` and one ``name = trigger_stub()`` per trigger, so mypy
+sees every trigger; the machine is built with ``model_override=True`` and replaces exactly those.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from transitions import Machine, MachineError
+
+from meshrtc.errors import MeshRtcError
+
+__all__ = [
+    "SPEC_MODULES",
+    "MachineError",
+    "MachineSpec",
+    "StatefulModel",
+    "Transition",
+    "all_specs",
+    "register",
+    "render",
+    "to_dot",
+    "to_mermaid",
+    "trigger_stub",
+]
+
+log = logging.getLogger(__name__)
+
+#: Modules that declare machine specs. Importing them registers their specs; the renderer and the
+#: stale-diagram test import exactly this list, so adding an entity means adding its module here.
+SPEC_MODULES: tuple[str, ...] = (
+    "meshrtc.media.jitter",
+    "meshrtc.rtc.peer",
+    "meshrtc.session.stream",
+    "meshrtc.transport",
+)
+
+_REGISTRY: dict[str, MachineSpec] = {}
+
+
+class _SkipBindingFilter(logging.Filter):
+    """Drop transitions' per-instance notice that it skipped a convenience method.
+
+    With ``model_override=True`` transitions binds only the triggers a model declares and logs a
+    WARNING for each ``is_*``/``may_*``/``to_*`` it leaves out, on every instance. That is the
+    intended behaviour here, so the notice is noise; every other transitions record passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Skip binding of" not in record.getMessage()
+
+
+logging.getLogger("transitions.core").addFilter(_SkipBindingFilter())
+
+
+@attrs.frozen
+class Transition:
+    """One arrow (or one arrow from each of several sources) of a statechart."""
+
+    trigger: str
+    source: tuple[str, ...]
+    dest: str
+
+    def as_transitions_dict(self) -> dict[str, Any]:
+        return {"trigger": self.trigger, "source": list(self.source), "dest": self.dest}
+
+
+class StatechartError(MeshRtcError):
+    """A machine spec is inconsistent (unknown state, unreachable state, bad name)."""
+
+
+def _transitions(rows: Iterable[tuple[str, str | tuple[str, ...], str]]) -> tuple[Transition, ...]:
+    out = []
+    for trigger, source, dest in rows:
+        sources = (source,) if isinstance(source, str) else tuple(source)
+        out.append(Transition(trigger, sources, dest))
+    return tuple(out)
+
+
+@attrs.frozen
+class MachineSpec:
+    """A statechart as data.
+
+    ``transitions`` rows are ``(trigger, source_or_sources, dest)``; ``labels`` gives display names
+    where the spec's wording is not an identifier ("Gathering ICE").
+    """
+
+    name: str
+    states: tuple[str, ...]
+    initial: str
+    transitions: tuple[Transition, ...] = attrs.field(converter=_transitions)
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    doc: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        known = set(self.states)
+        problems: list[str] = []
+        if len(known) != len(self.states):
+            problems.append("duplicate state")
+        if self.initial not in known:
+            problems.append(f"initial state {self.initial!r} is not a state")
+        problems += [
+            f"{name!r} is not an identifier"
+            for name in (*self.states, *self.triggers())
+            if not name.isidentifier()
+        ]
+        problems += [
+            f"transition {t.trigger!r} names unknown state {s!r}"
+            for t in self.transitions
+            for s in (*t.source, t.dest)
+            if s not in known
+        ]
+        reachable = {self.initial}
+        grew = True
+        while grew:
+            grew = False
+            for t in self.transitions:
+                if t.dest not in reachable and reachable.intersection(t.source):
+                    reachable.add(t.dest)
+                    grew = True
+        if unreachable := [s for s in self.states if s not in reachable]:
+            problems.append(f"unreachable states {unreachable}")
+        if problems:
+            raise StatechartError(f"{self.name}: " + "; ".join(problems))
+
+    def triggers(self) -> tuple[str, ...]:
+        """Trigger names in declaration order, each once."""
+        return tuple(dict.fromkeys(t.trigger for t in self.transitions))
+
+    def label(self, state: str) -> str:
+        return self.labels.get(state, state)
+
+    def edges(self) -> list[tuple[str, str, str]]:
+        """``(source, dest, trigger)`` for every arrow, in declaration order."""
+        return [(s, t.dest, t.trigger) for t in self.transitions for s in t.source]
+
+    def build(self, model: object, *, model_override: bool = True, **kwargs: Any) -> Machine:
+        """Attach a machine for this spec to ``model``: no auto ``to_*`` triggers, invalid raises."""
+        return Machine(
+            model=model,
+            states=list(self.states),
+            transitions=[t.as_transitions_dict() for t in self.transitions],
+            initial=self.initial,
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+            model_override=model_override,
+            name=self.name,
+            **kwargs,
+        )
+
+
+def trigger_stub() -> Callable[..., bool]:
+    """Declare a trigger on a typed model; the machine replaces it per instance."""
+
+    def unbound(*_args: object, **_kwargs: object) -> bool:
+        raise StatechartError("trigger called before a machine was attached to this model")
+
+    return unbound
+
+
+class StatefulModel:
+    """Base for models driven by a :class:`MachineSpec` (``state`` and the generic triggers)."""
+
+    state: str
+    trigger = trigger_stub()
+    may_trigger = trigger_stub()
+
+
+def register(spec: MachineSpec) -> MachineSpec:
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and existing != spec:
+        raise StatechartError(f"two different machine specs are named {spec.name!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def all_specs() -> list[MachineSpec]:
+    """Every machine spec declared in the package, sorted by name."""
+    for module in SPEC_MODULES:
+        importlib.import_module(module)
+    return sorted(_REGISTRY.values(), key=lambda s: s.name)
+
+
+def to_mermaid(spec: MachineSpec) -> str:
+    """Render as Mermaid ``stateDiagram-v2`` (deterministic text; GitHub renders it)."""
+    lines = ["---", f"title: {spec.name}", "---", "stateDiagram-v2", "  direction LR"]
+    lines += [f'  state "{spec.label(s)}" as {(s)}' for s in spec.states]
+    lines.append(f"  [*] --> {(spec.initial)}")
+    lines += [f"  {(a)} --> {(b)}: {t}" for a, b, t in spec.edges()]
+    return "\n".join(lines) + "\n"
+
+
+def to_dot(spec: MachineSpec) -> str:
+    """Render as Graphviz DOT through transitions' own graphviz engine (no pygraphviz needed)."""
+    from transitions.extensions import GraphMachine
+
+    class _Model:
+        pass
+
+    model = _Model()
+    GraphMachine(
+        model=model,
+        states=list(spec.states),
+        transitions=[t.as_transitions_dict() for t in spec.transitions],
+        initial=spec.initial,
+        auto_transitions=False,
+        graph_engine="graphviz",
+        title=spec.name,
+        show_state_attributes=False,
+    )
+    graph = model.get_graph()  # type: ignore[attr-defined]
+    for state, label in sorted(spec.labels.items()):
+        # A repeated DOT node statement updates the node's attributes.
+        graph.node(state, label=label)
+    source: str = graph.source
+    return source
+
+
+FORMATS = ("mermaid", "dot", "svg")
+
+
+class MissingGraphvizError(MeshRtcError):
+    """SVG was asked for but the Graphviz ``dot`` binary is not installed."""
+
+
+def dot_binary() -> str | None:
+    return shutil.which("dot")
+
+
+def render(out_dir: Path, formats: Iterable[str] = ("mermaid",)) -> list[Path]:
+    """Write every registered machine in each format; return the files written."""
+    wanted = list(dict.fromkeys(formats))
+    for fmt in wanted:
+        if fmt not in FORMATS:
+            raise StatechartError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if "svg" in wanted and dot_binary() is None:
+        raise MissingGraphvizError(
+            "SVG needs the Graphviz 'dot' binary, which is not on PATH "
+            "(Debian: apt-get install graphviz)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for spec in all_specs():
+        if "mermaid" in wanted:
+            written.append(_write(out_dir / f"{spec.name}.mmd", to_mermaid(spec)))
+        if "dot" in wanted or "svg" in wanted:
+            dot = to_dot(spec)
+            if "dot" in wanted:
+                written.append(_write(out_dir / f"{spec.name}.dot", dot))
+            if "svg" in wanted:
+                import graphviz
+
+                svg = graphviz.Source(dot).pipe(format="svg", encoding="utf-8")
+                written.append(_write(out_dir / f"{spec.name}.svg", svg))
+    return written
+
+
+def docs_page() -> str:
+    """The Markdown page ``docs/statecharts.md``, embedding every rendered Mermaid diagram."""
+    parts = [
+        "# Statecharts",
+        "",
+        "<!-- Generated by `make statecharts`; do not edit. -->",
+        "",
+        "Every lifecycle entity in meshrtc runs one of these machines. They are rendered from the",
+        "same `MachineSpec` data the runtime builds its `transitions.Machine` from, and a test fails",
+        "when this page or `statecharts/` is stale. Invalid triggers raise `MachineError`.",
+        "",
+    ]
+    for spec in all_specs():
+        parts += [f"## {spec.name}", ""]
+        if spec.doc:
+            parts += [spec.doc, ""]
+        parts += ["```mermaid", to_mermaid(spec).rstrip("\n"), "```", ""]
+        parts += ["| trigger | from | to |", "|---|---|---|"]
+        for t in spec.transitions:
+            sources = ", ".join(spec.label(s) for s in t.source)
+            parts.append(f"| `{t.trigger}` | {sources} | {spec.label(t.dest)} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

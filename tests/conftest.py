@@ -1,0 +1,24 @@
+"""Shared test helpers.
+
+``require_binary`` is the one way a test asks for a system component: under CI=true a missing one is
+a failure (CI installs it from .ci/run), elsewhere it is a skip that names the package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_binary(name: str, debian_package: str) -> str:
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name!r} not found; install Debian's {debian_package} (.ci/run does)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)

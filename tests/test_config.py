@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meshrtc import ConfigError, MeshRtcError, TransportConfig, TurnServer
+from meshrtc.config import AudioCodec, DataChannelMode, VideoCodec
+
+
+def test_defaults_follow_the_spec() -> None:
+    c = TransportConfig()
+    assert c.max_peers == 10
+    assert c.audio_codec is AudioCodec.OPUS
+    assert c.video_codec is VideoCodec.VP9
+    assert c.enable_data_channel is True
+    assert c.data_channel_mode is DataChannelMode.RELIABLE
+    assert c.jitter_buffer_size_ms == 50
+    assert c.enable_rtcp is True
+    assert c.rtcp_interval_ms == 5000
+    assert len(c.stun_servers) == 1
+    assert c.stun_servers[0].startswith("stun:127.0.0.1")
+
+
+def test_peer_id_is_generated_and_unique() -> None:
+    a, b = TransportConfig(), TransportConfig()
+    assert a.peer_id != b.peer_id
+    assert TransportConfig(peer_id="alice_1").peer_id == "alice_1"
+
+
+def test_codecs_are_case_insensitive() -> None:
+    c = TransportConfig(audio_codec="OPUS", video_codec="h264", data_channel_mode="Unreliable")
+    assert c.audio_codec is AudioCodec.OPUS
+    assert c.video_codec is VideoCodec.H264
+    assert c.data_channel_mode is DataChannelMode.UNRELIABLE
+
+
+def test_turn_servers_from_dicts() -> None:
+    c = TransportConfig(
+        turn_servers=[{"url": "turn:127.0.0.1:3478", "username": "u", "credential": "p"}]
+    )
+    assert c.turn_servers == (TurnServer("turn:127.0.0.1:3478", "u", "p"),)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "allowed"),
+    [
+        ({"max_peers": 0}, "max_peers", "1 to 10"),
+        ({"max_peers": 11}, "max_peers", "1 to 10"),
+        ({"max_peers": True}, "max_peers", "1 to 10"),
+        ({"jitter_buffer_size_ms": 49}, "jitter_buffer_size_ms", "50 to 200"),
+        ({"jitter_buffer_size_ms": 201}, "jitter_buffer_size_ms", "50 to 200"),
+        ({"rtcp_interval_ms": 999}, "rtcp_interval_ms", "1000 to 10000"),
+        ({"rtcp_interval_ms": 10001}, "rtcp_interval_ms", "1000 to 10000"),
+        ({"stun_servers": []}, "stun_servers", "at least one"),
+        ({"stun_servers": "stun:127.0.0.1"}, "stun_servers", "list"),
+        ({"stun_servers": ["http://127.0.0.1"]}, "stun_servers", "stun:"),
+        ({"stun_servers": ["stun:"]}, "stun_servers", "stun:"),
+        ({"signaling_url": "http://127.0.0.1/ws"}, "signaling_url", "ws:"),
+        ({"signaling_url": "ws://"}, "signaling_url", "host"),
+        ({"signaling_url": "ws://127.0.0.1:99999/"}, "signaling_url", "host"),
+        ({"audio_codec": "pcmu"}, "audio_codec", "'opus'"),
+        ({"video_codec": "VP8"}, "video_codec", "'VP9' or 'H264'"),
+        ({"data_channel_mode": "sometimes"}, "data_channel_mode", "reliable"),
+        ({"enable_rtcp": 1}, "enable_rtcp", "True or False"),
+        ({"peer_id": ""}, "peer_id", "1-64"),
+        ({"peer_id": "x" * 65}, "peer_id", "1-64"),
+        ({"peer_id": "no spaces"}, "peer_id", "1-64"),
+        ({"session_id": "a/b"}, "session_id", "1-64"),
+        (
+            {"turn_servers": [{"url": "stun:127.0.0.1", "username": "u", "credential": "p"}]},
+            "turn_servers.url",
+            "turn:",
+        ),
+        (
+            {"turn_servers": [{"url": "turn:127.0.0.1", "username": "u", "credential": ""}]},
+            "turn_servers.credential",
+            "non-empty",
+        ),
+        ({"turn_servers": [{"url": "turn:127.0.0.1"}]}, "turn_servers", "username"),
+    ],
+)
+def test_invalid_values_name_field_value_and_range(
+    kwargs: dict[str, Any], field: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        TransportConfig(**kwargs)
+    err = info.value
+    assert isinstance(err, MeshRtcError)
+    assert err.field == field
+    assert allowed in err.allowed
+    assert field in str(err)
+    assert repr(err.value) in str(err)
+
+
+def test_config_is_immutable() -> None:
+    c = TransportConfig()
+    with pytest.raises(AttributeError):
+        c.max_peers = 3  # type: ignore[misc]

@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import filecmp
+import itertools
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from meshrtc import statechart
+from meshrtc.__main__ import main
+from meshrtc.statechart import (
+    MachineError,
+    MachineSpec,
+    StatechartError,
+    StatefulModel,
+    all_specs,
+    trigger_stub,
+)
+
+from .conftest import require_binary
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = {spec.name: spec for spec in all_specs()}
+
+# The paths each machine must contain, as the data model draws them.
+SPEC_DRAWINGS = {
+    "JitterBuffer": [
+        ["Empty", "Buffering", "Stable", "Underrun", "Adjusting", "Stable"],
+        ["Stable", "Overrun", "Adjusting", "Stable"],
+    ],
+    "WebRtcTransport": [["Created", "Connected", "Ready", "Shutdown"]],
+    "PeerConnection": [
+        ["New", "GatheringIce", "Connecting", "Connected", "Failed"],
+        ["Connected", "Closed"],
+        ["Connecting", "Reconnecting", "Connected"],
+        ["Connected", "Reconnecting", "Connected"],
+    ],
+    "StreamSession": [
+        ["Initializing", "Active", "Paused", "Active", "Closed"],
+        ["Paused", "Closed"],
+    ],
+}
+
+
+def test_every_drawn_machine_is_registered() -> None:
+    assert set(SPEC_DRAWINGS) <= set(SPECS)
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_DRAWINGS))
+def test_machine_contains_the_spec_drawing(name: str) -> None:
+    spec = SPECS[name]
+    arrows = {(a, b) for a, b, _ in spec.edges()}
+    for path in SPEC_DRAWINGS[name]:
+        assert path[0] in spec.states
+        for a, b in itertools.pairwise(path):
+            assert (a, b) in arrows, f"{name}: no arrow {a} -> {b}"
+    assert spec.initial == SPEC_DRAWINGS[name][0][0]
+
+
+def test_peer_connection_label_keeps_spec_wording() -> None:
+    spec = SPECS["PeerConnection"]
+    assert spec.label("GatheringIce") == "Gathering ICE"
+    assert 'state "Gathering ICE" as GatheringIce' in statechart.to_mermaid(spec)
+
+
+@pytest.mark.parametrize(
+    ("states", "initial", "rows", "problem"),
+    [
+        (("A", "B"), "C", [("go", "A", "B")], "initial state"),
+        (("A", "B"), "A", [("go", "A", "Z")], "unknown state"),
+        (("A", "B", "C"), "A", [("go", "A", "B")], "unreachable"),
+        (("A", "B"), "A", [("go-on", "A", "B")], "identifier"),
+        (("A", "A"), "A", [], "duplicate"),
+    ],
+)
+def test_inconsistent_specs_are_refused(
+    states: tuple[str, ...], initial: str, rows: list[tuple[str, str, str]], problem: str
+) -> None:
+    with pytest.raises(StatechartError, match=problem):
+        MachineSpec(name="Bad", states=states, initial=initial, transitions=rows)
+
+
+def test_register_refuses_two_specs_with_one_name() -> None:
+    spec = SPECS["StreamSession"]
+    assert statechart.register(spec) is spec
+    clash = MachineSpec(name="StreamSession", states=("A",), initial="A", transitions=[])
+    with pytest.raises(StatechartError, match="two different"):
+        statechart.register(clash)
+
+
+class _Door(StatefulModel):
+    open = trigger_stub()
+    shut = trigger_stub()
+
+
+_DOOR = MachineSpec(
+    name="Door",
+    states=("Shut", "Open"),
+    initial="Shut",
+    transitions=[("open", "Shut", "Open"), ("shut", "Open", "Shut")],
+)
+
+
+def test_typed_model_gets_its_declared_triggers() -> None:
+    door = _Door()
+    with pytest.raises(StatechartError, match="before a machine"):
+        door.open()
+    _DOOR.build(door)
+    assert door.state == "Shut"
+    assert door.may_trigger("open")
+    assert door.open()
+    assert door.state == "Open"
+    with pytest.raises(MachineError):
+        door.open()
+    assert not hasattr(door, "to_Shut"), "auto transitions must stay off"
+
+
+# --- Every registered machine behaves exactly as its table says --------------------------------
+
+
+class _Plain:
+    state: str
+
+
+def _machine_test(spec: MachineSpec) -> type[RuleBasedStateMachine]:
+    table = {(s, t.trigger): t.dest for t in spec.transitions for s in t.source}
+
+    class MachineFollowsTable(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = _Plain()
+            spec.build(self.model, model_override=False)
+            self.expected = spec.initial
+
+        @rule(trigger=st.sampled_from(spec.triggers()))
+        def fire(self, trigger: str) -> None:
+            allowed = (self.expected, trigger) in table
+            assert self.model.may_trigger(trigger) is allowed  # type: ignore[attr-defined]
+            if allowed:
+                assert self.model.trigger(trigger)  # type: ignore[attr-defined]
+                self.expected = table[(self.expected, trigger)]
+            else:
+                with pytest.raises(MachineError):
+                    self.model.trigger(trigger)  # type: ignore[attr-defined]
+
+        @invariant()
+        def state_matches_table(self) -> None:
+            assert self.model.state == self.expected
+
+    MachineFollowsTable.__name__ = f"{spec.name}FollowsTable"
+    return MachineFollowsTable
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_machine_follows_its_table(name: str) -> None:
+    machine_test = _machine_test(SPECS[name])
+    machine_test.TestCase.settings = settings(
+        max_examples=50, stateful_step_count=30, deadline=None
+    )
+    machine_test.TestCase().runTest()
+
+
+# --- The rendered files in the repository are current ------------------------------------------
+
+
+def _render(tmp_path: Path, formats: list[str]) -> Path:
+    out = tmp_path / "charts"
+    docs = tmp_path / "statecharts.md"
+    fmt = "all" if len(formats) > 1 else formats[0]
+    assert main(["statecharts", "--out", str(out), "--docs", str(docs), "--format", fmt]) == 0
+    return out
+
+
+def _assert_same(rendered: Path, committed: Path, suffixes: tuple[str, ...]) -> None:
+    names = sorted(p.name for p in rendered.iterdir() if p.suffix in suffixes)
+    assert names, "nothing rendered"
+    committed_names = sorted(p.name for p in committed.iterdir() if p.suffix in suffixes)
+    assert names == committed_names, "statecharts/ lists other machines: run `make statecharts`"
+    _, mismatch, errors = filecmp.cmpfiles(rendered, committed, names, shallow=False)
+    assert not mismatch + errors, f"stale: {mismatch + errors}; run `make statecharts`"
+
+
+def test_committed_mermaid_and_docs_are_current(tmp_path: Path) -> None:
+    out = _render(tmp_path, ["mermaid"])
+    _assert_same(out, REPO / "statecharts", (".mmd",))
+    committed_docs = (REPO / "docs" / "statecharts.md").read_text(encoding="utf-8")
+    assert (tmp_path / "statecharts.md").read_text(encoding="utf-8") == committed_docs
+
+
+def test_committed_svg_and_dot_are_current(tmp_path: Path) -> None:
+    require_binary("dot", "graphviz")
+    out = _render(tmp_path, ["mermaid", "dot", "svg"])
+    _assert_same(out, REPO / "statecharts", (".dot", ".svg"))
+
+
+def test_svg_without_dot_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(statechart, "dot_binary", lambda: None)
+    assert main(["statecharts", "--out", str(tmp_path), "--format", "svg"]) == 2
+    err = capsys.readouterr().err
+    assert "'dot'" in err
+    assert "graphviz" in err
