@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,3 +23,12 @@ def require_binary(name: str, debian_package: str) -> str:
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ice_on_loopback_only() -> Iterator[None]:
+    """Every test keeps ICE host candidates on 127.0.0.1 (aioice would offer eth0's address)."""
+    from meshrtc.rtc.host_candidates import LOOPBACK, restricted_host_addresses
+
+    with restricted_host_addresses(LOOPBACK):
+        yield
