@@ -46,6 +46,7 @@ SPEC_MODULES: tuple[str, ...] = (
     "meshrtc.media.jitter",
     "meshrtc.rtc.peer",
     "meshrtc.session.stream",
+    "meshrtc.signaling.client",
     "meshrtc.transport",
 )
 

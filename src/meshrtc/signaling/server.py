@@ -1,0 +1,755 @@
+"""The signaling server that ships with meshrtc (``meshrtc signal``), embeddable in any trio program.
+
+Two halves. :class:`SignalingHub` is the whole server logic as a plain synchronous object: it takes
+what a connection sent and returns what to send to whom, so session isolation, forwarding and every
+error code are tested without a socket. :class:`SignalingServer` moves bytes for it over
+trio-websocket 0.12.2 and works around that version's sharp edges:
+
+- an exception escaping a connection handler would tear down the whole server, so every connection
+  runs inside a catch-all that logs;
+- after a server-initiated close the library does not close the TCP stream, so we own the stream
+  and always close it ourselves;
+- there is no keepalive, so each connection pings in a loop under ``trio.fail_after``;
+- a message larger than ``max_message_size`` closes the connection with 1009; the peer then leaves;
+- ``get_message()`` is always being awaited, or pings would stop being answered.
+
+The server reads the HTTP request head itself before handing a WebSocket upgrade to trio-websocket
+(:func:`trio_websocket.wrap_server_stream` over a stream that replays the head). That is what lets a
+plain ``GET`` be answered by an optional :data:`HttpHandler` on the same port (the demo page).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, TypeAlias
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+
+from meshrtc.config import MAX_PEERS_LIMIT
+from meshrtc.errors import ConfigError
+from meshrtc.signaling.protocol import (
+    MAX_MESSAGE_SIZE,
+    Announce,
+    AnnounceResult,
+    Answer,
+    Disconnect,
+    ErrorCode,
+    IceCandidate,
+    LeaveReason,
+    ListPeers,
+    Method,
+    Notification,
+    Offer,
+    PeerInfo,
+    PeerLeft,
+    RateLimiter,
+    Request,
+    Response,
+    SignalingError,
+    encode,
+    parse_client_message,
+    parse_params,
+)
+
+__all__ = [
+    "Close",
+    "HttpHandler",
+    "HttpRequest",
+    "HttpResponse",
+    "Send",
+    "SignalingHub",
+    "SignalingServer",
+]
+
+log = logging.getLogger(__name__)
+
+WEBSOCKET_PATHS: Final = ("/ws", "/")
+MAX_HTTP_HEAD: Final = 16 * 1024
+
+
+# --- The hub: all server logic, no I/O ----------------------------------------------------------
+
+
+@attrs.frozen
+class Send:
+    """Send ``text`` to connection ``conn``."""
+
+    conn: int
+    text: str
+
+
+@attrs.frozen
+class Close:
+    """Close connection ``conn`` with a WebSocket close code (the peer then leaves with ``reason``)."""
+
+    conn: int
+    code: int
+    message: str
+    reason: LeaveReason
+
+
+Action: TypeAlias = Send | Close
+
+
+@attrs.define
+class _Conn:
+    conn_id: int
+    limiter: RateLimiter
+    peer: PeerInfo | None = None
+    session_id: str | None = None
+    refused: int = 0
+
+
+def _forbidden(message: str) -> SignalingError:
+    return SignalingError(ErrorCode.FORBIDDEN, message)
+
+
+class SignalingHub:
+    """Sessions, peers and forwarding, as a synchronous state object.
+
+    Peer ids are unique across the server (so a target in another session can be refused as
+    forbidden rather than silently not found); sessions are created by their first announce and
+    vanish with their last peer. The hub decides who a message is from: the connection's announced
+    id, never what the message claims.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_peers: int = MAX_PEERS_LIMIT,
+        token: str | None = None,
+        rate_limit: float = 100.0,
+        rate_burst: float = 200.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_peers = max_peers
+        self.token = token
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        #: Consecutive refused messages before the flooding connection is closed (1008).
+        self.max_refused = max(1, int(rate_burst))
+        self._wall_clock = wall_clock
+        self._conns: dict[int, _Conn] = {}
+        self._peers: dict[str, _Conn] = {}
+        self._sessions: dict[str, dict[str, PeerInfo]] = {}
+
+    # Views (tests, the demo, operators).
+
+    def sessions(self) -> dict[str, tuple[str, ...]]:
+        """Every session and its peer ids in join order."""
+        return {sid: tuple(peers) for sid, peers in self._sessions.items()}
+
+    def session_of(self, peer_id: str) -> str | None:
+        conn = self._peers.get(peer_id)
+        return None if conn is None else conn.session_id
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    # Events from the I/O layer.
+
+    def open(self, conn_id: int) -> None:
+        if conn_id in self._conns:
+            raise ValueError(f"connection {conn_id} is already open")
+        self._conns[conn_id] = _Conn(conn_id, RateLimiter(self.rate_limit, self.rate_burst))
+
+    def close(self, conn_id: int, reason: LeaveReason) -> list[Action]:
+        """The connection is gone: its peer (if any) leaves and the others are told why."""
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return []
+        return self._leave(conn, reason)
+
+    def receive(self, conn_id: int, data: str | bytes, now: float) -> list[Action]:
+        """Handle one WebSocket message; ``now`` is monotonic seconds (for the rate limit)."""
+        conn = self._conns[conn_id]
+        try:
+            message = parse_client_message(data)
+        except SignalingError as err:
+            log.debug("conn %d: %s", conn_id, err)
+            return [Send(conn_id, encode(err.to_response()))]
+        request_id = message.id if isinstance(message, Request) else None
+        if not conn.limiter.allow(now):
+            conn.refused += 1
+            if conn.refused >= self.max_refused:
+                log.warning("conn %d: closing, kept flooding past the rate limit", conn_id)
+                return [Close(conn_id, 1008, "rate limit exceeded", LeaveReason.RATE_LIMITED)]
+            if request_id is None:
+                return []
+            refusal = SignalingError(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit exceeded ({self.rate_limit:g} messages/s, bursts of "
+                f"{self.rate_burst:g}); slow down",
+                request_id=request_id,
+            )
+            return [Send(conn_id, encode(refusal.to_response()))]
+        conn.refused = 0
+        try:
+            params = parse_params(message.method, message.params)
+            result, actions = self._dispatch(conn, params)
+        except SignalingError as err:
+            log.debug("conn %d: %s %s", conn_id, message.method, err)
+            if request_id is None:
+                return []
+            return [Send(conn_id, encode(err.with_id(request_id).to_response()))]
+        except Exception:
+            log.exception("conn %d: internal error handling %s", conn_id, message.method)
+            if request_id is None:
+                return []
+            internal = SignalingError(
+                ErrorCode.INTERNAL_ERROR, "internal server error", request_id=request_id
+            )
+            return [Send(conn_id, encode(internal.to_response()))]
+        if request_id is not None:
+            actions.append(Send(conn_id, encode(Response(request_id, result))))
+        return actions
+
+    # Methods.
+
+    def _dispatch(
+        self,
+        conn: _Conn,
+        params: Announce | Offer | Answer | IceCandidate | Disconnect | ListPeers,
+    ) -> tuple[dict[str, object], list[Action]]:
+        if isinstance(params, Announce):
+            return self._announce(conn, params)
+        peer, session = self._member(conn)
+        if isinstance(params, ListPeers):
+            others = [p.to_json() for pid, p in session.items() if pid != peer.peer_id]
+            return {"peers": others}, []
+        if isinstance(params, Disconnect):
+            if params.peer_id != peer.peer_id:
+                raise _forbidden(f"you can only disconnect yourself ({peer.peer_id!r})")
+            return {"status": "left"}, self._leave(conn, LeaveReason.DISCONNECT)
+        if params.from_peer != peer.peer_id:
+            raise _forbidden(
+                f"'from' is {params.from_peer!r} but you announced as {peer.peer_id!r}"
+            )
+        if params.to_peer == peer.peer_id:
+            raise SignalingError(ErrorCode.INVALID_PARAMS, "'to' is yourself")
+        target = self._peers.get(params.to_peer)
+        if target is None:
+            raise SignalingError(ErrorCode.PEER_NOT_FOUND, f"peer {params.to_peer!r} not found")
+        if target.session_id != conn.session_id:
+            raise _forbidden(f"peer {params.to_peer!r} is in another session")
+        forward = Notification(params.METHOD, params.to_json())
+        return {"status": "forwarded"}, [Send(target.conn_id, encode(forward))]
+
+    def _member(self, conn: _Conn) -> tuple[PeerInfo, dict[str, PeerInfo]]:
+        if conn.peer is None or conn.session_id is None:
+            raise SignalingError(ErrorCode.NOT_ANNOUNCED, "not announced: send peer.announce first")
+        return conn.peer, self._sessions[conn.session_id]
+
+    def _announce(self, conn: _Conn, params: Announce) -> tuple[dict[str, object], list[Action]]:
+        if conn.peer is not None:
+            raise SignalingError(
+                ErrorCode.INVALID_REQUEST,
+                f"already announced as {conn.peer.peer_id!r}; send peer.disconnect first",
+            )
+        if self.token is not None and (
+            params.token is None
+            or not hmac.compare_digest(params.token.encode(), self.token.encode())
+        ):
+            raise _forbidden("bad or missing token")
+        if params.peer_id in self._peers:
+            raise SignalingError(
+                ErrorCode.PEER_ID_TAKEN, f"peer id {params.peer_id!r} is already taken"
+            )
+        session = self._sessions.get(params.session_id, {})
+        if len(session) >= self.max_peers:
+            raise SignalingError(
+                ErrorCode.SESSION_FULL,
+                f"session {params.session_id!r} is full ({self.max_peers} peers)",
+            )
+        others = tuple(session.values())
+        info = params.info
+        session[info.peer_id] = info
+        self._sessions[params.session_id] = session
+        self._peers[info.peer_id] = conn
+        conn.peer, conn.session_id = info, params.session_id
+        log.info("peer %s joined session %s", info.peer_id, params.session_id)
+        joined = encode(Notification(Method.JOINED, info.to_json()))
+        actions: list[Action] = [Send(self._peers[p.peer_id].conn_id, joined) for p in others]
+        result = AnnounceResult(info.peer_id, params.session_id, others, self._wall_clock())
+        return result.to_json(), actions
+
+    def _leave(self, conn: _Conn, reason: LeaveReason) -> list[Action]:
+        if conn.peer is None or conn.session_id is None:
+            return []
+        peer_id, session_id = conn.peer.peer_id, conn.session_id
+        conn.peer = conn.session_id = None
+        del self._peers[peer_id]
+        session = self._sessions[session_id]
+        del session[peer_id]
+        if not session:
+            del self._sessions[session_id]
+        log.info("peer %s left session %s (%s)", peer_id, session_id, reason.value)
+        left = encode(Notification(Method.LEFT, PeerLeft(peer_id, reason.value).to_json()))
+        return [Send(self._peers[pid].conn_id, left) for pid in session]
+
+
+# --- Plain HTTP on the same port ----------------------------------------------------------------
+
+
+@attrs.frozen
+class HttpRequest:
+    """A plain (non-WebSocket) HTTP request head."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+}
+
+
+@attrs.frozen
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self, *, include_body: bool = True) -> bytes:
+        lines = [
+            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Status')}",
+            f"Content-Type: {self.content_type}",
+            f"Content-Length: {len(self.body)}",
+            "Connection: close",
+            *(f"{k}: {v}" for k, v in self.headers),
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head + self.body if include_body else head
+
+
+#: Answers plain HTTP requests on the signaling port; ``None`` means "not mine" (the server then
+#: answers 426 on a WebSocket path and 404 elsewhere). One request per connection.
+HttpHandler: TypeAlias = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
+
+
+def _parse_head(head: bytes) -> HttpRequest | None:
+    try:
+        text = head.decode("latin-1")
+        request_line, *header_lines = text.split("\r\n")
+        method, target, version = request_line.split(" ")
+    except ValueError:
+        return None
+    if not version.startswith("HTTP/1.") or not target.startswith("/"):
+        return None
+    headers = []
+    for line in header_lines:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            return None
+        headers.append((name.lower(), value.strip()))
+    return HttpRequest(method, target, tuple(headers))
+
+
+def _tokens(value: str | None) -> set[str]:
+    return {t.strip().lower() for t in (value or "").split(",")}
+
+
+class _PrefixedStream(trio.abc.Stream):
+    """A stream that first replays bytes already read (the HTTP head we inspected)."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            await trio.lowlevel.checkpoint()
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
+            return chunk
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+# --- The trio server ----------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Live:
+    """A WebSocket connection being served; ``end`` stops its loops and records how to close."""
+
+    conn_id: int
+    outbox: trio.MemorySendChannel[str]
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    reason: LeaveReason = LeaveReason.CLOSED
+    close_code: int = 1000
+    close_message: str = ""
+    ended: bool = False
+
+    def end(self, reason: LeaveReason, code: int = 1000, message: str = "") -> None:
+        if not self.ended:
+            self.ended = True
+            self.reason, self.close_code, self.close_message = reason, code, message
+        self.scope.cancel()
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(name, value, "a number > 0")
+    if not math.isfinite(value):
+        raise ConfigError(name, value, "a finite number > 0")
+    return float(value)
+
+
+class SignalingServer:
+    """The signaling server. Start it with ``server = await nursery.start(SignalingServer().run)``.
+
+    ``port=0`` binds a free port; :attr:`port` and :attr:`url` report it once started. Cancelling
+    the scope that runs :meth:`run` (or calling :meth:`close`) closes every WebSocket with 1001
+    within ``shutdown_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        max_peers: int = MAX_PEERS_LIMIT,
+        rate_limit: float = 100.0,
+        rate_burst: float = 200.0,
+        ping_interval: float = 15.0,
+        ping_timeout: float = 10.0,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        outbox_size: int = 1024,
+        handshake_timeout: float = 10.0,
+        shutdown_timeout: float = 1.0,
+        http_handler: HttpHandler | None = None,
+        paths: Sequence[str] = WEBSOCKET_PATHS,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError("port", port, "an integer from 0 to 65535")
+        if isinstance(max_peers, bool) or not isinstance(max_peers, int):
+            raise ConfigError("max_peers", max_peers, f"an integer from 1 to {MAX_PEERS_LIMIT}")
+        if not 1 <= max_peers <= MAX_PEERS_LIMIT:
+            raise ConfigError("max_peers", max_peers, f"an integer from 1 to {MAX_PEERS_LIMIT}")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ConfigError("token", token, "a non-empty string or None")
+        if not isinstance(max_message_size, int) or max_message_size < 1024:
+            raise ConfigError("max_message_size", max_message_size, "an integer >= 1024")
+        if not isinstance(outbox_size, int) or outbox_size < 1:
+            raise ConfigError("outbox_size", outbox_size, "an integer >= 1")
+        self.host = host
+        self._requested_port = port
+        self.ping_interval = _positive("ping_interval", ping_interval)
+        self.ping_timeout = _positive("ping_timeout", ping_timeout)
+        self.handshake_timeout = _positive("handshake_timeout", handshake_timeout)
+        self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
+        self.max_message_size = max_message_size
+        self.outbox_size = outbox_size
+        self.http_handler = http_handler
+        self.paths = tuple(paths)
+        self.hub = SignalingHub(
+            max_peers=max_peers,
+            token=token,
+            rate_limit=_positive("rate_limit", rate_limit),
+            rate_burst=max(1.0, _positive("rate_burst", rate_burst)),
+            wall_clock=wall_clock,
+        )
+        self._listeners: list[trio.SocketListener] = []
+        self._ids = itertools.count(1)
+        self._live: dict[int, _Live] = {}
+        self._handshaking: dict[int, trio.CancelScope] = {}
+        self._stop = trio.Event()
+        self._closing = False
+
+    # Addresses.
+
+    @property
+    def port(self) -> int:
+        """The bound port (the first listener's, if the host resolved to several)."""
+        if not self._listeners:
+            raise RuntimeError("the server is not listening yet: start it with nursery.start")
+        port: int = self._listeners[0].socket.getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/ws`` for clients on this machine."""
+        host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}{self.paths[0]}"
+
+    # Lifecycle.
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[SignalingServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled or :meth:`close`; then close every connection gracefully."""
+        self._listeners = await trio.open_tcp_listeners(self._requested_port, host=self.host)
+        try:
+            async with trio.open_nursery() as outer:
+                # Cancellation from outside reaches only this watcher; the connections run in a
+                # shielded scope so that they can still send their close frames (bounded below).
+                outer.start_soon(self._stop_when_cancelled)
+                with trio.CancelScope(shield=True) as shield:
+                    async with trio.open_nursery() as conns:
+                        accept = trio.CancelScope()
+                        conns.start_soon(self._accept, conns, accept)
+                        log.info("signaling server listening on %s", self.url)
+                        task_status.started(self)
+                        await self._stop.wait()
+                        accept.cancel()
+                        self._shutdown(shield)
+                outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in self._listeners:
+                    await listener.aclose()
+
+    def close(self) -> None:
+        """Stop serving: :meth:`run` closes every connection and returns."""
+        self._stop.set()
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._stop.set()
+
+    def _shutdown(self, shield: trio.CancelScope) -> None:
+        self._closing = True
+        shield.deadline = trio.current_time() + self.shutdown_timeout
+        log.info("signaling server stopping: closing %d connections", len(self._live))
+        for live in list(self._live.values()):
+            live.end(LeaveReason.SHUTDOWN, 1001, "server shutting down")
+        for scope in list(self._handshaking.values()):
+            scope.cancel()
+
+    async def _accept(self, conns: trio.Nursery, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.serve_listeners(self._handle_stream, self._listeners, handler_nursery=conns)
+
+    # One TCP connection.
+
+    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        conn_id = next(self._ids)
+        scope = trio.CancelScope()
+        self._handshaking[conn_id] = scope
+        try:
+            with scope:
+                await self._serve_stream(conn_id, stream)
+        except Exception:
+            # trio-websocket 0.12.2 would let this take the whole server down.
+            log.exception("conn %d: handler failed", conn_id)
+        finally:
+            self._handshaking.pop(conn_id, None)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _serve_stream(self, conn_id: int, stream: trio.SocketStream) -> None:
+        buffer = b""
+        with trio.move_on_after(self.handshake_timeout):
+            while b"\r\n\r\n" not in buffer:
+                if len(buffer) > MAX_HTTP_HEAD:
+                    await _send_quietly(stream, HttpResponse(431, b"request head too large\n"))
+                    return
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                buffer += chunk
+        if b"\r\n\r\n" not in buffer:
+            log.debug("conn %d: no HTTP request head within %gs", conn_id, self.handshake_timeout)
+            return
+        head = buffer.split(b"\r\n\r\n", 1)[0]
+        request = _parse_head(head)
+        if request is None:
+            await _send_quietly(stream, HttpResponse(400, b"malformed HTTP request\n"))
+            return
+        if "websocket" in _tokens(request.header("upgrade")):
+            problem = _websocket_problem(request)
+            if problem is not None:
+                await _send_quietly(stream, HttpResponse(400, problem.encode() + b"\n"))
+                return
+            if request.path not in self.paths:
+                await _send_quietly(stream, HttpResponse(404, _not_found(self.paths)))
+                return
+            await self._serve_websocket(conn_id, _PrefixedStream(stream, buffer))
+        else:
+            await self._serve_http(stream, request)
+
+    async def _serve_http(self, stream: trio.SocketStream, request: HttpRequest) -> None:
+        response: HttpResponse | None = None
+        if self.http_handler is not None and request.method in ("GET", "HEAD"):
+            try:
+                response = await self.http_handler(request)
+            except Exception:
+                log.exception("HTTP handler failed for %s %s", request.method, request.target)
+                response = HttpResponse(500, b"internal server error\n")
+        if response is None:
+            if request.method not in ("GET", "HEAD"):
+                response = HttpResponse(405, b"method not allowed\n", headers=(("Allow", "GET"),))
+            elif request.path in self.paths:
+                response = HttpResponse(
+                    426,
+                    b"this is a meshrtc signaling WebSocket endpoint; connect with ws://\n",
+                    headers=(("Upgrade", "websocket"),),
+                )
+            else:
+                response = HttpResponse(404, _not_found(self.paths))
+        await _send_quietly(stream, response, include_body=request.method != "HEAD")
+
+    async def _serve_websocket(self, conn_id: int, stream: _PrefixedStream) -> None:
+        async with trio.open_nursery() as ws_nursery:
+            # trio-websocket's reader task lives in ws_nursery, which is only cancelled after the
+            # close handshake below, so the peer's close reply can still be read.
+            try:
+                request = None
+                with trio.move_on_after(self.handshake_timeout):
+                    request = await wrap_server_stream(
+                        ws_nursery,
+                        stream,
+                        max_message_size=self.max_message_size,
+                        receive_buffer_size=64 * 1024,
+                    )
+                if request is not None:
+                    ws = await request.accept()
+                    await self._serve_peer(conn_id, ws)
+            finally:
+                ws_nursery.cancel_scope.cancel()
+
+    async def _serve_peer(self, conn_id: int, ws: WebSocketConnection) -> None:
+        outbox, inbox = trio.open_memory_channel[str](self.outbox_size)
+        live = _Live(conn_id, outbox)
+        self._handshaking.pop(conn_id, None)
+        self._live[conn_id] = live
+        self.hub.open(conn_id)
+        log.debug("conn %d: WebSocket open (%s)", conn_id, ws.remote)
+        if self._closing:
+            live.end(LeaveReason.SHUTDOWN, 1001, "server shutting down")
+        try:
+            with live.scope:
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(self._read_loop, live, ws)
+                    tasks.start_soon(self._write_loop, live, ws, inbox)
+                    tasks.start_soon(self._ping_loop, live, ws)
+        finally:
+            del self._live[conn_id]
+            actions = self.hub.close(conn_id, live.reason)
+            if not self._closing:
+                self._dispatch(actions)
+            outbox.close()
+            with trio.CancelScope(shield=True) as closing:
+                closing.deadline = trio.current_time() + min(1.0, self.shutdown_timeout)
+                await ws.aclose(live.close_code, live.close_message or None)
+            log.debug("conn %d: closed (%s)", conn_id, live.reason.value)
+
+    async def _read_loop(self, live: _Live, ws: WebSocketConnection) -> None:
+        while True:
+            try:
+                data = await ws.get_message()
+            except ConnectionClosed as exc:
+                code = exc.reason.code if exc.reason is not None else 1006
+                too_big = code == 1009
+                live.end(LeaveReason.MESSAGE_TOO_BIG if too_big else LeaveReason.CLOSED, code)
+                return
+            self._dispatch(self.hub.receive(live.conn_id, data, trio.current_time()))
+
+    async def _write_loop(
+        self, live: _Live, ws: WebSocketConnection, inbox: trio.MemoryReceiveChannel[str]
+    ) -> None:
+        async for text in inbox:
+            try:
+                await ws.send_message(text)
+            except ConnectionClosed:
+                live.end(LeaveReason.CLOSED)
+                return
+
+    async def _ping_loop(self, live: _Live, ws: WebSocketConnection) -> None:
+        while True:
+            await trio.sleep(self.ping_interval)
+            try:
+                with trio.fail_after(self.ping_timeout):
+                    await ws.ping()
+            except trio.TooSlowError:
+                log.info("conn %d: no pong within %gs", live.conn_id, self.ping_timeout)
+                live.end(LeaveReason.TIMEOUT, 1001, "ping timeout")
+                return
+            except ConnectionClosed:
+                live.end(LeaveReason.CLOSED)
+                return
+
+    def _dispatch(self, actions: list[Action]) -> None:
+        for action in actions:
+            live = self._live.get(action.conn)
+            if live is None or live.ended:
+                continue
+            if isinstance(action, Close):
+                live.end(action.reason, action.code, action.message)
+                continue
+            try:
+                live.outbox.send_nowait(action.text)
+            except trio.WouldBlock:
+                log.warning("conn %d: not reading; dropping it as a slow consumer", live.conn_id)
+                live.end(LeaveReason.SLOW_CONSUMER, 1008, "too slow reading messages")
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                continue
+
+
+def _websocket_problem(request: HttpRequest) -> str | None:
+    if request.method != "GET":
+        return "a WebSocket handshake must be a GET"
+    if "upgrade" not in _tokens(request.header("connection")):
+        return "missing 'Connection: Upgrade'"
+    if request.header("sec-websocket-version") != "13":
+        return "missing or unsupported Sec-WebSocket-Version (13 required)"
+    if not request.header("sec-websocket-key"):
+        return "missing Sec-WebSocket-Key"
+    return None
+
+
+def _not_found(paths: Sequence[str]) -> bytes:
+    return f"not found; the signaling WebSocket is at {' or '.join(paths)}\n".encode()
+
+
+async def _send_quietly(
+    stream: trio.abc.Stream, response: HttpResponse, *, include_body: bool = True
+) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(response.encode(include_body=include_body))
