@@ -1,0 +1,853 @@
+"""The aiortc adapter: the one module that touches aiortc's private attributes.
+
+aiortc keeps ICE, DTLS, SRTP, RTCP, NACK/RTX and REMB; meshrtc owns media from the RTP packet on
+(design section 3). This module makes that split on each RTCPeerConnection, on aiortc's asyncio
+thread, before any packet can arrive (the ``track`` event fires inside ``setRemoteDescription``,
+before it schedules ``__connect``, which is where ``receiver.receive()`` registers the receiver
+with the RTP router):
+
+* **Receive.** Each ``RTCRtpReceiver``'s jitter buffer (``_RTCRtpReceiver__jitter_buffer``) becomes a
+  :class:`_Sink` whose ``add()`` returns ``(False, None)``. aiortc calls it after its own statistics,
+  NACK generation, RTX unwrapping and REMB, so the sink sees each media packet exactly once, already
+  unwrapped from RTX, and turns it into a :class:`~meshrtc.media.frame.MediaFrame`; aiortc never gets
+  a frame to decode. Its ``receive()`` is replaced by one that does what aiortc's does *except* start
+  the non-daemon decoder thread (the contract test pins aiortc's source of that method). Sender
+  Reports are copied by wrapping ``_handle_rtcp_packet`` on the instance.
+* **Send.** :class:`SenderControl` reads and sets the encoder's ``target_bitrate`` and intercepts
+  REMB so the quality controller's cap is not overwritten a second later; Opus gets a bitrate
+  setter through :class:`BitrateOpusEncoder`, installed by wrapping ``aiortc.rtcrtpsender``'s
+  ``get_encoder``.
+* **Decode.** :class:`AudioDecoder` / :class:`VideoDecoder` turn our jitter buffer's packets into
+  PCM and pictures with aiortc's own depayloaders and PyAV decoders.
+* **Test hook.** :class:`Impairment` drops, duplicates, reorders and delays packets between the tap
+  and our jitter buffer, seeded, counting what it did.
+
+Everything that runs inline in aiortc's receive loop catches its own exceptions: one escaping would
+end the transport's receive task. Failures are counted and logged once per tap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol, cast
+
+import attrs
+import av
+import numpy as np
+import numpy.typing as npt
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import rtcrtpsender as _aiortc_sender_module
+from aiortc.codecs import depayload, get_decoder, is_rtx
+from aiortc.codecs import h264 as _aiortc_h264
+from aiortc.codecs import vpx as _aiortc_vpx
+from aiortc.codecs.opus import SAMPLE_RATE as OPUS_SAMPLE_RATE
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+)
+from av.audio.codeccontext import AudioCodecContext
+from av.frame import Frame
+
+from meshrtc.errors import MeshRtcError
+from meshrtc.media.frame import FrameType, MediaFrame
+from meshrtc.media.rtcp import ReceptionReport, SenderReport
+
+__all__ = [
+    "AdapterError",
+    "AudioDecoder",
+    "BitrateOpusEncoder",
+    "Impairment",
+    "ImpairmentConfig",
+    "PeerTap",
+    "ReceiverTap",
+    "RembReport",
+    "SenderControl",
+    "TapEvent",
+    "TapStats",
+    "VideoDecoder",
+    "install_encoder_patches",
+    "tap_peer_connection",
+]
+
+log = logging.getLogger(__name__)
+
+# Private names, in one place; tests/test_aiortc_contract.py checks each against the pinned aiortc.
+RECEIVER_JITTER_BUFFER: Final = "_RTCRtpReceiver__jitter_buffer"
+RECEIVER_STARTED: Final = "_RTCRtpReceiver__started"
+RECEIVER_CODECS: Final = "_RTCRtpReceiver__codecs"
+RECEIVER_RTX_SSRC: Final = "_RTCRtpReceiver__rtx_ssrc"
+RECEIVER_RTCP_TASK: Final = "_RTCRtpReceiver__rtcp_task"
+RECEIVER_DECODER_THREAD: Final = "_RTCRtpReceiver__decoder_thread"
+SENDER_ENCODER: Final = "_RTCRtpSender__encoder"
+#: Module global of ``aiortc.rtcrtpsender`` that builds a sender's encoder at its first frame.
+GET_ENCODER: Final = "get_encoder"
+
+#: What the sink answers aiortc: no picture loss to report, no frame for its decoder.
+_NOTHING: Final[tuple[bool, None]] = (False, None)
+_KIND: Final = {"audio": FrameType.AUDIO, "video": FrameType.VIDEO}
+
+
+class AdapterError(MeshRtcError):
+    """The adapter cannot do what was asked with this aiortc object (wrong state or codec)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Events handed to the trio side
+
+
+@attrs.frozen(slots=True)
+class RembReport:
+    """A REMB estimate from the remote receiver about streams we send (bits per second)."""
+
+    bitrate: int
+    ssrcs: tuple[int, ...]
+    received_at: float
+
+
+#: Everything a :class:`PeerTap` emits; one callback (typically a ``ToTrio.send``) takes them all.
+TapEvent = MediaFrame | SenderReport | ReceptionReport | RembReport
+
+
+class EventSink(Protocol):
+    def __call__(self, event: TapEvent, /) -> None: ...
+
+
+@attrs.define
+class TapStats:
+    """Counters of one receiver tap (read them from any thread; they only grow)."""
+
+    packets: int = 0
+    sender_reports: int = 0
+    #: SRs with NTP timestamp 0 (a sendrecv transceiver with no track sends them): ignored.
+    zero_ntp_reports: int = 0
+    #: Packets with an RTX payload type that reached the sink (aiortc unwraps RTX before it; >0 is a bug).
+    rtx_filtered: int = 0
+    #: Exceptions caught inside the tap (the first is logged with its traceback).
+    errors: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Impairment (test-only)
+
+
+@attrs.frozen
+class ImpairmentConfig:
+    """Seeded network impairment between the tap and our jitter buffer (tests only).
+
+    Probabilities are per packet. ``delay`` is the largest extra delay in seconds, drawn uniformly
+    per packet, so a ``delay`` above the packet interval also reorders.
+    """
+
+    seed: int = 0
+    drop: float = attrs.field(
+        default=0.0,
+        validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0)),
+    )
+    duplicate: float = attrs.field(
+        default=0.0,
+        validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0)),
+    )
+    reorder: float = attrs.field(
+        default=0.0,
+        validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0)),
+    )
+    delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+
+
+class Impairment:
+    """Decides, per packet, what the network does to it. Sans-IO: the tap schedules the delays.
+
+    :meth:`plan` returns ``(extra_delay, frame)`` pairs to deliver, in order; an empty list means the
+    packet was dropped. A reordered packet is held back and delivered right after the next one.
+    """
+
+    def __init__(self, config: ImpairmentConfig) -> None:
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self._held: MediaFrame | None = None
+        self.seen = 0
+        self.dropped = 0
+        self.duplicated = 0
+        self.reordered = 0
+        self.delayed = 0
+        #: (ssrc, sequence number) of every dropped packet, in drop order.
+        self.dropped_packets: list[tuple[int, int]] = []
+
+    def plan(self, frame: MediaFrame) -> list[tuple[float, MediaFrame]]:
+        config = self.config
+        rng = self._rng
+        self.seen += 1
+        if config.drop and rng.random() < config.drop:
+            self.dropped += 1
+            self.dropped_packets.append((frame.ssrc, frame.sequence_number))
+            return []
+        out: list[MediaFrame] = [frame]
+        if config.duplicate and rng.random() < config.duplicate:
+            self.duplicated += 1
+            out.append(frame)
+        if self._held is not None:
+            out.append(self._held)
+            self._held = None
+        elif config.reorder and rng.random() < config.reorder:
+            self.reordered += 1
+            self._held = out.pop(0)
+        planned: list[tuple[float, MediaFrame]] = []
+        for item in out:
+            delay = rng.uniform(0.0, config.delay) if config.delay else 0.0
+            if delay > 0.0:
+                self.delayed += 1
+            planned.append((delay, item))
+        return planned
+
+    def flush(self) -> MediaFrame | None:
+        """The packet held back for reordering, if any (the stream ended before its successor)."""
+        held, self._held = self._held, None
+        return held
+
+
+# ---------------------------------------------------------------------------------------------
+# Receive side
+
+
+class _Sink:
+    """Stands in for aiortc's receiver jitter buffer: every packet goes to the tap, none to aiortc."""
+
+    __slots__ = ("_tap",)
+
+    def __init__(self, tap: ReceiverTap) -> None:
+        self._tap = tap
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        self._tap._on_rtp(packet)
+        return _NOTHING
+
+
+class ReceiverTap:
+    """The tap on one ``RTCRtpReceiver``: RTP to :class:`MediaFrame`, SR to :class:`SenderReport`.
+
+    Lives on the asyncio thread; ``emit`` is called inline for every packet and must be cheap and
+    non-blocking (``ToTrio.send`` is).
+    """
+
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        kind: FrameType,
+        emit: EventSink,
+        impairment: Impairment | None = None,
+    ) -> None:
+        self.receiver = receiver
+        self.kind = kind
+        self.emit = emit
+        self.impairment = impairment
+        self.stats = TapStats()
+        #: Negotiated codecs by payload type, filled when aiortc starts the receiver.
+        self.codecs: dict[int, RTCRtpCodecParameters] = {}
+        self.rtx_payload_types: frozenset[int] = frozenset()
+        #: Media SSRCs seen so far (the keyframe request needs one).
+        self.ssrcs: set[int] = set()
+        self._error_logged = False
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._closed = False
+
+    # installation (on the asyncio thread, before receive())
+
+    def install(self) -> None:
+        receiver = self.receiver
+        if getattr(receiver, RECEIVER_STARTED):
+            raise AdapterError(
+                "receiver already started: tap the RTCPeerConnection before setRemoteDescription"
+            )
+        setattr(receiver, RECEIVER_JITTER_BUFFER, _Sink(self))
+        original_rtcp = receiver._handle_rtcp_packet
+
+        async def handle_rtcp(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                self._on_sr(packet)
+            await original_rtcp(packet)
+
+        setattr(receiver, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010 (instance override of a method)
+
+        async def receive(parameters: RTCRtpReceiveParameters) -> None:
+            # aiortc's RTCRtpReceiver.receive() minus the decoder thread (pinned by the contract test).
+            if getattr(receiver, RECEIVER_STARTED):
+                return
+            codecs: dict[int | None, RTCRtpCodecParameters] = getattr(receiver, RECEIVER_CODECS)
+            rtx_ssrc: dict[int, int] = getattr(receiver, RECEIVER_RTX_SSRC)
+            for codec in parameters.codecs:
+                codecs[codec.payloadType] = codec
+            for encoding in parameters.encodings:
+                if encoding.rtx:
+                    rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+            self._on_receive(parameters)
+            receiver.transport._register_rtp_receiver(receiver, parameters)
+            setattr(receiver, RECEIVER_RTCP_TASK, asyncio.ensure_future(receiver._run_rtcp()))
+            setattr(receiver, RECEIVER_STARTED, True)
+
+        setattr(receiver, "receive", receive)  # noqa: B010
+
+    def _on_receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        self.codecs = {c.payloadType: c for c in parameters.codecs if c.payloadType is not None}
+        self.rtx_payload_types = frozenset(pt for pt, c in self.codecs.items() if is_rtx(c))
+
+    # the hot path
+
+    def _on_rtp(self, packet: RtpPacket) -> None:
+        try:
+            if packet.payload_type in self.rtx_payload_types:
+                self.stats.rtx_filtered += 1
+                return
+            frame = MediaFrame(
+                self.kind,
+                packet.timestamp,
+                packet.sequence_number,
+                packet.payload,
+                time.monotonic(),
+                bool(packet.marker),
+                packet.ssrc,
+                packet.payload_type,
+            )
+            self.stats.packets += 1
+            if packet.ssrc not in self.ssrcs:
+                self.ssrcs.add(packet.ssrc)
+            if self.impairment is None:
+                self.emit(frame)
+            else:
+                self._impair(frame)
+        except Exception:  # noqa: BLE001 - never into aiortc's receive loop; _failed logs it
+            self._failed()
+
+    def _on_sr(self, packet: RtcpSrPacket) -> None:
+        try:
+            info = packet.sender_info
+            if info.ntp_timestamp == 0:
+                self.stats.zero_ntp_reports += 1
+                return
+            self.stats.sender_reports += 1
+            self.emit(
+                SenderReport(
+                    ssrc=packet.ssrc,
+                    ntp_timestamp=info.ntp_timestamp,
+                    rtp_timestamp=info.rtp_timestamp,
+                    packet_count=info.packet_count,
+                    octet_count=info.octet_count,
+                    received_at=time.monotonic(),
+                )
+            )
+        except Exception:  # noqa: BLE001 - inline in aiortc's RTCP handling; _failed logs it
+            self._failed()
+
+    def _failed(self) -> None:
+        self.stats.errors += 1
+        if not self._error_logged:
+            self._error_logged = True
+            log.exception(
+                "%s receiver tap failed (counted in stats.errors, logged once)", self.kind.value
+            )
+
+    # impairment (tests)
+
+    def _impair(self, frame: MediaFrame) -> None:
+        assert self.impairment is not None
+        for delay, item in self.impairment.plan(frame):
+            if delay <= 0.0:
+                self.emit(item)
+            else:
+                self._deliver_later(delay, item)
+
+    def _deliver_later(self, delay: float, frame: MediaFrame) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._deliver_late(frame)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _deliver_late(self, frame: MediaFrame) -> None:
+        if self._closed:
+            return
+        try:
+            self.emit(attrs.evolve(frame, received_at=time.monotonic()))
+        except Exception:  # noqa: BLE001 - inline in aiortc's RTCP handling; _failed logs it
+            self._failed()
+
+    # control
+
+    async def send_pli(self, media_ssrc: int | None = None) -> bool:
+        """Ask the remote sender for a keyframe (RTCP PLI). Returns False when no SSRC is known yet."""
+        ssrc = media_ssrc if media_ssrc is not None else next(iter(self.ssrcs), None)
+        if ssrc is None:
+            return False
+        await self.receiver._send_rtcp_pli(ssrc)
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Send side: encoder control
+
+
+#: Opus bitrate range libopus accepts (bits per second).
+OPUS_MIN_BITRATE: Final = 6_000
+OPUS_MAX_BITRATE: Final = 510_000
+OPUS_DEFAULT_BITRATE: Final = 96_000
+#: aiortc recreates a video encoder only when the target moves by more than this fraction.
+REENCODE_THRESHOLD: Final = 0.1
+
+
+def _new_opus_context(bit_rate: int) -> AudioCodecContext:
+    """The libopus context exactly as aiortc's OpusEncoder configures it, at ``bit_rate``.
+
+    The contract test compares this with a fresh ``OpusEncoder().codec`` so a change in aiortc shows.
+    """
+    codec = av.CodecContext.create("libopus", "w")
+    codec.bit_rate = bit_rate
+    codec.format = "s16"
+    codec.layout = "stereo"
+    codec.options = {"application": "voip"}
+    codec.sample_rate = OPUS_SAMPLE_RATE
+    codec.time_base = fractions.Fraction(1, OPUS_SAMPLE_RATE)
+    return codec
+
+
+class BitrateOpusEncoder(OpusEncoder):
+    """aiortc's Opus encoder plus ``target_bitrate``, like its VP8/H.264 encoders have.
+
+    libopus fixes its bitrate when FFmpeg opens the context, so a change of more than
+    :data:`REENCODE_THRESHOLD` swaps in a fresh context at the next frame. The resampler and the
+    first-packet pts offset are kept, so RTP timestamps continue without a jump; the remote decoder
+    hears at most one frame of discontinuity. ``encode`` runs in aiortc's executor thread, the setter
+    on the loop thread: the setter only stores an int, which ``encode`` reads once per frame.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._target_bitrate = int(self.codec.bit_rate or OPUS_DEFAULT_BITRATE)
+        #: Contexts created after the first, i.e. bitrate changes applied.
+        self.recreated = 0
+
+    @property
+    def target_bitrate(self) -> int:
+        return self._target_bitrate
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        self._target_bitrate = max(OPUS_MIN_BITRATE, min(int(bitrate), OPUS_MAX_BITRATE))
+
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        target = self._target_bitrate
+        current = int(self.codec.bit_rate or OPUS_DEFAULT_BITRATE)
+        if target != current:
+            if not self.codec.is_open:
+                self.codec.bit_rate = target
+            elif abs(target - current) / current > REENCODE_THRESHOLD:
+                self.codec = _new_opus_context(target)
+                self.recreated += 1
+        result: tuple[list[bytes], int] = super().encode(frame, force_keyframe)
+        return result
+
+
+_patched_get_encoder: Callable[[RTCRtpCodecParameters], Any] | None = None
+
+
+def install_encoder_patches() -> None:
+    """Make aiortc's senders build :class:`BitrateOpusEncoder` for Opus (idempotent, process-wide).
+
+    ``RTCRtpSender`` looks ``get_encoder`` up in its own module at the first frame; the wrapper
+    delegates every other codec to whatever was installed before it (aiortc's, or a later VP9 patch).
+    """
+    global _patched_get_encoder
+    if (
+        _patched_get_encoder is not None
+        and getattr(_aiortc_sender_module, GET_ENCODER) is _patched_get_encoder
+    ):
+        return
+    previous: Callable[[RTCRtpCodecParameters], Any] = getattr(_aiortc_sender_module, GET_ENCODER)
+
+    def get_encoder(codec: RTCRtpCodecParameters) -> Any:
+        if codec.mimeType.lower() == "audio/opus":
+            return BitrateOpusEncoder()
+        return previous(codec)
+
+    _patched_get_encoder = get_encoder
+    setattr(_aiortc_sender_module, GET_ENCODER, get_encoder)
+
+
+def bitrate_limits(encoder: object) -> tuple[int, int] | None:
+    """(min, max) bits per second the encoder clamps to, or None for one without a bitrate."""
+    if isinstance(encoder, BitrateOpusEncoder):
+        return OPUS_MIN_BITRATE, OPUS_MAX_BITRATE
+    if isinstance(encoder, _aiortc_vpx.Vp8Encoder):
+        return _aiortc_vpx.MIN_BITRATE, _aiortc_vpx.MAX_BITRATE
+    if isinstance(encoder, _aiortc_h264.H264Encoder):
+        return _aiortc_h264.MIN_BITRATE, _aiortc_h264.MAX_BITRATE
+    return None
+
+
+class SenderControl:
+    """Bitrate and keyframe control of one ``RTCRtpSender`` (use on the asyncio thread).
+
+    The quality controller sets a *cap* with :meth:`set_bitrate`; REMB estimates from the remote
+    are intercepted and the encoder runs at ``min(cap, remb)``. Without the interception aiortc would
+    write every REMB straight into the encoder and undo the cap within a second. A target that is
+    within :data:`REENCODE_THRESHOLD` of what the encoder runs at is not written: aiortc would not act
+    on it and a later small step could then cross the threshold and recreate the encoder (a video
+    keyframe) for a change nobody asked for.
+    """
+
+    def __init__(self, sender: RTCRtpSender, emit: EventSink | None = None) -> None:
+        self.sender = sender
+        self.kind = _KIND[sender.kind]
+        self.emit = emit
+        self.cap: int | None = None
+        self.remb: int | None = None
+        self.errors = 0
+        self._error_logged = False
+
+    @property
+    def ssrc(self) -> int:
+        ssrc: int = self.sender._ssrc
+        return ssrc
+
+    @property
+    def encoder(self) -> Any:
+        """aiortc's encoder object, None until the first frame has been encoded (and after stop)."""
+        return getattr(self.sender, SENDER_ENCODER)
+
+    @property
+    def target_bitrate(self) -> int | None:
+        """What the encoder is told to produce (already clamped by the codec), None before the first frame."""
+        encoder = self.encoder
+        bitrate = getattr(encoder, "target_bitrate", None)
+        return None if bitrate is None else int(bitrate)
+
+    @property
+    def limits(self) -> tuple[int, int] | None:
+        return bitrate_limits(self.encoder)
+
+    def set_bitrate(self, bitrate: int | None) -> int | None:
+        """Cap the send bitrate (None lifts the cap). Returns the encoder's target afterwards.
+
+        Before the first frame there is no encoder: the cap is kept and applied at the next RTCP
+        feedback from the remote (about once a second), and None is returned.
+        """
+        if bitrate is not None and bitrate <= 0:
+            raise AdapterError(f"bitrate must be positive, got {bitrate}")
+        self.cap = bitrate
+        self._apply()
+        return self.target_bitrate
+
+    def _wanted(self) -> int | None:
+        values = [v for v in (self.cap, self.remb) if v is not None]
+        return min(values) if values else None
+
+    def _apply(self) -> None:
+        wanted = self._wanted()
+        encoder = self.encoder
+        if wanted is None or encoder is None or not hasattr(encoder, "target_bitrate"):
+            return
+        current = int(encoder.target_bitrate)
+        low, high = bitrate_limits(encoder) or (wanted, wanted)
+        clamped = max(low, min(wanted, high))
+        if clamped != current and abs(clamped - current) / current > REENCODE_THRESHOLD:
+            encoder.target_bitrate = clamped
+
+    def request_keyframe(self) -> None:
+        """Make the next encoded video frame a keyframe."""
+        self.sender._send_keyframe()
+
+    def install(self) -> None:
+        original = self.sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                if self._on_remb(packet):
+                    return  # applied by us, capped
+            elif isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+                self._on_reports(packet)
+            await original(packet)
+
+        setattr(self.sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
+
+    def _on_remb(self, packet: RtcpPsfbPacket) -> bool:
+        try:
+            bitrate, ssrcs = unpack_remb_fci(packet.fci)
+        except ValueError:
+            return False
+        try:
+            if self.ssrc not in ssrcs:
+                return False
+            self.remb = bitrate
+            self._apply()
+            if self.emit is not None:
+                self.emit(RembReport(bitrate, tuple(ssrcs), time.monotonic()))
+        except Exception:  # noqa: BLE001 - inline in aiortc's RTCP handling; _failed logs it
+            self._failed()
+        return True
+
+    def _on_reports(self, packet: RtcpRrPacket | RtcpSrPacket) -> None:
+        try:
+            self._apply()  # a cap set before the first frame lands here
+            if self.emit is None:
+                return
+            now = time.monotonic()
+            ssrc = self.ssrc
+            for r in packet.reports:
+                if r.ssrc == ssrc:
+                    self.emit(
+                        ReceptionReport(
+                            ssrc=r.ssrc,
+                            fraction_lost=r.fraction_lost,
+                            packets_lost=r.packets_lost,
+                            highest_sequence=r.highest_sequence,
+                            jitter=r.jitter,
+                            last_sr=r.lsr,
+                            delay_since_last_sr=r.dlsr,
+                            received_at=now,
+                        )
+                    )
+        except Exception:  # noqa: BLE001 - inline in aiortc's RTCP handling; _failed logs it
+            self._failed()
+
+    def _failed(self) -> None:
+        self.errors += 1
+        if not self._error_logged:
+            self._error_logged = True
+            log.exception("%s sender tap failed (counted, logged once)", self.kind.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per peer connection
+
+
+class PeerTap:
+    """All taps of one RTCPeerConnection. Create it with :func:`tap_peer_connection`."""
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        emit: EventSink,
+        impairments: dict[FrameType, ImpairmentConfig] | None = None,
+    ) -> None:
+        self.pc = pc
+        self.emit = emit
+        self.impairment_configs = dict(impairments or {})
+        self.receivers: list[ReceiverTap] = []
+        self.senders: list[SenderControl] = []
+        self._tapped: set[int] = set()
+
+    def _on_track(self, track: Any) -> None:
+        try:
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    self._tap_receiver(transceiver.receiver, track.kind)
+            self._tap_senders()
+        except Exception:
+            # pyee would re-raise into setRemoteDescription; an untapped receiver then shows up as
+            # silence, which the peer's metrics report, rather than as a failed negotiation.
+            log.exception("tapping a new track failed")
+
+    def _on_signaling(self) -> None:
+        try:
+            self._tap_senders()
+        except Exception:
+            log.exception("tapping senders failed")
+
+    def _tap_receiver(self, receiver: RTCRtpReceiver, kind: str) -> None:
+        if id(receiver) in self._tapped:
+            return
+        frame_type = _KIND[kind]
+        config = self.impairment_configs.get(frame_type)
+        tap = ReceiverTap(receiver, frame_type, self.emit, Impairment(config) if config else None)
+        tap.install()
+        self._tapped.add(id(receiver))
+        self.receivers.append(tap)
+
+    def _tap_senders(self) -> None:
+        for sender in self.pc.getSenders():
+            if id(sender) not in self._tapped:
+                control = SenderControl(sender, self.emit)
+                control.install()
+                self._tapped.add(id(sender))
+                self.senders.append(control)
+
+    def receiver(self, kind: FrameType) -> ReceiverTap | None:
+        return next((r for r in self.receivers if r.kind is kind), None)
+
+    def sender(self, kind: FrameType) -> SenderControl | None:
+        return next((s for s in self.senders if s.kind is kind), None)
+
+    def codec(self, frame: MediaFrame) -> RTCRtpCodecParameters | None:
+        """The negotiated codec of ``frame`` (by payload type on its receiver)."""
+        for tap in self.receivers:
+            if tap.kind is frame.frame_type and frame.payload_type in tap.codecs:
+                return tap.codecs[frame.payload_type]
+        return None
+
+    async def request_keyframe(self, media_ssrc: int | None = None) -> bool:
+        """Send a PLI for ``media_ssrc`` (default: the first video stream seen). Run it on the loop."""
+        for tap in self.receivers:
+            if tap.kind is FrameType.VIDEO and (media_ssrc is None or media_ssrc in tap.ssrcs):
+                return await tap.send_pli(media_ssrc)
+        return False
+
+    def close(self) -> None:
+        """Cancel pending impairment deliveries; later packets are still counted but go nowhere new."""
+        for tap in self.receivers:
+            tap.close()
+
+
+def tap_peer_connection(
+    pc: RTCPeerConnection,
+    emit: EventSink,
+    *,
+    impairments: dict[FrameType, ImpairmentConfig] | None = None,
+) -> PeerTap:
+    """Tap ``pc``: call on the asyncio thread, after creating it and before ``setRemoteDescription``.
+
+    Every media packet, Sender Report, reception report about our streams and REMB estimate of
+    ``pc`` is passed to ``emit`` on the asyncio thread (give it ``ToTrio.send``).
+    ``impairments`` (tests only) impairs the packets of that media kind before ``emit``.
+    """
+    install_encoder_patches()
+    tap = PeerTap(pc, emit, impairments)
+    pc.on("track", tap._on_track)
+    pc.on("signalingstatechange", tap._on_signaling)
+    for transceiver in pc.getTransceivers():  # tracks that already exist (renegotiation)
+        if transceiver.receiver.track is not None:
+            tap._tap_receiver(transceiver.receiver, transceiver.receiver.track.kind)
+    tap._tap_senders()
+    return tap
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding our jitter buffer's output
+
+
+class AudioDecoder:
+    """Opus packets → float32 PCM at 48 kHz, shape ``(samples, channels)``.
+
+    Uses aiortc's Opus decoder (libopus through PyAV, stereo s16) and scales to float32 in
+    [-1, 1). A packet that fails to decode yields concealment instead, and is counted.
+    """
+
+    FRAME_SAMPLES: Final = 960
+
+    def __init__(self, codec: RTCRtpCodecParameters) -> None:
+        if codec.mimeType.lower() != "audio/opus":
+            raise AdapterError(f"AudioDecoder decodes Opus only, not {codec.mimeType}")
+        self.codec = codec
+        self._decoder = get_decoder(codec)
+        self.channels = 2
+        self.sample_rate = OPUS_SAMPLE_RATE
+        self.errors = 0
+        self._last: npt.NDArray[np.float32] | None = None
+        self._concealed_in_row = 0
+
+    def decode(self, frame: MediaFrame) -> npt.NDArray[np.float32]:
+        try:
+            decoded = self._decoder.decode(JitterFrame(bytes(frame.payload), frame.rtp_timestamp))
+        except av.FFmpegError:
+            self.errors += 1
+            return self.conceal()
+        if not decoded:
+            return np.zeros((0, self.channels), dtype=np.float32)
+        parts = [cast(av.AudioFrame, f).to_ndarray().reshape(-1, self.channels) for f in decoded]
+        pcm16 = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        pcm = pcm16.astype(np.float32) * np.float32(1.0 / 32768.0)
+        self._last = pcm
+        self._concealed_in_row = 0
+        return pcm
+
+    def conceal(self, samples: int = FRAME_SAMPLES) -> npt.NDArray[np.float32]:
+        """Stand-in audio for a lost packet: the last frame faded by half per loss, silence after 3.
+
+        libopus's own loss concealment is not reachable through FFmpeg (an empty packet means
+        "flush"), so this is a cheap, click-free substitute.
+        """
+        self._concealed_in_row += 1
+        last = self._last
+        if last is None or self._concealed_in_row > 3 or len(last) == 0:
+            return np.zeros((samples, self.channels), dtype=np.float32)
+        gain = np.float32(0.5**self._concealed_in_row)
+        reps = -(-samples // len(last))
+        return (np.tile(last, (reps, 1))[:samples] * gain).astype(np.float32)
+
+
+class VideoDecoder:
+    """The packets of one video frame (same RTP timestamp, in sequence order) → ``av.VideoFrame``s.
+
+    Depayloads each packet with aiortc's depayloader for the negotiated codec and decodes the
+    concatenation with aiortc's decoder (libvpx / FFmpeg h264 via PyAV). A decode failure returns
+    no frames and sets :attr:`keyframe_needed` (send a PLI, then wait for a keyframe).
+    """
+
+    def __init__(self, codec: RTCRtpCodecParameters) -> None:
+        if not codec.mimeType.lower().startswith("video/"):
+            raise AdapterError(f"VideoDecoder decodes video, not {codec.mimeType}")
+        self.codec = codec
+        self._decoder = get_decoder(codec)
+        self.errors = 0
+        self.keyframe_needed = False
+
+    def decode(self, packets: Sequence[MediaFrame]) -> list[av.VideoFrame]:
+        if not packets:
+            return []
+        codec = self.codec
+        try:
+            data = b"".join(depayload(codec, bytes(p.payload)) for p in packets if len(p.payload))
+            decoded = self._decoder.decode(JitterFrame(data, packets[0].rtp_timestamp))
+            frames = cast(list[av.VideoFrame], decoded)
+        except (ValueError, av.FFmpegError):
+            self.errors += 1
+            self.keyframe_needed = True
+            return []
+        if frames:
+            self.keyframe_needed = False
+        return frames
+
+
+def is_keyframe_start(codec: RTCRtpCodecParameters, payload: bytes | memoryview) -> bool:
+    """Whether this RTP payload starts a keyframe (VP8 or H.264), read from the payload headers."""
+    data = bytes(payload[:64])
+    name = codec.name.upper()
+    if name == "VP8":
+        try:
+            descriptor, rest = _aiortc_vpx.VpxPayloadDescriptor.parse(data)
+        except ValueError:
+            return False
+        return bool(
+            descriptor.partition_start and descriptor.partition_id == 0 and rest and not rest[0] & 1
+        )
+    if name == "H264" and data:
+        nal_type = data[0] & 0x1F
+        if nal_type in (5, 7):  # IDR slice, SPS
+            return True
+        if nal_type == 28 and len(data) > 1:  # FU-A: start bit and the fragmented NAL's type
+            return bool(data[1] & 0x80) and (data[1] & 0x1F) in (5, 7)
+        if nal_type == 24:  # STAP-A: any aggregated SPS/IDR
+            pos = 1
+            while pos + 2 < len(data):
+                size = int.from_bytes(data[pos : pos + 2], "big")
+                if (data[pos + 2] & 0x1F) in (5, 7):
+                    return True
+                pos += 2 + size
+    return False

@@ -1,0 +1,371 @@
+"""The asyncio bridge: aiortc's event loop in its own thread, driven from trio.
+
+aiortc is asyncio-only. Running its loop in a dedicated thread and crossing with the trio token cost
+1.08x the CPU of plain asyncio on the reference workload; trio-asyncio cost 1.52x and no longer imports
+on Python 3.14 (docs/rtc-bridge.md, design section 2). So:
+
+* trio → asyncio: :meth:`Bridge.run` schedules a coroutine on the loop and parks the calling trio task
+  on a :class:`trio.Event` that the asyncio task's done-callback sets through the trio token. No worker
+  thread is blocked per call. A trio cancellation cancels the asyncio task and waits (bounded, shielded)
+  until it has really finished, so nothing keeps running behind the caller's back.
+* asyncio → trio: :class:`ToTrio` queues items from the asyncio thread and flushes them into a trio
+  memory channel with one ``run_sync_soon`` per batch, so packet-rate producers cost one cross-thread
+  wake-up per batch rather than per item, and the asyncio thread never waits on trio.
+* :func:`open_bridge` starts the thread and stops it: registered aiortc objects are closed, leftover
+  tasks cancelled, the default executor (aiortc encodes in it) shut down, and the thread joined, each
+  step bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple
+
+import trio
+
+from meshrtc.errors import MeshRtcError
+
+__all__ = [
+    "Bridge",
+    "BridgeCancelledError",
+    "BridgeClosedError",
+    "Closable",
+    "ToTrio",
+    "open_bridge",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+#: How long a cancelled :meth:`Bridge.run` waits for the asyncio side to acknowledge the cancellation.
+CANCEL_TIMEOUT = 2.0
+#: Bound on each closing step of the bridge (closing aiortc objects, then stopping the loop).
+CLOSE_TIMEOUT = 5.0
+
+
+class BridgeClosedError(MeshRtcError):
+    """The bridge is not running (not started yet, closing or closed)."""
+
+
+class BridgeCancelledError(MeshRtcError):
+    """The asyncio side cancelled a coroutine that a trio task was awaiting.
+
+    ``asyncio.CancelledError`` is a BaseException that trio code has no reason to expect; it is turned
+    into this ordinary error so the trio caller can handle it like any other failure.
+    """
+
+
+class Closable(Protocol):
+    """What the bridge can close on exit: aiortc's RTCPeerConnection (and anything shaped like it)."""
+
+    def close(self) -> Coroutine[Any, Any, None]: ...
+
+
+class ToTrio(Generic[T]):
+    """A one-way, batched hand-over from the asyncio thread into a trio memory channel.
+
+    :meth:`send` may be called from any thread (in practice aiortc's callbacks on the asyncio thread)
+    and never blocks. Items wait in a deque; the first item of a batch schedules one flush on the trio
+    thread, which moves everything queued by then into the channel with ``send_nowait``. A full channel
+    drops the item and counts it in :attr:`dropped` (logged once): at packet rates, waiting would stall
+    aiortc's receive loop, and the jitter buffer downstream already treats a gap as loss.
+
+    The ordering argument for the lock-free flag: the producer appends before it reads
+    ``_scheduled``; the flush clears ``_scheduled`` before it drains. Either the producer sees the
+    cleared flag and schedules another flush, or its item was appended before the drain began.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken, channel: trio.MemorySendChannel[T]) -> None:
+        self._token = token
+        self._channel = channel
+        self._pending: collections.deque[T] = collections.deque()
+        self._scheduled = False
+        self._closed = False
+        #: Items delivered into the channel.
+        self.delivered = 0
+        #: Items dropped because the channel was full, closed, or trio had finished.
+        self.dropped = 0
+        #: Flushes run on the trio side (each costs one cross-thread wake-up).
+        self.flushes = 0
+        self._warned = False
+
+    def send(self, item: T) -> None:
+        if self._closed:
+            self.dropped += 1
+            return
+        self._pending.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._token.run_sync_soon(self._flush)
+            except trio.RunFinishedError:
+                self._closed = True
+                self.dropped += len(self._pending)
+                self._pending.clear()
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        self.flushes += 1
+        pending = self._pending
+        channel = self._channel
+        while pending:
+            item = pending.popleft()
+            try:
+                channel.send_nowait(item)
+            except trio.WouldBlock:
+                self._drop("receiver is not keeping up (channel full)")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._closed = True
+                self._drop("channel closed")
+            else:
+                self.delivered += 1
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        if not self._warned:
+            self._warned = True
+            log.warning("ToTrio dropping items: %s (counted in .dropped, logged once)", why)
+
+    def close(self) -> None:
+        """Stop accepting items (later ones are counted as dropped); queued ones are still flushed."""
+        self._closed = True
+
+
+class _Call(Generic[T]):
+    """One :meth:`Bridge.run` in flight: the asyncio task and the trio event that mirrors it."""
+
+    __slots__ = ("done", "task", "token")
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.token = token
+        self.done = trio.Event()
+        self.task: asyncio.Task[T] | None = None
+
+    def on_done(self, _task: asyncio.Future[T]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self.token.run_sync_soon(self.done.set)
+
+
+class Bridge:
+    """Handle on the running asyncio loop; get one from :func:`open_bridge`.
+
+    Objects created on the loop (``RTCPeerConnection`` must be: aiortc binds to the running loop) are
+    handed to :meth:`register` so that closing the bridge closes them even when their owner forgot.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, token: trio.lowlevel.TrioToken) -> None:
+        self.loop = loop
+        self.trio_token = token
+        self._registered: dict[int, Closable] = {}
+        self._running = True
+        #: Exceptions reported by the loop's exception handler (also logged at ERROR).
+        self.errors: list[BaseException | str] = []
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # trio → asyncio
+
+    async def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """Run ``fn(*args)`` as a task on the asyncio loop and await its result from trio.
+
+        The coroutine is created on the loop thread (aiortc's constructors look up the running loop).
+        Cancelling the trio caller cancels the task and waits up to :data:`CANCEL_TIMEOUT` for it to
+        finish; a task cancelled from the asyncio side raises :class:`BridgeCancelledError` here.
+        """
+        if not self._running:
+            raise BridgeClosedError("the asyncio bridge is not running")
+        call: _Call[T] = _Call(self.trio_token)
+        loop = self.loop
+
+        async def _as_coroutine() -> T:
+            return await fn(*args)
+
+        def _start() -> None:
+            task = loop.create_task(_as_coroutine())
+            call.task = task
+            task.add_done_callback(call.on_done)
+
+        def _cancel() -> None:
+            # Scheduled after _start (call_soon_threadsafe is FIFO), so the task exists.
+            if call.task is not None:
+                call.task.cancel()
+
+        try:
+            loop.call_soon_threadsafe(_start)
+        except RuntimeError as exc:  # loop closed between the check and the call
+            raise BridgeClosedError("the asyncio bridge is not running") from exc
+        try:
+            await call.done.wait()
+        except BaseException:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_cancel)
+            with trio.move_on_after(CANCEL_TIMEOUT) as scope:
+                scope.shield = True
+                await call.done.wait()
+            if scope.cancelled_caught:
+                log.warning(
+                    "asyncio task %r did not finish within %.1f s of cancel", fn, CANCEL_TIMEOUT
+                )
+            raise
+        task = call.task
+        assert task is not None
+        if task.cancelled():
+            raise BridgeCancelledError(f"{fn!r} was cancelled on the asyncio side")
+        return task.result()
+
+    async def call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Run a plain function on the loop thread (e.g. ``RTCPeerConnection(config)``) and return it."""
+
+        async def _call() -> T:
+            return fn(*args)
+
+        return await self.run(_call)
+
+    def call_soon(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
+        """Fire-and-forget ``fn(*args)`` on the loop thread; usable from any thread, never blocks."""
+        if not self._running:
+            raise BridgeClosedError("the asyncio bridge is not running")
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    # asyncio → trio
+
+    def to_trio(self, channel: trio.MemorySendChannel[T]) -> ToTrio[T]:
+        """A :class:`ToTrio` for ``channel``: hand it to aiortc callbacks on the asyncio thread."""
+        return ToTrio(self.trio_token, channel)
+
+    def open_channel(
+        self, max_buffer_size: float = math.inf
+    ) -> tuple[ToTrio[T], trio.MemoryReceiveChannel[T]]:
+        """A fresh memory channel whose sending side is a :class:`ToTrio`."""
+        send, receive = trio.open_memory_channel[T](max_buffer_size)
+        return ToTrio(self.trio_token, send), receive
+
+    # ownership
+
+    def register(self, obj: Closable) -> None:
+        """Close ``obj`` when the bridge closes (unless :meth:`unregister`-ed first)."""
+        self._registered[id(obj)] = obj
+
+    def unregister(self, obj: Closable) -> None:
+        self._registered.pop(id(obj), None)
+
+    @property
+    def registered(self) -> list[Closable]:
+        return list(self._registered.values())
+
+    async def _close_registered(self) -> None:
+        objs = list(self._registered.values())
+        self._registered.clear()
+        if not objs:
+            return
+        results = await asyncio.gather(*(obj.close() for obj in objs), return_exceptions=True)
+        for obj, result in zip(objs, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("closing %r failed: %r", obj, result)
+                self.errors.append(result)
+
+    def _exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = context.get("message", "unhandled error in the asyncio loop")
+        log.error("asyncio bridge: %s", message, exc_info=exc)
+        self.errors.append(exc if isinstance(exc, BaseException) else str(message))
+
+
+def _loop_thread(
+    loop: asyncio.AbstractEventLoop,
+    token: trio.lowlevel.TrioToken,
+    started: trio.Event,
+    finished: trio.Event,
+    close_timeout: float,
+) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        token.run_sync_soon(started.set)
+        loop.run_forever()
+        # Cancel whatever is left (aiortc tasks of objects nobody closed, stray callbacks' tasks).
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=close_timeout))
+            if pending:
+                log.error(
+                    "asyncio bridge: %d task(s) ignored cancellation: %r", len(pending), pending
+                )
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        # aiortc encodes in the default executor; joining it here means no worker thread outlives us.
+        loop.run_until_complete(loop.shutdown_default_executor())
+    except BaseException:
+        log.exception("asyncio bridge thread crashed")
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(finished.set)
+
+
+@contextlib.asynccontextmanager
+async def open_bridge(
+    *, close_timeout: float = CLOSE_TIMEOUT, name: str = "meshrtc-asyncio"
+) -> AsyncIterator[Bridge]:
+    """Run an asyncio loop in a dedicated thread for the duration of the block.
+
+    On exit (normal, error or cancellation) registered objects are closed, remaining tasks cancelled
+    and the thread joined; each step is bounded by ``close_timeout`` seconds and a step that overruns
+    is logged, never waited on forever.
+    """
+    token = trio.lowlevel.current_trio_token()
+    loop = asyncio.new_event_loop()
+    started = trio.Event()
+    finished = trio.Event()
+    thread = threading.Thread(
+        target=_loop_thread,
+        args=(loop, token, started, finished, close_timeout),
+        name=name,
+        daemon=True,
+    )
+    bridge = Bridge(loop, token)
+    loop.set_exception_handler(bridge._exception_handler)
+    thread.start()
+    try:
+        with trio.CancelScope(shield=True), trio.fail_after(close_timeout):
+            await started.wait()
+        yield bridge
+    finally:
+        with trio.CancelScope(shield=True):
+            await _close(bridge, thread, finished, close_timeout)
+
+
+async def _close(
+    bridge: Bridge, thread: threading.Thread, finished: trio.Event, close_timeout: float
+) -> None:
+    with trio.move_on_after(close_timeout) as scope:
+        try:
+            await bridge.run(bridge._close_registered)
+        except MeshRtcError as exc:  # _close_registered itself reports per-object failures
+            log.error("asyncio bridge: closing registered objects failed: %r", exc)
+            bridge.errors.append(exc)
+    if scope.cancelled_caught:
+        log.error("asyncio bridge: closing registered objects took over %.1f s", close_timeout)
+    bridge._running = False
+    with contextlib.suppress(RuntimeError):  # the loop already closed (its thread crashed)
+        bridge.loop.call_soon_threadsafe(bridge.loop.stop)
+    # The thread's cleanup is itself bounded by close_timeout per step; allow for both steps.
+    with trio.move_on_after(3 * close_timeout + 1) as scope:
+        await finished.wait()
+    if scope.cancelled_caught:
+        log.error("asyncio bridge thread did not stop in time; leaving it (daemon) behind")
+        return
+    thread.join(timeout=1.0)
+    if thread.is_alive():
+        log.error("asyncio bridge thread still alive after signalling it finished")

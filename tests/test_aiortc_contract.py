@@ -1,0 +1,290 @@
+"""Every aiortc internal that meshrtc.rtc.aiortc_adapter relies on, checked against the installed aiortc.
+
+aiortc is pinned to 1.16.*; a new release may rename a private attribute or change what a method
+does with it. Each check below names the internal it guards, so a failure says exactly what moved.
+When one fails: read the new aiortc source, fix the adapter, then update the check (and, for the
+pinned ``receive()`` source, the digest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import aiortc
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, rtp
+from aiortc import codecs as aiortc_codecs
+from aiortc import rtcrtpsender as sender_module
+from aiortc.codecs import h264, opus, vpx
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+from meshrtc.rtc import aiortc_adapter as adapter
+
+#: sha256 of ``inspect.getsource(RTCRtpReceiver.receive)`` in aiortc 1.16.0. The adapter replaces
+#: receive() with a copy that skips the decoder thread, so any change to it must be re-read.
+RECEIVE_SOURCE_SHA256 = "d6d8d8d7a0bf4e95f3fb7cb78cf275d0a5f50c4912e0cb8498272008779916ef"
+
+
+def _source(obj: Any) -> str:
+    return inspect.getsource(obj)
+
+
+def _params(fn: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def _live_objects() -> dict[str, Any]:
+    """A receiver and a sender as aiortc builds them (no network: nothing is negotiated)."""
+
+    async def build() -> dict[str, Any]:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            audio = pc.addTransceiver("audio")
+            video = pc.addTransceiver("video")
+            return {
+                "audio_receiver": audio.receiver,
+                "video_receiver": video.receiver,
+                "audio_sender": audio.sender,
+                "video_sender": video.sender,
+            }
+        finally:
+            await pc.close()
+
+    return asyncio.run(build())
+
+
+LIVE = _live_objects()
+
+
+def test_aiortc_version_is_the_pinned_minor() -> None:
+    assert aiortc.__version__.startswith("1.16."), (
+        f"aiortc {aiortc.__version__} installed; the adapter is written against 1.16.*"
+    )
+
+
+# --- receiver: instance attributes the adapter reads or replaces ---------------------------------
+
+RECEIVER_ATTRS = [
+    adapter.RECEIVER_JITTER_BUFFER,
+    adapter.RECEIVER_STARTED,
+    adapter.RECEIVER_CODECS,
+    adapter.RECEIVER_RTX_SSRC,
+    adapter.RECEIVER_RTCP_TASK,
+    adapter.RECEIVER_DECODER_THREAD,
+]
+
+
+@pytest.mark.parametrize("name", RECEIVER_ATTRS)
+@pytest.mark.parametrize("kind", ["audio", "video"])
+def test_receiver_instance_attribute_exists(kind: str, name: str) -> None:
+    receiver = LIVE[f"{kind}_receiver"]
+    assert hasattr(receiver, name), f"RTCRtpReceiver has no instance attribute {name!r}"
+
+
+def test_receiver_starts_unstarted_without_decoder_thread() -> None:
+    receiver = LIVE["audio_receiver"]
+    assert getattr(receiver, adapter.RECEIVER_STARTED) is False
+    assert getattr(receiver, adapter.RECEIVER_DECODER_THREAD) is None
+    assert isinstance(getattr(receiver, adapter.RECEIVER_CODECS), dict)
+    assert isinstance(getattr(receiver, adapter.RECEIVER_RTX_SSRC), dict)
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("_handle_rtcp_packet", ["self", "packet"]),
+        ("_handle_rtp_packet", ["self", "packet", "arrival_time_ms"]),
+        ("_run_rtcp", ["self"]),
+        ("_send_rtcp_pli", ["self", "media_ssrc"]),
+        ("receive", ["self", "parameters"]),
+    ],
+)
+def test_receiver_method_signature(method: str, params: list[str]) -> None:
+    fn = getattr(RTCRtpReceiver, method, None)
+    assert fn is not None, f"RTCRtpReceiver.{method} is gone"
+    assert _params(fn) == params, f"RTCRtpReceiver.{method}{inspect.signature(fn)} changed"
+
+
+def test_receiver_rtcp_handler_and_pli_are_coroutines() -> None:
+    for name in ("_handle_rtcp_packet", "_send_rtcp_pli", "_run_rtcp", "receive"):
+        assert inspect.iscoroutinefunction(getattr(RTCRtpReceiver, name)), name
+
+
+def test_receiver_transport_is_a_public_property() -> None:
+    assert isinstance(inspect.getattr_static(RTCRtpReceiver, "transport"), property)
+
+
+def test_receive_source_is_the_one_the_adapter_copies() -> None:
+    digest = hashlib.sha256(_source(RTCRtpReceiver.receive).encode()).hexdigest()
+    assert digest == RECEIVE_SOURCE_SHA256, (
+        "RTCRtpReceiver.receive changed: re-read it and update ReceiverTap.install's copy "
+        f"(new sha256 {digest})"
+    )
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        # the sink's answer is unpacked like this, and (False, None) means: no PLI, nothing to decode
+        "pli_flag, encoded_frame = self.__jitter_buffer.add(packet)",
+        "if encoded_frame is not None and self.__decoder_thread:",
+        "if pli_flag:",
+        # RTX is unwrapped and NACKs generated *before* the jitter buffer, so the sink sees both
+        "packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)",
+        "self.__nack_generator.add(packet)",
+        "packet._data = depayload(codec, packet.payload)",
+    ],
+)
+def test_receiver_rtp_path_calls_the_jitter_buffer_after_rtx_and_nack(needle: str) -> None:
+    source = _source(RTCRtpReceiver._handle_rtp_packet)
+    assert needle in source, f"RTCRtpReceiver._handle_rtp_packet no longer contains {needle!r}"
+    if needle.startswith(("packet = unwrap_rtx", "self.__nack")):
+        assert source.index(needle) < source.index("self.__jitter_buffer.add(packet)")
+
+
+def test_decoder_thread_is_started_only_in_receive() -> None:
+    # If aiortc started it elsewhere, replacing receive() would no longer keep it from running.
+    for name, member in inspect.getmembers(RTCRtpReceiver, inspect.isfunction):
+        if name != "receive":
+            assert "threading.Thread(" not in _source(member), (
+                f"RTCRtpReceiver.{name} starts a thread"
+            )
+    assert "threading.Thread(" in _source(RTCRtpReceiver.receive)
+
+
+def test_sr_packets_reach_the_receiver_through_handle_rtcp_packet() -> None:
+    source = _source(RTCDtlsTransport._handle_rtcp_data)
+    assert "await recipient._handle_rtcp_packet(packet)" in source
+    assert "await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)" in _source(
+        RTCDtlsTransport._handle_rtp_data
+    )
+
+
+def test_dtls_transport_register_rtp_receiver_signature() -> None:
+    fn = RTCDtlsTransport._register_rtp_receiver
+    assert _params(fn) == ["self", "receiver", "parameters"], inspect.signature(fn)
+
+
+def test_track_event_fires_before_the_receiver_is_started() -> None:
+    # The adapter installs everything from the "track" event; that must precede __connect().
+    source = _source(RTCPeerConnection.setRemoteDescription)
+    track = source.index('self.emit("track", event.track)')
+    connect = source.index("asyncio.ensure_future(self.__connect())")
+    assert track < connect
+    connect_source = _source(RTCPeerConnection._RTCPeerConnection__connect)  # type: ignore[attr-defined]
+    assert "await transceiver.receiver.receive(" in connect_source
+
+
+# --- sender ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [adapter.SENDER_ENCODER, "_ssrc"])
+@pytest.mark.parametrize("kind", ["audio", "video"])
+def test_sender_instance_attribute_exists(kind: str, name: str) -> None:
+    assert hasattr(LIVE[f"{kind}_sender"], name), f"RTCRtpSender has no instance attribute {name!r}"
+
+
+def test_sender_encoder_is_none_before_the_first_frame() -> None:
+    assert getattr(LIVE["video_sender"], adapter.SENDER_ENCODER) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("_handle_rtcp_packet", ["self", "packet"]), ("_send_keyframe", ["self"])],
+)
+def test_sender_method_signature(method: str, params: list[str]) -> None:
+    fn = getattr(RTCRtpSender, method, None)
+    assert fn is not None, f"RTCRtpSender.{method} is gone"
+    assert _params(fn) == params, f"RTCRtpSender.{method}{inspect.signature(fn)} changed"
+
+
+def test_sender_builds_its_encoder_with_the_module_get_encoder() -> None:
+    assert callable(getattr(sender_module, adapter.GET_ENCODER, None)), (
+        "aiortc.rtcrtpsender.get_encoder"
+    )
+    assert "self.__encoder = get_encoder(codec)" in _source(RTCRtpSender._next_encoded_frame)
+
+
+def test_sender_applies_remb_to_the_encoder_target_bitrate() -> None:
+    # Why SenderControl intercepts REMB: otherwise this line overwrites the quality controller's cap.
+    source = _source(RTCRtpSender._handle_rtcp_packet)
+    assert "self.__encoder.target_bitrate = bitrate" in source
+    assert "packet.fmt == RTCP_PSFB_APP" in source
+
+
+# --- codecs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "cls"), [(vpx, vpx.Vp8Encoder), (h264, h264.H264Encoder)], ids=["vp8", "h264"]
+)
+def test_video_encoder_target_bitrate_contract(module: Any, cls: type) -> None:
+    prop = inspect.getattr_static(cls, "target_bitrate", None)
+    assert isinstance(prop, property), f"{cls.__name__}.target_bitrate is not a property"
+    assert prop.fset is not None, f"{cls.__name__}.target_bitrate has no setter"
+    assert isinstance(module.MIN_BITRATE, int)
+    assert isinstance(module.MAX_BITRATE, int)
+    encoder = cls()
+    encoder.target_bitrate = 1
+    assert encoder.target_bitrate == module.MIN_BITRATE, "target_bitrate no longer clamps"
+    encoder.target_bitrate = 10**9
+    assert encoder.target_bitrate == module.MAX_BITRATE
+    assert encoder.codec is None, f"{cls.__name__}.codec is created lazily"
+    src = _source(cls)
+    assert "> 0.1" in src, f"{cls.__name__} no longer recreates its codec on a >10% change"
+
+
+def test_opus_encoder_shape_and_configuration() -> None:
+    encoder = opus.OpusEncoder()
+    for name in ("codec", "resampler", "first_packet_pts"):
+        assert hasattr(encoder, name), f"OpusEncoder.{name}"
+    assert _params(opus.OpusEncoder.encode) == ["self", "frame", "force_keyframe"]
+    ours = adapter._new_opus_context(int(encoder.codec.bit_rate or 0))
+    for field in ("bit_rate", "sample_rate", "time_base"):
+        assert getattr(ours, field) == getattr(encoder.codec, field), f"OpusEncoder.codec.{field}"
+    assert ours.format.name == encoder.codec.format.name
+    assert ours.layout.name == encoder.codec.layout.name
+    assert dict(ours.options) == dict(encoder.codec.options)
+    assert opus.SAMPLE_RATE == 48_000
+
+
+@pytest.mark.parametrize(
+    ("fn", "params"),
+    [
+        (aiortc_codecs.depayload, ["codec", "payload"]),
+        (aiortc_codecs.get_decoder, ["codec"]),
+        (aiortc_codecs.is_rtx, ["codec"]),
+        (JitterFrame.__init__, ["self", "data", "timestamp"]),
+        (rtp.unpack_remb_fci, ["data"]),
+    ],
+    ids=lambda x: getattr(x, "__qualname__", str(x)),
+)
+def test_codec_helpers_signature(fn: Callable[..., Any], params: list[str]) -> None:
+    assert _params(fn) == params, f"{fn.__qualname__}{inspect.signature(fn)} changed"
+
+
+def test_vp8_payload_descriptor_fields() -> None:
+    descriptor, rest = vpx.VpxPayloadDescriptor.parse(b"\x90\x80\x01\x00")
+    assert (descriptor.partition_start, descriptor.partition_id) == (1, 0)
+    assert rest == b"\x00"
+
+
+def test_rtp_and_rtcp_packet_fields() -> None:
+    packet = rtp.RtpPacket(
+        payload_type=96, marker=1, sequence_number=7, timestamp=9, ssrc=3, payload=b"x"
+    )
+    for name in ("payload_type", "marker", "sequence_number", "timestamp", "ssrc", "payload"):
+        assert hasattr(packet, name), f"RtpPacket.{name}"
+    info = rtp.RtcpSenderInfo(ntp_timestamp=1, rtp_timestamp=2, packet_count=3, octet_count=4)
+    sr = rtp.RtcpSrPacket(ssrc=5, sender_info=info)
+    assert sr.reports == []
+    report = rtp.RtcpReceiverInfo(
+        ssrc=1, fraction_lost=2, packets_lost=3, highest_sequence=4, jitter=5, lsr=6, dlsr=7
+    )
+    assert rtp.RtcpRrPacket(ssrc=1, reports=[report]).reports[0].dlsr == 7
+    assert rtp.RTCP_PSFB_APP == 15
