@@ -1,0 +1,173 @@
+"""DriftCompensator: decoded audio at the sender's rate in, audio at our rate out.
+
+A sender whose clock runs 1000 ppm fast delivers 48 048 samples per one of our seconds; played at
+48 000 they pile up by 1 ms per second (a buffer fills by 0.6 s in ten minutes), and a slow sender
+drains it into underruns. The compensator resamples every decoded block by the drift estimator's
+``correction_factor`` (local/sender rate, within ±1%), so what leaves it is exactly as long in our
+time as it was in the sender's.
+
+Resampler: libsoxr through python-soxr's *variable-rate* stream (``ResampleStream(..., vr=True)`` and
+``set_io_ratio``). libsoxr is a well-kept, widely used resampler, its variable-rate mode is made for a
+ratio that moves slowly while audio flows, and each ratio change is slewed over one block so there is
+no step in phase or pitch. Measured here: a 440 Hz tone at 1000 ppm comes out > 100 dB above the
+resampling error (the test demands 40 dB), at ~20 M samples/s, with a constant ~240 samples (5 ms) of
+algorithmic delay. python-soxr marks ``vr`` experimental; it is present in the 1.x series installed
+here, and the constructor fails loudly (``CompensatorError``) on a binding without it rather than
+silently doing nothing.
+
+The drift estimate alone leaves whatever the buffer gained before the estimate existed (10 SRs, about
+45 s at one SR per 5 s) and whatever its residual error adds up to. Give ``target_level_ms`` and pass
+the buffer's level with each block, and a slow proportional trim (at most ``max_trim_ppm``, on a level
+low-passed over ``level_smoothing_s``) pulls the level back to the target; the factor actually applied
+still never leaves ±1% (invariant 4).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import numpy as np
+import soxr
+from numpy.typing import NDArray
+
+from meshrtc.errors import MeshRtcError
+from meshrtc.media.drift import MAX_CORRECTION
+
+__all__ = ["CompensatorError", "DriftCompensator"]
+
+log = logging.getLogger(__name__)
+
+#: The variable-rate stream must be built with its largest input/output ratio (libsoxr's rule).
+_MAX_IO_RATIO = 1.0 / (1.0 - 2.0 * MAX_CORRECTION)
+
+
+class CompensatorError(MeshRtcError):
+    """Bad input to the compensator, or a python-soxr without variable-rate support."""
+
+
+def _soxr_has_variable_rate() -> bool:
+    try:
+        params = inspect.signature(soxr.ResampleStream).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a C-only binding without a signature
+        return False
+    return "vr" in params and hasattr(soxr.ResampleStream, "set_io_ratio")
+
+
+class DriftCompensator:
+    """Streaming resampler driven by a correction factor (and optionally a buffer level).
+
+    Feed ``process`` consecutive decoded blocks of one stream (1-D mono or 2-D ``[frames, channels]``
+    float samples at 48 kHz); it returns float32 blocks whose total length tracks
+    ``sum(len(block) * ratio)``, where ``ratio`` is the factor applied to each block. Output blocks
+    vary in length; that is the point.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 48_000,
+        channels: int = 1,
+        quality: str = "HQ",
+        target_level_ms: float | None = None,
+        level_gain_ppm_per_ms: float = 200.0,
+        max_trim_ppm: float = 2000.0,
+        level_smoothing_s: float = 1.0,
+    ) -> None:
+        if not _soxr_has_variable_rate():
+            raise CompensatorError(
+                "DriftCompensator needs python-soxr with variable-rate streams "
+                "(ResampleStream(vr=True) and set_io_ratio; python-soxr >= 1.0)"
+            )
+        if channels < 1:
+            raise CompensatorError(f"channels must be >= 1, got {channels}")
+        if sample_rate <= 0:
+            raise CompensatorError(f"sample_rate must be positive, got {sample_rate}")
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.quality = quality
+        self.target_level_ms = target_level_ms
+        self.level_gain_ppm_per_ms = level_gain_ppm_per_ms
+        self.max_trim_ppm = max_trim_ppm
+        self.level_smoothing_s = level_smoothing_s
+        self._stream: Any = self._new_stream()
+        self._smoothed_level: float | None = None
+        self.ratio = 1.0
+        self.trim_ppm = 0.0
+        self.samples_in = 0
+        self.samples_out = 0
+        #: sum(len(block) * ratio): what the output total tends to, less the resampler's delay.
+        self.expected_out = 0.0
+
+    def _new_stream(self) -> Any:
+        stream = soxr.ResampleStream(
+            _MAX_IO_RATIO, 1.0, self.channels, dtype="float32", quality=self.quality, vr=True
+        )
+        stream.set_io_ratio(1.0, 1.0, 0)
+        return stream
+
+    @property
+    def latency_samples(self) -> float:
+        """Output samples owed but still inside the resampler (about 240, i.e. 5 ms, at HQ).
+
+        Counted from what went in and came out rather than asked of libsoxr, whose ``delay()`` in
+        variable-rate mode does not include the filter's priming.
+        """
+        return self.expected_out - self.samples_out
+
+    def reset(self) -> None:
+        """Drop buffered audio and the level filter (stream restart, reconnection)."""
+        self._stream = self._new_stream()
+        self._smoothed_level = None
+        self.ratio = 1.0
+        self.trim_ppm = 0.0
+        self.samples_in = self.samples_out = 0
+        self.expected_out = 0.0
+
+    def process(
+        self,
+        samples: NDArray[np.floating[Any]],
+        correction_factor: float,
+        *,
+        level_ms: float | None = None,
+    ) -> NDArray[np.float32]:
+        """Resample one block by ``correction_factor`` (trimmed by the buffer level when given)."""
+        if not 1 - MAX_CORRECTION - 1e-12 <= correction_factor <= 1 + MAX_CORRECTION + 1e-12:
+            raise CompensatorError(
+                f"correction_factor {correction_factor!r} is outside 1 ± {MAX_CORRECTION}"
+            )
+        block = np.ascontiguousarray(samples, dtype=np.float32)
+        if block.ndim == 2 and block.shape[1] != self.channels:
+            raise CompensatorError(f"expected {self.channels} channels, got {block.shape[1]}")
+        if block.ndim == 1 and self.channels != 1:
+            raise CompensatorError(f"expected [frames, {self.channels}] samples, got 1-D")
+        if block.ndim not in (1, 2):
+            raise CompensatorError(f"samples must be 1-D or 2-D, got {block.ndim}-D")
+        frames = block.shape[0]
+        if frames == 0:
+            return block
+        ratio = correction_factor * (1.0 - self._trim(level_ms, frames) * 1e-6)
+        ratio = min(1 + MAX_CORRECTION, max(1 - MAX_CORRECTION, ratio))
+        # The ratio moves over this block's input, not at its first sample: no phase step, no click.
+        self._stream.set_io_ratio(1.0 / ratio, 1.0, frames)
+        out: NDArray[np.float32] = self._stream.resample_chunk(block)
+        self.ratio = ratio
+        self.samples_in += frames
+        self.samples_out += out.shape[0]
+        self.expected_out += frames * ratio
+        return out
+
+    def _trim(self, level_ms: float | None, frames: int) -> float:
+        if self.target_level_ms is None or level_ms is None:
+            self.trim_ppm = 0.0
+            return 0.0
+        if self._smoothed_level is None:
+            self._smoothed_level = level_ms
+        else:
+            alpha = min(1.0, frames / self.sample_rate / self.level_smoothing_s)
+            self._smoothed_level += alpha * (level_ms - self._smoothed_level)
+        error = self._smoothed_level - self.target_level_ms
+        trim = max(-self.max_trim_ppm, min(self.max_trim_ppm, self.level_gain_ppm_per_ms * error))
+        self.trim_ppm = trim
+        return trim
