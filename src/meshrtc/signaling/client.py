@@ -464,7 +464,9 @@ class SignalingClient(StatefulModel):
                 if self._closing:
                     nursery.cancel_scope.cancel()
                 await self._session(nursery, stream, attempt, task_status)
-        except ExceptionGroup as group:  # trio-websocket's reader raised (handshake rejected)
+        except ExceptionGroup as group:
+            # trio-websocket's reader raised: the handshake was rejected, or (#184) a ping arrived
+            # while we were closing and it tried to pong in LOCAL_CLOSING.
             leaf = _first_leaf(group)
             attempt.reason = f"{type(leaf).__name__}: {leaf}"
             if isinstance(leaf, ConnectionRejected):

@@ -136,6 +136,7 @@ class LeaveReason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"  # it kept flooding past the rate limit (closed with 1008)
     SLOW_CONSUMER = "slow_consumer"  # it did not read what the server sent it (closed with 1008)
     SHUTDOWN = "shutdown"  # the server is stopping
+    ERROR = "error"  # the server failed serving it (a bug; logged, closed with 1011)
 
 
 class SignalingError(MeshRtcError):

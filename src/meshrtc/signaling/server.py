@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+from wsproto.utilities import LocalProtocolError
 
 from meshrtc.config import MAX_PEERS_LIMIT
 from meshrtc.errors import ConfigError
@@ -492,6 +493,7 @@ class SignalingServer:
             wall_clock=wall_clock,
         )
         self._listeners: list[trio.SocketListener] = []
+        self._bound_port: int | None = None
         self._ids = itertools.count(1)
         self._live: dict[int, _Live] = {}
         self._handshaking: dict[int, trio.CancelScope] = {}
@@ -503,10 +505,9 @@ class SignalingServer:
     @property
     def port(self) -> int:
         """The bound port (the first listener's, if the host resolved to several)."""
-        if not self._listeners:
+        if self._bound_port is None:
             raise RuntimeError("the server is not listening yet: start it with nursery.start")
-        port: int = self._listeners[0].socket.getsockname()[1]
-        return port
+        return self._bound_port
 
     @property
     def url(self) -> str:
@@ -523,6 +524,7 @@ class SignalingServer:
     ) -> None:
         """Serve until cancelled or :meth:`close`; then close every connection gracefully."""
         self._listeners = await trio.open_tcp_listeners(self._requested_port, host=self.host)
+        self._bound_port = self._listeners[0].socket.getsockname()[1]
         try:
             async with trio.open_nursery() as outer:
                 # Cancellation from outside reaches only this watcher; the connections run in a
@@ -598,6 +600,9 @@ class SignalingServer:
             log.debug("conn %d: no HTTP request head within %gs", conn_id, self.handshake_timeout)
             return
         head = buffer.split(b"\r\n\r\n", 1)[0]
+        if len(head) > MAX_HTTP_HEAD:
+            await _send_quietly(stream, HttpResponse(431, b"request head too large\n"))
+            return
         request = _parse_head(head)
         if request is None:
             await _send_quietly(stream, HttpResponse(400, b"malformed HTTP request\n"))
@@ -636,6 +641,14 @@ class SignalingServer:
         await _send_quietly(stream, response, include_body=request.method != "HEAD")
 
     async def _serve_websocket(self, conn_id: int, stream: _PrefixedStream) -> None:
+        try:
+            await self._serve_websocket_inner(conn_id, stream)
+        except* LocalProtocolError as group:
+            # trio-websocket #184: a ping that arrives after we sent our close frame makes its
+            # reader try to pong in LOCAL_CLOSING and raise. The connection is closing anyway.
+            log.debug("conn %d: ignoring %r while closing", conn_id, group.exceptions[0])
+
+    async def _serve_websocket_inner(self, conn_id: int, stream: _PrefixedStream) -> None:
         async with trio.open_nursery() as ws_nursery:
             # trio-websocket's reader task lives in ws_nursery, which is only cancelled after the
             # close handshake below, so the peer's close reply can still be read.
@@ -669,6 +682,9 @@ class SignalingServer:
                     tasks.start_soon(self._read_loop, live, ws)
                     tasks.start_soon(self._write_loop, live, ws, inbox)
                     tasks.start_soon(self._ping_loop, live, ws)
+        except Exception:
+            log.exception("conn %d: failed while serving; closing it", conn_id)
+            live.end(LeaveReason.ERROR, 1011, "internal server error")
         finally:
             del self._live[conn_id]
             actions = self.hub.close(conn_id, live.reason)
