@@ -1,0 +1,144 @@
+"""Keyframe detection on RTP payloads (VP8, VP9, H.264).
+
+After a loss the video jitter buffer drops frames until the decoder can start clean again, which is
+only at a keyframe; it asks :func:`is_keyframe_for` (or one of the detectors below) about the first
+packet of each frame. The detectors read only the payload descriptor and the first bytes of the codec
+header, never decode, never raise on short or malformed input (they answer ``False``: a frame we
+cannot prove is a keyframe is not one), and accept ``bytes`` or ``memoryview`` without copying.
+
+A detector answers for the *first packet of a frame*: each one also requires the codec's
+"start of frame" signal, so a fragment from the middle of a keyframe is not mistaken for its start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meshrtc.errors import ConfigError
+from meshrtc.media.frame import MediaFrame
+
+__all__ = [
+    "h264_is_keyframe",
+    "is_keyframe_for",
+    "vp8_is_keyframe",
+    "vp9_is_keyframe",
+]
+
+# H.264 NAL unit types (RFC 6184 section 5.4, ITU-T H.264 table 7-1).
+_NAL_IDR = 5
+_NAL_SPS = 7
+_NAL_STAP_A = 24
+_NAL_FU_A = 28
+_KEY_NALS = frozenset((_NAL_IDR, _NAL_SPS))
+
+
+def vp8_is_keyframe(payload: bytes | memoryview) -> bool:
+    """RFC 7741: the start of partition 0 (S=1, PID=0) whose VP8 header has P=0 (key frame).
+
+    Descriptor: ``|X|R|N|S|R|PID|``, then with X an extension byte ``|I|L|T|K|RSV|`` followed by
+    PictureID (1 or 2 bytes, M bit), TL0PICIDX (L) and a TID/KEYIDX byte (T or K).
+    """
+    size = len(payload)
+    if size < 1:
+        return False
+    b0 = payload[0]
+    if not b0 & 0x10 or b0 & 0x07:  # S clear, or not partition 0
+        return False
+    pos = 1
+    if b0 & 0x80:  # X: extension byte present
+        if size < 2:
+            return False
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:  # I: PictureID
+            if size <= pos:
+                return False
+            pos += 2 if payload[pos] & 0x80 else 1  # M: 15-bit PictureID
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: TID/Y/KEYIDX byte
+            pos += 1
+    if size <= pos:
+        return False
+    return not payload[pos] & 0x01  # P bit: 0 = key frame
+
+
+def vp9_is_keyframe(payload: bytes | memoryview) -> bool:
+    """RFC 9628: the first packet of a picture (B=1) that is not inter-predicted (P=0).
+
+    Descriptor byte 0 is ``|I|P|L|F|B|E|V|Z|``. When layer indices are present (L) the picture must
+    also be the base spatial layer (SID 0), because a keyframe starts there; higher layers of a key
+    picture are predicted from it.
+    """
+    size = len(payload)
+    if size < 1:
+        return False
+    b0 = payload[0]
+    if b0 & 0x40 or not b0 & 0x08:  # P set (inter-predicted) or B clear (not a frame start)
+        return False
+    if not b0 & 0x20:  # no layer indices: base layer by definition
+        return True
+    pos = 1
+    if b0 & 0x80:  # I: PictureID, 7 or 15 bits
+        if size <= pos:
+            return False
+        pos += 2 if payload[pos] & 0x80 else 1
+    if size <= pos:
+        return False
+    # Layer indices: |TID(3)|U|SID(3)|D|
+    return (payload[pos] >> 1) & 0x07 == 0
+
+
+def h264_is_keyframe(payload: bytes | memoryview) -> bool:
+    """RFC 6184: an IDR slice (NAL 5) or an SPS (NAL 7), alone, inside a STAP-A, or as the first
+    fragment (S=1) of an FU-A.
+
+    An SPS counts because encoders send SPS/PPS immediately before each IDR, in the same access
+    unit; libwebrtc's depacketizer makes the same choice.
+    """
+    size = len(payload)
+    if size < 1:
+        return False
+    nal = payload[0] & 0x1F
+    if nal in _KEY_NALS:
+        return True
+    if nal == _NAL_FU_A:
+        if size < 2:
+            return False
+        fu = payload[1]
+        return bool(fu & 0x80) and (fu & 0x1F) in _KEY_NALS
+    if nal == _NAL_STAP_A:
+        pos = 1
+        while pos + 2 < size:
+            length = (payload[pos] << 8) | payload[pos + 1]
+            pos += 2
+            if length == 0 or pos + length > size:
+                return False
+            if payload[pos] & 0x1F in _KEY_NALS:
+                return True
+            pos += length
+    return False
+
+
+_BY_CODEC: dict[str, Callable[[bytes | memoryview], bool]] = {
+    "vp8": vp8_is_keyframe,
+    "vp9": vp9_is_keyframe,
+    "h264": h264_is_keyframe,
+}
+
+
+def is_keyframe_for(codec: str) -> Callable[[MediaFrame], bool]:
+    """The ``is_keyframe`` callable a video :class:`~meshrtc.media.jitter.JitterBuffer` takes.
+
+    ``codec`` is the codec name as SDP spells it ("VP8", "VP9", "H264"; any case).
+    """
+    try:
+        detector = _BY_CODEC[codec.lower()]
+    except KeyError:
+        raise ConfigError("codec", codec, "VP8, VP9 or H264") from None
+
+    def is_keyframe(frame: MediaFrame) -> bool:
+        return detector(frame.payload)
+
+    is_keyframe.__name__ = f"{codec.lower()}_frame_is_keyframe"
+    return is_keyframe
