@@ -76,13 +76,15 @@ def vp9_is_keyframe(payload: bytes | memoryview) -> bool:
     b0 = payload[0]
     if b0 & 0x40 or not b0 & 0x08:  # P set (inter-predicted) or B clear (not a frame start)
         return False
-    if not b0 & 0x20:  # no layer indices: base layer by definition
-        return True
     pos = 1
     if b0 & 0x80:  # I: PictureID, 7 or 15 bits
         if size <= pos:
             return False
         pos += 2 if payload[pos] & 0x80 else 1
+        if size < pos:
+            return False
+    if not b0 & 0x20:  # no layer indices: base layer by definition
+        return True
     if size <= pos:
         return False
     # Layer indices: |TID(3)|U|SID(3)|D|
