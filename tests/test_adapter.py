@@ -234,7 +234,10 @@ async def test_taps_deliver_opus_and_vp8_frames_and_sender_reports() -> None:
         assert video_decoder.errors == 0
         assert all(r.stats.errors == 0 for r in link.b_tap.receivers)
         assert all(r.stats.rtx_filtered == 0 for r in link.b_tap.receivers)
-    # Closing the bridge closed both connections (the fixture checks no thread survived).
+    # Closing the bridge closed both connections and ended every aiortc task; the fixture checks
+    # that no thread (bridge, encoder workers, decoders) survived.
+    assert not asyncio.all_tasks(bridge.loop)
+    assert bridge.leftover_tasks == []  # closing the connections ended all their tasks
     assert link.a.connectionState == "closed"
     assert link.b.connectionState == "closed"
 

@@ -222,6 +222,9 @@ async def test_close_closes_registered_connections_and_leaves_no_thread_or_task(
     assert state == ["closed"]
     assert leftover_cancelled.is_set()
     assert bridge.loop.is_closed()
+    assert not asyncio.all_tasks(bridge.loop)
+    assert len(bridge.leftover_tasks) == 1
+    assert "forgotten" in bridge.leftover_tasks[0]
     assert _thread_names() == before
     with pytest.raises(BridgeClosedError):
         await bridge.run(asyncio.sleep, 0)
@@ -234,3 +237,28 @@ async def test_bridge_closes_when_its_trio_scope_is_cancelled() -> None:
             await bridge.run(asyncio.sleep, 3600)
     assert bridge.loop.is_closed()
     assert _thread_names() == before
+
+
+async def test_pyee_handler_hands_events_across_and_never_raises_into_aiortc() -> None:
+    async with open_bridge() as bridge:
+        pipe: ToTrio[tuple[str, str]]
+        receive: trio.MemoryReceiveChannel[tuple[str, str]]
+        pipe, receive = bridge.open_channel()
+        pc = await bridge.call(RTCPeerConnection, RTCConfiguration(iceServers=[]))
+        bridge.register(pc)
+
+        def broken() -> tuple[str, str]:
+            raise ValueError("listener bug")
+
+        def subscribe() -> None:
+            pc.on("signalingstatechange", pipe.handler(broken))
+            pc.on("signalingstatechange", pipe.handler(lambda: ("signaling", pc.signalingState)))
+
+        await bridge.call(subscribe)
+        await bridge.call(pc.addTransceiver, "audio")
+        # setLocalDescription emits signalingstatechange on the asyncio thread; the broken
+        # listener must not make it fail.
+        await bridge.run(lambda: pc.setLocalDescription())
+        with trio.fail_after(5):
+            assert await receive.receive() == ("signaling", "have-local-offer")
+        assert pipe.handler_errors == 1

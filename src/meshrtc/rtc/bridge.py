@@ -95,6 +95,8 @@ class ToTrio(Generic[T]):
         self.dropped = 0
         #: Flushes run on the trio side (each costs one cross-thread wake-up).
         self.flushes = 0
+        #: Exceptions raised by ``make_item`` in :meth:`handler` listeners (each logged).
+        self.handler_errors = 0
         self._warned = False
 
     def send(self, item: T) -> None:
@@ -110,6 +112,26 @@ class ToTrio(Generic[T]):
                 self._closed = True
                 self.dropped += len(self._pending)
                 self._pending.clear()
+
+    def handler(self, make_item: Callable[..., T]) -> Callable[..., None]:
+        """A pyee listener that sends ``make_item(*event_args)`` across and never raises.
+
+        pyee re-raises a listener's exception inside the ``emit`` call, i.e. inside aiortc's code
+        (``setRemoteDescription``, the SCTP receive loop ...). This wrapper logs and counts instead::
+
+            pc.on("connectionstatechange", pipe.handler(lambda: ("state", pc.connectionState)))
+        """
+
+        def listener(*args: object) -> None:
+            try:
+                item = make_item(*args)
+            except Exception:
+                self.handler_errors += 1
+                log.exception("event listener failed building its item (dropped)")
+                return
+            self.send(item)
+
+        return listener
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -168,6 +190,9 @@ class Bridge:
         self._running = True
         #: Exceptions reported by the loop's exception handler (also logged at ERROR).
         self.errors: list[BaseException | str] = []
+        #: Tasks still pending when the loop stopped, which the bridge had to cancel (repr each).
+        #: Empty after a clean shutdown: every owner closed what it started.
+        self.leftover_tasks: list[str] = []
 
     @property
     def running(self) -> bool:
@@ -282,18 +307,22 @@ class Bridge:
 
 
 def _loop_thread(
-    loop: asyncio.AbstractEventLoop,
+    bridge: Bridge,
     token: trio.lowlevel.TrioToken,
     started: trio.Event,
     finished: trio.Event,
     close_timeout: float,
 ) -> None:
+    loop = bridge.loop
     asyncio.set_event_loop(loop)
     try:
         token.run_sync_soon(started.set)
         loop.run_forever()
         # Cancel whatever is left (aiortc tasks of objects nobody closed, stray callbacks' tasks).
         tasks = asyncio.all_tasks(loop)
+        bridge.leftover_tasks = [repr(task) for task in tasks]
+        if tasks:
+            log.debug("asyncio bridge: cancelling %d leftover task(s): %s", len(tasks), tasks)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -328,13 +357,13 @@ async def open_bridge(
     loop = asyncio.new_event_loop()
     started = trio.Event()
     finished = trio.Event()
+    bridge = Bridge(loop, token)
     thread = threading.Thread(
         target=_loop_thread,
-        args=(loop, token, started, finished, close_timeout),
+        args=(bridge, token, started, finished, close_timeout),
         name=name,
         daemon=True,
     )
-    bridge = Bridge(loop, token)
     loop.set_exception_handler(bridge._exception_handler)
     thread.start()
     try:
