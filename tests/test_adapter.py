@@ -24,6 +24,7 @@ from aiortc.codecs import vpx
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket, pack_remb_fci
 
 from meshrtc.media.frame import FrameType, MediaFrame
+from meshrtc.media.keyframe import is_keyframe_for
 from meshrtc.media.rtcp import ReceptionReport, SenderReport
 from meshrtc.media.seq import seq_diff, ts_diff
 from meshrtc.rtc.aiortc_adapter import (
@@ -37,7 +38,6 @@ from meshrtc.rtc.aiortc_adapter import (
     SenderControl,
     TapEvent,
     VideoDecoder,
-    is_keyframe_start,
     tap_peer_connection,
 )
 from meshrtc.rtc.bridge import Bridge, ToTrio, open_bridge
@@ -360,8 +360,10 @@ async def test_keyframe_request_reaches_the_sender() -> None:
         vp8 = link.b_tap.codec(video(link.received)[0])
         assert vp8 is not None
 
+        is_keyframe = is_keyframe_for(vp8.name)
+
         def keyframes(events: list[TapEvent]) -> int:
-            return sum(1 for f in video(events) if is_keyframe_start(vp8, f.payload))
+            return sum(1 for f in video(events) if is_keyframe(f))
 
         assert keyframes(link.received) == 1  # only the first frame (aiortc's GOP is 3000 frames)
         assert await bridge.run(link.b_tap.request_keyframe) is True

@@ -823,31 +823,3 @@ class VideoDecoder:
         if frames:
             self.keyframe_needed = False
         return frames
-
-
-def is_keyframe_start(codec: RTCRtpCodecParameters, payload: bytes | memoryview) -> bool:
-    """Whether this RTP payload starts a keyframe (VP8 or H.264), read from the payload headers."""
-    data = bytes(payload[:64])
-    name = codec.name.upper()
-    if name == "VP8":
-        try:
-            descriptor, rest = _aiortc_vpx.VpxPayloadDescriptor.parse(data)
-        except ValueError:
-            return False
-        return bool(
-            descriptor.partition_start and descriptor.partition_id == 0 and rest and not rest[0] & 1
-        )
-    if name == "H264" and data:
-        nal_type = data[0] & 0x1F
-        if nal_type in (5, 7):  # IDR slice, SPS
-            return True
-        if nal_type == 28 and len(data) > 1:  # FU-A: start bit and the fragmented NAL's type
-            return bool(data[1] & 0x80) and (data[1] & 0x1F) in (5, 7)
-        if nal_type == 24:  # STAP-A: any aggregated SPS/IDR
-            pos = 1
-            while pos + 2 < len(data):
-                size = int.from_bytes(data[pos : pos + 2], "big")
-                if (data[pos + 2] & 0x1F) in (5, 7):
-                    return True
-                pos += 2 + size
-    return False
