@@ -45,9 +45,14 @@ def _like(original: Any, rgb: npt.NDArray[np.uint8]) -> Any:
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     if original.format.name != "rgb24":
         frame = frame.reformat(format=original.format.name)
-    frame.pts = original.pts
-    frame.time_base = original.time_base
+    _copy_timing(original, frame)
     return frame
+
+
+def _copy_timing(source: Any, target: Any) -> None:
+    target.pts = source.pts
+    if source.time_base is not None:
+        target.time_base = source.time_base
 
 
 @register_node
@@ -107,8 +112,7 @@ class Grayscale(Node):
             planes = frame.to_ndarray()
             planes[frame.height :] = 128
             gray = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-            gray.pts = frame.pts
-            gray.time_base = frame.time_base
+            _copy_timing(frame, gray)
             return attrs.evolve(data, frame=gray)
         y = luma_bt601(data.to_rgb())
         return attrs.evolve(data, frame=_like(frame, np.repeat(y[:, :, None], 3, axis=2)))

@@ -1,0 +1,239 @@
+"""MixMinus: hand-computed mixes, windowing across peers, and the property that nobody hears itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshrtc.pipeline import Audio, Manifest, PipelineRunner, RuntimeData
+from meshrtc.pipeline.nodes.mixminus import MixMinusMixer, limit, mix_minus
+
+
+def audio(value: Any, peer: str | None, ts: float, n: int = 4, **kw: Any) -> Audio:
+    samples = np.full(n, value, np.float32) if np.isscalar(value) else np.asarray(value, np.float32)
+    return Audio(samples=samples, peer_id=peer, timestamp=ts, **kw)
+
+
+def by_peer(outputs: list[Audio] | list[RuntimeData]) -> dict[str | None, np.ndarray]:
+    return {o.to_peer: o.samples for o in outputs if isinstance(o, Audio)}
+
+
+def test_mix_minus_hand_computed() -> None:
+    frames = {
+        "a": np.array([0.1, 0.2, 0.3], np.float32),
+        "b": np.array([0.01, 0.02], np.float32),  # shorter: zero-padded
+        "c": np.array([-0.5, 0.0, 0.5], np.float32),
+    }
+    mixes = mix_minus(frames, ["a", "b", "c", "d"])
+    np.testing.assert_allclose(mixes["a"], [-0.49, 0.02, 0.5], atol=1e-7)
+    np.testing.assert_allclose(mixes["b"], [-0.4, 0.2, 0.8], atol=1e-7)
+    np.testing.assert_allclose(mixes["c"], [0.11, 0.22, 0.3], atol=1e-7)
+    np.testing.assert_allclose(mixes["d"], [-0.39, 0.22, 0.8], atol=1e-7)  # absent: hears all
+    assert all(m.dtype == np.float32 for m in mixes.values())
+
+
+def test_limiters() -> None:
+    x = np.array([-3.0, -1.0, -0.5, 0.0, 0.5, 0.9, 1.0, 3.0])
+    np.testing.assert_array_equal(
+        limit(x.copy(), "clip"), np.array([-1, -1, -0.5, 0, 0.5, 0.9, 1, 1], np.float32)
+    )
+    np.testing.assert_array_equal(limit(x.copy(), "none"), x.astype(np.float32))
+    soft = limit(x.copy(), "soft")
+    np.testing.assert_array_equal(soft[2:5], [-0.5, 0.0, 0.5])  # linear below the knee
+    assert (np.abs(soft) <= 1.0).all()
+    assert 0.8 < soft[5] < 0.9  # compressed above the knee
+    assert (np.diff(soft) > 0)[:-1].all()  # monotonic (3.0 and 1.0 both round to 1.0 in float32)
+
+
+def test_window_mixes_when_every_known_peer_contributed() -> None:
+    m = MixMinusMixer()
+    # First window: nobody is known yet, so it closes on the next window's first frame.
+    assert m.push(audio(0.1, "a", 0.00), now=0.0) == []
+    assert m.push(audio(0.2, "b", 0.00), now=0.0) == []
+    first = by_peer(m.push(audio(0.1, "a", 0.02), now=0.02))
+    np.testing.assert_allclose(first["a"], 0.2)
+    np.testing.assert_allclose(first["b"], 0.1)
+    # Second window: a and b are known; it closes as soon as b arrives, without waiting.
+    second = by_peer(m.push(audio(0.2, "b", 0.02), now=0.02))
+    assert set(second) == {"a", "b"}
+    np.testing.assert_allclose(second["a"], 0.2)
+    assert m.deadline is None
+
+
+def test_missing_peer_does_not_stall_and_still_hears_the_others() -> None:
+    m = MixMinusMixer(window_timeout=0.02)
+    for peer, value in (("a", 0.1), ("b", 0.2), ("c", 0.3)):
+        m.push(audio(value, peer, 0.0), now=0.0)
+    m.flush()
+    # c's frame of the next window is lost: a and b are there, c is still expected.
+    assert m.push(audio(0.1, "a", 0.02), now=1.0) == []
+    assert m.push(audio(0.2, "b", 0.02), now=1.0) == []
+    assert m.deadline == pytest.approx(1.02)
+    assert m.expire(now=1.01) == []
+    mixes = by_peer(m.expire(now=1.02))
+    np.testing.assert_allclose(mixes["a"], 0.2)
+    np.testing.assert_allclose(mixes["b"], 0.1)
+    np.testing.assert_allclose(mixes["c"], 0.3, rtol=1e-6)  # c hears a + b
+    # A newer frame also closes an incomplete window, before any timeout.
+    m.push(audio(0.1, "a", 0.04), now=2.0)
+    mixes = by_peer(m.push(audio(0.1, "a", 0.06), now=2.0))
+    assert set(mixes) == {"a", "b", "c"}
+    np.testing.assert_allclose(mixes["b"], 0.1)
+
+
+def test_late_mismatched_anonymous_and_departed_peers() -> None:
+    m = MixMinusMixer(peer_timeout=0.1)
+    m.push(audio(0.1, "a", 0.0), now=0.0)
+    m.push(audio(0.2, "b", 0.0), now=0.0)
+    m.flush()
+    assert m.push(audio(0.3, "c", 0.0), now=0.0) == []  # late for the mixed window
+    assert m.late == 1
+    m.push(audio(0.1, "a", 0.02, n=2, sample_rate=16_000), now=0.0)  # opens a 16 kHz window
+    assert m.push(audio(0.2, "b", 0.02), now=0.0) == []  # 48 kHz: dropped
+    assert m.mismatched == 1
+    assert m.push(audio(0.2, None, 0.02), now=0.0) == []
+    assert m.anonymous == 1
+    m.flush()
+    # c (seen late) is expected from now on: a window with a and b alone waits for it.
+    m.push(audio(0.1, "a", 0.04), now=0.0)
+    assert m.push(audio(0.2, "b", 0.04), now=0.0) == []
+    assert set(by_peer(m.push(audio(0.3, "c", 0.04), now=0.0))) == {"a", "b", "c"}
+    # b and c stop; after peer_timeout of media time they no longer receive mixes.
+    outs = []
+    for k in range(3, 12):
+        outs = m.push(audio(0.1, "a", k * 0.02), now=0.0)
+    assert set(by_peer(outs)) == {"a"}
+    np.testing.assert_array_equal(by_peer(outs)["a"], 0.0)  # alone: hears silence
+
+
+def test_duplicate_frame_in_window_is_dropped() -> None:
+    m = MixMinusMixer()
+    m.push(audio(0.1, "a", 0.0), now=0.0)
+    assert m.push(audio(0.5, "a", 0.0), now=0.0) == []
+    assert m.duplicates == 1
+
+
+def test_differing_lengths_pad_to_the_longest() -> None:
+    m = MixMinusMixer()
+    m.push(audio([0.1, 0.1, 0.1, 0.1], "a", 0.0), now=0.0)
+    m.push(audio([0.2, 0.2], "b", 0.0), now=0.0)
+    mixes = by_peer(m.flush())
+    np.testing.assert_allclose(mixes["a"], [0.2, 0.2, 0.0, 0.0])
+    np.testing.assert_allclose(mixes["b"], [0.1, 0.1, 0.1, 0.1])
+
+
+async def test_node_window_timeout_on_trio_clock(autojump_clock: trio.testing.MockClock) -> None:
+    manifest = Manifest.from_dict(
+        {
+            "version": "v1",
+            "nodes": [{"id": "mix", "node_type": "MixMinus", "params": {"window_timeout_ms": 30}}],
+        }
+    )
+    async with PipelineRunner().execute_streaming(manifest) as stream:
+        for peer, value in (("a", 0.1), ("b", 0.2), ("c", 0.3)):
+            await stream.send(audio(value, peer, 0.0))
+        start = trio.current_time()
+        with trio.fail_after(1):
+            first = [await stream.outputs.receive() for _ in range(3)]
+        # The first window had no known peers: it closed on its timeout, 30 ms later.
+        assert trio.current_time() - start == pytest.approx(0.03)
+        assert {o.to_peer for o in first} == {"a", "b", "c"}
+        # c misses the next window: mixed on the timeout, c still gets a + b.
+        await stream.send(audio(0.1, "a", 0.02))
+        await stream.send(audio(0.2, "b", 0.02))
+        start = trio.current_time()
+        with trio.fail_after(1):
+            second = by_peer([await stream.outputs.receive() for _ in range(3)])
+        assert trio.current_time() - start == pytest.approx(0.03)
+        np.testing.assert_allclose(second["c"], 0.3, rtol=1e-6)
+        # All three present: mixed at once, no timeout.
+        for peer, value in (("a", 0.1), ("b", 0.2), ("c", 0.3)):
+            await stream.send(audio(value, peer, 0.04))
+        start = trio.current_time()
+        third = [await stream.outputs.receive() for _ in range(3)]
+        assert trio.current_time() == start
+        assert len(third) == 3
+
+
+# -- the property ------------------------------------------------------------------------------
+
+peer_sets = st.integers(min_value=1, max_value=10).map(lambda n: [f"p{i}" for i in range(n)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.data(),
+    peers=peer_sets,
+    windows=st.integers(min_value=1, max_value=4),
+)
+def test_nobody_hears_itself(data: st.DataObject, peers: list[str], windows: int) -> None:
+    """With a random constant per peer, each output is exactly the sum of the *other* peers'.
+
+    A frame can be dropped as late (its peer joined after its window was complete); the test tracks
+    which frames the mixer took, so "the others" are exactly the frames that made it into the window.
+    """
+    m = MixMinusMixer(limiter="none", peer_timeout=10.0)
+    level = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False, width=32)
+    outs: list[Audio] = []
+    taken: list[dict[str, float]] = []
+    for w in range(windows):
+        present = data.draw(st.lists(st.sampled_from(peers), unique=True, min_size=1), "present")
+        values = {p: data.draw(level, f"value {p}") for p in present}
+        lengths = {p: data.draw(st.integers(1, 8), f"len {p}") for p in present}
+        order = data.draw(st.permutations(present), "order")
+        taken.append({})
+        for p in order:
+            late = m.late
+            outs.extend(m.push(audio(values[p], p, w * 0.02, n=lengths[p]), now=0.0))
+            if m.late == late:
+                taken[w][p] = values[p]
+        if data.draw(st.booleans(), "flush"):
+            outs.extend(m.flush())
+    outs.extend(m.flush())
+
+    windows_out: dict[float, dict[str | None, Audio]] = {}
+    for o in outs:
+        windows_out.setdefault(o.timestamp, {})[o.to_peer] = o
+    for w, values in enumerate(taken):
+        mixes = windows_out.get(w * 0.02, {})
+        # Every peer whose frame was mixed receives that window's mix ...
+        assert set(values) <= set(mixes), (w, values)
+        for receiver, out in mixes.items():
+            assert receiver is not None
+            assert out.peer_id is None
+            # ... and it is the sum of the others: every value is constant over its frame and no
+            # frame is shorter than one sample, so the first sample holds the full sum.
+            others = sum(v for p, v in values.items() if p != receiver)
+            assert out.samples[0] == pytest.approx(others, abs=1e-6)
+    # Only the first frame of a peer joining a window that was already complete can be late.
+    assert m.late <= len(peers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.dictionaries(
+        st.sampled_from([f"p{i}" for i in range(10)]),
+        st.floats(min_value=-0.125, max_value=0.125, allow_nan=False, width=32),
+        min_size=1,
+    )
+)
+def test_mix_minus_sum_of_others_property(values: dict[str, float]) -> None:
+    frames = {p: np.full(16, v, np.float32) for p, v in values.items()}
+    mixes = mix_minus(frames, list(values))
+    for p, mix in mixes.items():
+        expected = sum(np.float64(np.float32(v)) for q, v in values.items() if q != p)
+        np.testing.assert_allclose(mix, np.float32(expected), atol=1e-7)
+
+
+def test_outputs_are_audio_runtime_data() -> None:
+    m = MixMinusMixer()
+    m.push(audio(0.1, "a", 0.5, sample_rate=16_000, channels=2), now=0.0)
+    (out,) = m.flush()
+    assert isinstance(out, RuntimeData)
+    assert (out.sample_rate, out.channels, out.timestamp, out.to_peer) == (16_000, 2, 0.5, "a")
