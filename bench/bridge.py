@@ -12,10 +12,11 @@ loopback WebRTC (N sender and N receiver RTCPeerConnections in the process, 440 
   The tone is fed from trio.
 
 Process CPU time (all threads: ``time.process_time``) is measured over the same steady-state window
-once every stream has delivered frames. The last line is ``bridge_cpu_ratio=<bridge/plain>``; the
-goal is <= 1.10. Usage::
+once every stream has delivered frames, and split per thread where /proc allows. Each round runs
+both variants back to back; the last line is ``bridge_cpu_ratio=<median over rounds of
+bridge/plain>``; the goal is <= 1.10. Usage::
 
-    .venv/bin/python bench/bridge.py [--duration 10] [--streams 10] [--rounds 1]
+    .venv/bin/python bench/bridge.py [--duration 10] [--streams 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
+import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,36 @@ import numpy as np
 import numpy.typing as npt
 
 WARMUP = 0.5  # seconds after the last stream's first frame, before the window opens
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread name (Linux /proc; empty elsewhere). Pool workers are summed."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = names.get(int(tid), "other")
+        for prefix in ("asyncio_", "audio-decoder"):
+            if name.startswith(prefix):
+                name = prefix + "*"
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _window(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 2) for k, v in after.items() if v - before.get(k, 0.0)}
 
 
 def _tone_chunk() -> npt.NDArray[np.float32]:
@@ -97,15 +128,22 @@ async def _plain(duration: float, streams: int) -> dict[str, Any]:
     feeder = asyncio.ensure_future(feed())
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in flowing)), timeout=30)
     await asyncio.sleep(WARMUP)
+    threads0 = _thread_cpu()
     frames0, cpu0, wall0 = sum(counts), time.process_time(), time.monotonic()
     await asyncio.sleep(duration)
     frames1, cpu1, wall1 = sum(counts), time.process_time(), time.monotonic()
+    threads = _window(threads0, _thread_cpu())
     feeder.cancel()
     for pc in pcs:
         await pc.close()
     for task in consumers:
         task.cancel()
-    return {"cpu": cpu1 - cpu0, "wall": wall1 - wall0, "frames": frames1 - frames0}
+    return {
+        "cpu": cpu1 - cpu0,
+        "wall": wall1 - wall0,
+        "frames": frames1 - frames0,
+        "threads": threads,
+    }
 
 
 # --- through meshrtc's bridge ----------------------------------------------------------------------
@@ -166,10 +204,17 @@ async def _bridge(duration: float, streams: int) -> dict[str, Any]:
             for event in flowing:
                 await event.wait()
         await trio.sleep(WARMUP)
+        threads0 = _thread_cpu()
         frames0, cpu0, wall0 = sum(counts), time.process_time(), time.monotonic()
         await trio.sleep(duration)
         frames1, cpu1, wall1 = sum(counts), time.process_time(), time.monotonic()
-        result = {"cpu": cpu1 - cpu0, "wall": wall1 - wall0, "frames": frames1 - frames0}
+        threads = _window(threads0, _thread_cpu())
+        result = {
+            "cpu": cpu1 - cpu0,
+            "wall": wall1 - wall0,
+            "frames": frames1 - frames0,
+            "threads": threads,
+        }
         nursery.cancel_scope.cancel()
     return result
 
@@ -202,9 +247,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--streams", type=int, default=10)
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="plain/bridge pairs; medians reported"
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="plain/bridge pairs; median reported")
     parser.add_argument("--variant", choices=("plain", "bridge"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -212,17 +255,23 @@ def main() -> None:
         return
 
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "bridge": []}
+    ratios: list[float] = []
     for round_index in range(args.rounds):
-        # Alternate the order so a drifting machine load does not always favour one variant.
+        # Alternate the order so a drifting machine load does not always favour one variant; the
+        # ratio is taken per round (adjacent runs share the load) and the median of rounds reported.
         order = ("plain", "bridge") if round_index % 2 == 0 else ("bridge", "plain")
         for variant in order:
             result = _spawn(variant, args.duration, args.streams)
             runs[variant].append(result)
             rate = result["frames"] / result["wall"]
+            threads = ", ".join(f"{k} {v:.2f}" for k, v in result["threads"].items())
             print(
                 f"round {round_index + 1} {variant:6s}: cpu {result['cpu']:.2f} s over "
                 f"{result['wall']:.2f} s wall, {result['frames']} frames decoded ({rate:.0f}/s)"
+                f"  [{threads}]"
             )
+        ratios.append(runs["bridge"][-1]["cpu"] / runs["plain"][-1]["cpu"])
+        print(f"round {round_index + 1} ratio {ratios[-1]:.3f}")
     plain = statistics.median(r["cpu"] for r in runs["plain"])
     bridge = statistics.median(r["cpu"] for r in runs["bridge"])
     expected = args.streams * 50 * args.duration
@@ -231,11 +280,10 @@ def main() -> None:
         if frames < 0.9 * expected:
             print(f"warning: {variant} decoded {frames:.0f} frames, expected ~{expected:.0f}")
     print(
-        f"plain asyncio aiortc:  {plain:.3f} CPU s  ({args.streams} streams, {args.duration:g} s)"
+        f"plain asyncio aiortc:   {plain:.3f} CPU s median ({args.streams} streams, {args.duration:g} s)"
     )
-    print(f"through meshrtc bridge: {bridge:.3f} CPU s")
-    ratio = bridge / plain if plain > 0 else math.inf
-    print(f"bridge_cpu_ratio={ratio:.3f}")
+    print(f"through meshrtc bridge: {bridge:.3f} CPU s median")
+    print(f"bridge_cpu_ratio={statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":
