@@ -323,6 +323,8 @@ class ReceiverTap:
             self.stats.packets += 1
             if packet.ssrc not in self.ssrcs:
                 self.ssrcs.add(packet.ssrc)
+            if self._closed:
+                return
             if self.impairment is None:
                 self.emit(frame)
             else:
@@ -333,6 +335,8 @@ class ReceiverTap:
     def _on_sr(self, packet: RtcpSrPacket) -> None:
         try:
             info = packet.sender_info
+            if self._closed:
+                return
             if info.ntp_timestamp == 0:
                 self.stats.zero_ntp_reports += 1
                 return
@@ -710,7 +714,7 @@ class PeerTap:
         return False
 
     def close(self) -> None:
-        """Cancel pending impairment deliveries; later packets are still counted but go nowhere new."""
+        """Stop emitting (packets are still counted) and cancel pending impairment deliveries."""
         for tap in self.receivers:
             tap.close()
 
