@@ -510,6 +510,8 @@ class SignalingClient(StatefulModel):
             result = AnnounceResult.from_json(
                 await self._request(Method.ANNOUNCE, self._announce.to_json(), self.request_timeout)
             )
+            if self.state != "Ready":  # the reader found the result malformed
+                raise SignalingError(ErrorCode.INTERNAL_ERROR, "malformed announce result")
         except SignalingError as err:
             retryable = self._announced_once and err.code in _RETRYABLE_ON_REANNOUNCE
             attempt.reason = f"announce refused: {err.message}"
@@ -521,7 +523,6 @@ class SignalingClient(StatefulModel):
             attempt.reason = str(err)
             nursery.cancel_scope.cancel()
             return
-        self.announced()
         attempt.ready = True
         if not self._announced_once:
             self._announced_once = True
@@ -542,7 +543,10 @@ class SignalingClient(StatefulModel):
                     if why is None
                     else f"connection closed ({why.code} {why.reason or why.name})"
                 )
-                scope.cancel()
+                if not self._closing:
+                    # When we are the ones closing, aclose() is still waiting for the server's
+                    # close frame, which trio-websocket's reader (in this nursery) must read.
+                    scope.cancel()
                 return
             try:
                 message = parse_server_message(data)
@@ -567,7 +571,8 @@ class SignalingClient(StatefulModel):
         if waiter is None:
             return
         if waiter.method == Method.ANNOUNCE and isinstance(response, Response):
-            # Applied here, in arrival order, so a peer.joined right behind the result is not lost.
+            # Applied here, in arrival order, so a peer.joined right behind the result is not lost
+            # and whoever sees Reconnected already finds the client Ready.
             try:
                 result = AnnounceResult.from_json(response.result)
             except SignalingError as err:
@@ -575,6 +580,7 @@ class SignalingClient(StatefulModel):
             else:
                 self._peers = {p.peer_id: p for p in result.peers}
                 self.announce_result = result
+                self.announced()
                 if self._announced_once:
                     self.reconnects += 1
                     self._emit(Reconnected(result))
