@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from meshrtc import ConfigError, MeshRtcError, TransportConfig, TurnServer
-from meshrtc.config import AudioCodec, DataChannelMode, VideoCodec
+from meshrtc.config import AudioCodec, DataChannelMode, IceTransportPolicy, VideoCodec
 
 
 def test_defaults_follow_the_spec() -> None:
@@ -78,6 +78,9 @@ def test_turn_servers_from_dicts() -> None:
             "non-empty",
         ),
         ({"turn_servers": [{"url": "turn:127.0.0.1"}]}, "turn_servers", "username"),
+        ({"ice_transport_policy": "direct"}, "ice_transport_policy", "'relay'"),
+        ({"ice_host_addresses": []}, "ice_host_addresses", "IP addresses"),
+        ({"ice_host_addresses": ["localhost"]}, "ice_host_addresses", "IP addresses"),
     ],
 )
 def test_invalid_values_name_field_value_and_range(
@@ -91,6 +94,13 @@ def test_invalid_values_name_field_value_and_range(
     assert allowed in err.allowed
     assert field in str(err)
     assert repr(err.value) in str(err)
+
+
+def test_ice_options() -> None:
+    c = TransportConfig(ice_transport_policy="RELAY", ice_host_addresses=["127.0.0.1", "::1"])
+    assert c.ice_transport_policy is IceTransportPolicy.RELAY
+    assert c.ice_host_addresses == ("127.0.0.1", "::1")
+    assert TransportConfig().ice_host_addresses is None
 
 
 def test_config_is_immutable() -> None:

@@ -7,6 +7,7 @@ rather than minutes later inside ICE or a codec.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 import secrets
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ __all__ = [
     "PEER_ID_PATTERN",
     "AudioCodec",
     "DataChannelMode",
+    "IceTransportPolicy",
     "TransportConfig",
     "TurnServer",
     "VideoCodec",
@@ -43,6 +45,13 @@ class AudioCodec(enum.StrEnum):
 class VideoCodec(enum.StrEnum):
     VP9 = "VP9"
     H264 = "H264"
+
+
+class IceTransportPolicy(enum.StrEnum):
+    #: Host, server-reflexive and relay candidates.
+    ALL = "all"
+    #: Relay candidates only: media always goes through the TURN server.
+    RELAY = "relay"
 
 
 class DataChannelMode(enum.StrEnum):
@@ -90,6 +99,25 @@ def _turn_url(value: object) -> str:
 
 def _signaling_url(value: object) -> str:
     return _url_with_scheme("signaling_url", value, ("ws", "wss"))
+
+
+def _ice_transport_policy(value: object) -> IceTransportPolicy:
+    return _to_enum(IceTransportPolicy, "ice_transport_policy", value)
+
+
+def _host_addresses(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    allowed = "None (every interface but loopback, aioice's choice) or a list of IP addresses"
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ConfigError("ice_host_addresses", value, allowed)
+    out = []
+    for address in value:
+        try:
+            out.append(str(ipaddress.ip_address(address)))
+        except ValueError:
+            raise ConfigError("ice_host_addresses", address, allowed) from None
+    return tuple(out)
 
 
 def _session_id(value: object) -> str:
@@ -212,6 +240,14 @@ class TransportConfig:
         default=50, validator=_int_in_range(*JITTER_BUFFER_RANGE_MS)
     )
     enable_rtcp: bool = attrs.field(default=True, validator=_bool("enable_rtcp"))
+    ice_transport_policy: IceTransportPolicy = attrs.field(
+        default=IceTransportPolicy.ALL, converter=_ice_transport_policy
+    )
+    #: Addresses offered as ICE host candidates. ``None`` lets aioice choose (every interface except
+    #: loopback); tests and the demo use ``("127.0.0.1",)`` so media never leaves loopback.
+    ice_host_addresses: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_host_addresses
+    )
     rtcp_interval_ms: int = attrs.field(
         default=5000, validator=_int_in_range(*RTCP_INTERVAL_RANGE_MS)
     )
