@@ -108,8 +108,6 @@ _BASE_WINDOW = 2.0
 _RETARGET_HYSTERESIS = 0.005
 #: Stable tolerates this much difference between the playout delay and the target.
 _STABLE_TOLERANCE = 0.005
-#: The largest single move of the playout delay, whatever the frame duration.
-_MAX_ADJUST_STEP = 0.040
 #: Lost sequence numbers are remembered this far behind the head, to tell late from duplicate.
 _LOST_MEMORY = 4096
 #: Before anything played, an earlier packet (reordered at the very start) may lower the head this far.
@@ -359,6 +357,7 @@ class JitterBuffer(StatefulModel):
         self._ts_hi = 0  # highest extended RTP timestamp accepted
         self._last_ts = 0  # extended timestamp of the packet (video: frame) just before the head
         self._step = self._default_step  # measured packet (video: frame) duration, in ticks
+        self._step_candidate = 0
         self._target = self._initial_target
         self._base = 0.0  # base transit: min(arrival - ts/rate) over the last one or two windows
         self._win_min = math.inf  # minimum transit in the current window
@@ -372,6 +371,7 @@ class JitterBuffer(StatefulModel):
         self._stop_seq = 0  # an accepted packet below this can change next_due()
         self._blocked = False  # video: the due head frame is incomplete and nothing follows it
         self._start_known = True  # video: the head packet is known to start a frame
+        self._dropped_ts = -1  # video: RTP timestamp of the last frame dropped
         self._await_key = self._video and self._is_keyframe is not None
         self._await_reason = KeyframeReason.STARTUP
         self._key_requested = False
@@ -543,6 +543,7 @@ class JitterBuffer(StatefulModel):
         if self.state == BUFFERING:
             self._offset = transit + self._target
         self._due_valid = False
+        self._next_adjust = 0.0  # start moving the delay at the next pop
 
     def _check_overrun(self, now: float) -> None:
         packets = self._packets
@@ -653,8 +654,8 @@ class JitterBuffer(StatefulModel):
             return out
         # Stopped at a packet that is not due yet; it also measures the packet duration.
         step = ets - last_ts
-        if step != self._step and 0 < step <= self._max_step:
-            self._step = step
+        if step != self._step:
+            self._measure_step(step)
         self._head = head
         self._last_ts = last_ts
         self._stop_seq = head
@@ -688,8 +689,8 @@ class JitterBuffer(StatefulModel):
                 ets = last_ts + ((p.rtp_timestamp - last_ts + _H32) & _M32) - _H32
                 due = ets * inv + offset
                 step = ets - last_ts
-                if 0 < step <= self._max_step:
-                    self._step = step
+                if step != self._step:
+                    self._measure_step(step)
                 if due > now:
                     self._stop_seq = head
                     break
@@ -746,6 +747,13 @@ class JitterBuffer(StatefulModel):
                 due = expected
         self._due = due
         self._due_valid = True
+
+    def _measure_step(self, step: int) -> None:
+        """Adopt a new packet (frame) duration once two consecutive steps agree, so a single
+        timestamp jump (a pause, DTX) is not mistaken for one."""
+        if step == self._step_candidate and 0 < step <= self._max_step:
+            self._step = step
+        self._step_candidate = step
 
     def _next_present(self, head: int) -> int:
         """The lowest buffered extended sequence (the head is missing, the buffer holds some)."""
@@ -825,7 +833,7 @@ class JitterBuffer(StatefulModel):
                     due = None
                     break
                 # The frame can never complete: drop what we have, declare the hole lost.
-                self._drop(head, s)
+                self._drop(head, s, ts)
                 n = self._next_present(s)
                 self._declare_lost(s, n)
                 self._head = n
@@ -837,20 +845,20 @@ class JitterBuffer(StatefulModel):
             detector = self._is_keyframe
             key = detector is not None and detector(p)
             step = ets - last_ts
-            if 0 < step <= self._max_step:
-                self._step = step
+            if step != self._step:
+                self._measure_step(step)
             self._head = s
             self._last_ts = ets
             if self._await_key and not (key or (detector is None and self._start_known)):
                 # Waiting for a keyframe: this frame cannot be decoded.
-                self._drop(head, s)
+                self._drop(head, s, ts)
                 self._start_known = starved = True
                 if not self._key_requested:
                     self._emit_request(out)
                 continue
             if not self._start_known and not key:
                 # A complete tail of a frame whose start was lost (no detector to vouch for it).
-                self._drop(head, s)
+                self._drop(head, s, ts)
                 self._start_known = starved = True
                 continue
             self._await_key = self._key_requested = False
@@ -875,20 +883,22 @@ class JitterBuffer(StatefulModel):
         self._due = due
         self._due_valid = True
 
-    def _drop(self, first: int, end: int) -> None:
+    def _drop(self, first: int, end: int, ts: int) -> None:
+        """Discard packets [first, end) of the frame with timestamp ``ts``."""
         packets = self._packets
         for s in range(first, end):
             del packets[s]
         self._discarded_count += end - first
-        self._dropped_frame_count += 1
+        if ts != self._dropped_ts:  # the tail of a frame already dropped is not another frame
+            self._dropped_frame_count += 1
+            self._dropped_ts = ts
 
     def _begin_episode(self, reason: KeyframeReason, out: list[PlayoutItem] | None) -> None:
         """Video lost its references: wait for a keyframe and ask for one (once per episode)."""
-        if not self._await_key:
-            self._await_key = True
-            self._await_reason = reason
+        self._await_key = True
         if self._key_requested:
             return
+        self._await_reason = reason
         if out is None:
             self._request_pending = True
         else:
@@ -931,18 +941,22 @@ class JitterBuffer(StatefulModel):
         if not -_RETARGET_HYSTERESIS < desired - target < _RETARGET_HYSTERESIS:
             self._target = target = desired
         error = target - (self._offset - self._base)
-        if state == STABLE:
+        if state in (STABLE, UNDERRUN):
             if -_STABLE_TOLERANCE <= error <= _STABLE_TOLERANCE:
                 return
-            self.retarget()
+            # Off target. In Underrun too: more delay is what ends an underrun after the path got
+            # slower, so the delay keeps moving while the buffer waits.
+            if state == STABLE:
+                self.retarget()
             self._next_adjust = now + _ADJUST_INTERVAL
         elif state != ADJUSTING:
             return
-        limit = min(self._step * self._inv_rate, _MAX_ADJUST_STEP)
+        # At most one packet (frame) duration per move: audio is never cut or stretched by more.
+        limit = min(self._step, self._default_step) * self._inv_rate
         move = min(max(error, -limit), limit)
         self._offset += move
         self._due_valid = False
-        if abs(error - move) < 1e-6:
+        if abs(error - move) < 1e-6 and state == ADJUSTING:
             self.settled()
 
     def next_due(self) -> float | None:
