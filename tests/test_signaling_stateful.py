@@ -257,7 +257,11 @@ class SignalingMachine(RuleBasedStateMachine):
         conn = data.draw(
             st.sampled_from(self.announced() or self.conns) | st.sampled_from(self.conns)
         )
-        live = [c.peer_id for c in self.announced() if c is not conn and c.session == conn.session]
+        live = [
+            c.peer_id
+            for c in self.announced()
+            if c is not conn and c.session == conn.session and c.peer_id is not None
+        ]
         anyone = st.sampled_from(["ghost", *self.ids_used])
         to = data.draw(st.sampled_from(live) | anyone if live else anyone)
         self.send_relay(data, conn, method, conn.peer_id or "nobody", to, as_notification)
