@@ -1,6 +1,6 @@
 """Jitter buffer benchmark: meshrtc's JitterBuffer against aiortc 1.16's, on the same seeded traces.
 
-Run: ``.venv/bin/python bench/jitter_buffer.py`` (about 30-60 s; ``--quick`` for a smoke run).
+Run: ``.venv/bin/python bench/jitter_buffer.py`` (about 10 s; ``--quick`` for a smoke run).
 
 Traces (audio: 20 ms Opus-sized packets; video: 30 fps VP8 frames of several packets, a keyframe
 every 2 s), each replayed in arrival order:
@@ -14,13 +14,15 @@ Both buffers get prebuilt inputs (aiortc ``RtpPacket`` objects with ``_data`` se
 does; meshrtc ``MediaFrame`` objects), so construction is excluded for both. aiortc is driven the way
 its receiver drives it (``add()`` per packet, frames come out of ``add``); meshrtc the way a playout
 timer drives it (``insert()`` per packet, then ``pop()`` at every ``next_due()`` that has passed). The
-repetitions of the two are interleaved and the fastest repetition of each counts, which keeps the
-ratio meaningful on a busy machine.
+repetitions of the two are interleaved, each is timed in thread CPU time, and the fastest repetition
+of each counts, which keeps the ratio meaningful on a busy machine.
 
 The playout delay after the single loss is measured without timing, in a second replay: for each
 emitted packet (audio) or frame (video, its last packet), output time minus arrival time, averaged
-over what arrived 1-6 s after the loss. aiortc's output time is the arrival of the packet whose
-``add()`` released it; meshrtc's is the ``pop()`` time. Frames that never came out are counted too.
+over what arrived 1-6 s after the loss (and 6-1 s before it). aiortc's output time is the arrival of
+the packet whose ``add()`` released it; meshrtc's is the ``pop()`` time. Also printed: the longest
+time without output in the 6 s after the loss (a stall), and the units that never came out (meshrtc
+drops video frames until the next keyframe, by design; keyframes come every 2 s here).
 
 Last line: ``ratio_vs_aiortc=<meshrtc per-packet time / aiortc per-packet time>`` over all traces.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import random
 import statistics
 import sys
@@ -40,7 +43,7 @@ from aiortc.jitterbuffer import JitterBuffer as AiortcJitterBuffer
 from aiortc.rtp import RtpPacket
 
 from meshrtc.media.frame import FrameType, MediaFrame
-from meshrtc.media.jitter import AudioPacket, JitterBuffer, VideoFrame
+from meshrtc.media.jitter import AudioPacket, Gap, JitterBuffer, VideoFrame
 from meshrtc.media.keyframe import is_keyframe_for
 
 SEED = 20251107
@@ -183,9 +186,10 @@ def timed(run: Callable[[Any, Any], None], make: Callable[[], Any], data: Any) -
     jb = make()
     gc.disable()
     try:
-        start = time.perf_counter()
+        # CPU time of this thread: on a shared machine, time spent descheduled is not ours.
+        start = time.thread_time()
         run(jb, data)
-        return time.perf_counter() - start
+        return time.thread_time() - start
     finally:
         gc.enable()
 
@@ -193,24 +197,43 @@ def timed(run: Callable[[Any, Any], None], make: Callable[[], Any], data: Any) -
 # --- playout delay after the single loss (untimed replay) ----------------------------------------
 
 
-def aiortc_delays(packets: Sequence[Any], trace: Sequence[Packet], kind: str) -> dict[int, float]:
-    """Per emitted unit (keyed by the arrival index of its last packet): output time - arrival."""
+class Replay:
+    """What a consumer saw in one replay: per unit, output time minus arrival; all output times."""
+
+    def __init__(self) -> None:
+        self.delays: dict[int, float] = {}  # keyed by the arrival index of the unit's last packet
+        self.outputs: list[float] = []  # times something playable (or a Gap to conceal) came out
+
+    def delay(self, trace: Sequence[Packet], lo: float, hi: float) -> str:
+        out = [d for i, d in self.delays.items() if lo <= trace[i].arrival < hi]
+        return f"{statistics.fmean(out) * 1000:6.1f} ms" if out else "   n/a   "
+
+    def longest_silence(self, lo: float, hi: float) -> float:
+        times = sorted(t for t in self.outputs if t < hi)
+        start = max((t for t in times if t < lo), default=lo)
+        later = [t for t in times if t >= lo]
+        gaps = [b - a for a, b in itertools.pairwise([start, *later, hi])]
+        return max(gaps, default=hi - lo)
+
+
+def aiortc_replay(packets: Sequence[Any], trace: Sequence[Packet], kind: str) -> Replay:
     jb = new_aiortc(kind)
     arrival_of_ts: dict[int, tuple[int, float]] = {}
-    delays: dict[int, float] = {}
+    replay = Replay()
     for i, (pkt, p) in enumerate(zip(packets, trace, strict=True)):
         arrival_of_ts[p.ts] = (i, p.arrival)  # the frame's latest packet so far
         _, frame = jb.add(pkt)
         if frame is not None:
             idx, arrived = arrival_of_ts[frame.timestamp]
-            delays[idx] = p.arrival - arrived
-    return delays
+            replay.delays[idx] = p.arrival - arrived
+            replay.outputs.append(p.arrival)
+    return replay
 
 
-def meshrtc_delays(frames: Sequence[MediaFrame], kind: str) -> dict[int, float]:
+def meshrtc_replay(frames: Sequence[MediaFrame], kind: str) -> Replay:
     jb = new_meshrtc(kind)
     index = {id(f): i for i, f in enumerate(frames)}
-    delays: dict[int, float] = {}
+    replay = Replay()
 
     def collect(items: list[Any], now: float) -> None:
         for item in items:
@@ -218,9 +241,13 @@ def meshrtc_delays(frames: Sequence[MediaFrame], kind: str) -> dict[int, float]:
                 last = item.frame
             elif isinstance(item, VideoFrame):
                 last = max(item.packets, key=lambda f: f.received_at)
+            elif isinstance(item, Gap):
+                replay.outputs.append(now)
+                continue
             else:
                 continue
-            delays[index[id(last)]] = now - last.received_at
+            replay.delays[index[id(last)]] = now - last.received_at
+            replay.outputs.append(now)
 
     for f in frames:
         t = f.received_at
@@ -233,13 +260,7 @@ def meshrtc_delays(frames: Sequence[MediaFrame], kind: str) -> dict[int, float]:
     while due is not None:
         collect(jb.pop(due), due)
         due = jb.next_due()
-    return delays
-
-
-def delay_summary(delays: dict[int, float], trace: Sequence[Packet], lo: float, hi: float) -> str:
-    units = [i for i, p in enumerate(trace) if lo <= p.arrival < hi]
-    out = [delays[i] for i in units if i in delays]
-    return f"{statistics.fmean(out) * 1000:6.1f} ms" if out else "   n/a   "
+    return replay
 
 
 def unit_ends(trace: Sequence[Packet], kind: str) -> list[int]:
@@ -253,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short traces, few repetitions")
     args = parser.parse_args(argv)
-    seconds = {"audio": 20.0 if args.quick else 120.0, "video": 6.0 if args.quick else 40.0}
-    reps = 3 if args.quick else 7
+    seconds = {"audio": 20.0 if args.quick else 300.0, "video": 14.0 if args.quick else 90.0}
+    reps = 3 if args.quick else 11
 
     names = ("in-order", "loss5", "reorder", "single-loss")
     total_mesh = total_aio = 0.0
@@ -285,24 +306,26 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     print()
-    print("playout delay (output time - arrival), mean over units arriving in the window:")
+    print("after the single loss (t = when the lost packet would have arrived):")
+    print("  delay = output time - arrival, mean over the units arriving in the window;")
+    print("  silence = longest time without output (audio Gaps count as output) in [t, t+6 s]")
     for kind, name, trace, aio_in, mesh_in in results:
         if name != "single-loss":
             continue
         seed = SEED + 17 * names.index(name) + (0 if kind == "audio" else 1000)
         lost_at = single_loss_time(kind, seed, seconds[kind])
-        ends = set(unit_ends(trace, kind))
-        aio = {i: d for i, d in aiortc_delays(aio_in, trace, kind).items() if i in ends}
-        mesh = {i: d for i, d in meshrtc_delays(mesh_in, kind).items() if i in ends}
-        before = (lost_at - 6.0, lost_at - 1.0)
-        after = (lost_at + 1.0, lost_at + 6.0)
-        units_after = [i for i in ends if after[0] <= trace[i].arrival < after[1]]
-        for label, delays in (("meshrtc", mesh), ("aiortc", aio)):
-            out_after = sum(1 for i in units_after if i in delays)
+        ends = unit_ends(trace, kind)
+        units_after = [i for i in ends if lost_at <= trace[i].arrival < lost_at + 6.0]
+        for label, replay in (
+            ("meshrtc", meshrtc_replay(mesh_in, kind)),
+            ("aiortc", aiortc_replay(aio_in, trace, kind)),
+        ):
+            dropped = sum(1 for i in units_after if i not in replay.delays)
             print(
-                f"  {kind} {label:<8} before loss {delay_summary(delays, trace, *before)}"
-                f"   1-6 s after loss {delay_summary(delays, trace, *after)}"
-                f"   units out after loss {out_after}/{len(units_after)}"
+                f"  {kind} {label:<8} delay -6..-1 s {replay.delay(trace, lost_at - 6, lost_at - 1)}"
+                f"  +1..+6 s {replay.delay(trace, lost_at + 1, lost_at + 6)}"
+                f"  silence {replay.longest_silence(lost_at, lost_at + 6) * 1000:6.0f} ms"
+                f"  units never out {dropped}/{len(units_after)}"
             )
     ratio = total_mesh / total_aio
     print()
