@@ -7,8 +7,9 @@ or silence for a notification), so the test does not re-implement the parser it 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeAlias
 
+import attrs
 import hypothesis.strategies as st
 import pytest
 import trio
@@ -54,8 +55,24 @@ def _error(*codes: int) -> frozenset[int]:
     return frozenset(codes)
 
 
+@attrs.frozen
+class Deep:
+    """A deeply nested frame, built only when sent (its repr stays short in failure reports)."""
+
+    depth: int
+    array: bool
+
+    def text(self) -> str:
+        if self.array:
+            return "[" * self.depth + "]" * self.depth
+        return '{"a":' * self.depth + "1" + "}" * self.depth
+
+
+Frame: TypeAlias = str | bytes | Deep
+
+
 @st.composite
-def frames(draw: st.DrawFn, request_id: int) -> tuple[str | bytes, Expect]:
+def frames(draw: st.DrawFn, request_id: int) -> tuple[Frame, Expect]:
     kind = draw(
         st.sampled_from(
             [
@@ -94,10 +111,10 @@ def frames(draw: st.DrawFn, request_id: int) -> tuple[str | bytes, Expect]:
         )
         return text, (_error(-32700), None)
     if kind == "deep":
-        depth = draw(st.integers(1, 300_000))
-        opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}")]))
-        text = opener * depth + "1" * (opener != "[") + closer * depth
-        return text, (_error(-32600, -32700), None)
+        # Up to ~900 kB: deep enough to overflow any recursive parser, under the 1 MiB limit.
+        depth = draw(st.integers(1, 150_000))
+        array = draw(st.booleans())
+        return Deep(depth, array), (_error(-32600, -32700), None)
     if kind == "bad_method":
         envelope["method"] = draw(not_objects.filter(lambda v: not isinstance(v, str)))
         return json.dumps(envelope), (_error(-32600), request_id)
@@ -129,7 +146,7 @@ def frames(draw: st.DrawFn, request_id: int) -> tuple[str | bytes, Expect]:
 
 
 @st.composite
-def frame_lists(draw: st.DrawFn) -> list[tuple[str | bytes, Expect]]:
+def frame_lists(draw: st.DrawFn) -> list[tuple[Frame, Expect]]:
     count = draw(st.integers(1, 12))
     return [draw(frames(request_id=1000 + i)) for i in range(count)]
 
@@ -163,14 +180,14 @@ async def _expect_untouched_neighbour(fuzzer: RawPeer, neighbour: RawPeer) -> No
 )
 @given(batch=frame_lists())
 async def test_malformed_frames_get_clear_errors_and_leave_the_neighbour_alone(
-    batch: list[tuple[str | bytes, Expect]],
+    batch: list[tuple[Frame, Expect]],
 ) -> None:
     async with serving() as server, raw_peer(server.url) as fuzzer, raw_peer(server.url) as nb:
         await nb.announce("n")
         await fuzzer.announce("f")
         skip = len(fuzzer.received)
         for frame, _ in batch:
-            await fuzzer.send(frame)
+            await fuzzer.send(frame.text() if isinstance(frame, Deep) else frame)
         await fuzzer.call("peer.list")  # a barrier: every earlier answer arrives before this one
         answers = [m for m in fuzzer.received[skip:] if "method" not in m][:-1]
         expected = [e for _, e in batch if e is not None]
