@@ -483,7 +483,10 @@ def test_late_duplicate_and_too_old_packets_are_counted() -> None:
     # 506 was sent at 0.120; arriving at 0.400 it is 250 ms slower than the fastest path.
     assert put(6, 0.400) is LATE
     assert (jb.late_arrival_count, jb.duplicate_count) == (3, 2)
-    assert jb.buffered_packets == 2  # 503 and 504
+    assert jb.buffered_packets == 2
+    assert [f.sequence_number for f in jb.frames] == [503, 504]
+    assert (jb.head_sequence, jb.last_received_sequence) == (503, 504)
+    assert jb.buffer_size_ms == jb.target_delay_ms == 50.0
 
 
 def test_packets_from_before_the_stream_start_are_late_not_lost() -> None:
@@ -616,6 +619,47 @@ def test_a_slower_path_is_followed_after_an_underrun() -> None:
     tail = [i for _, i in h.played(AudioPacket) if i.frame.received_at > 14.0]  # type: ignore[union-attr]
     for item in tail:
         assert isinstance(item, AudioPacket)
+        assert item.playout_time - item.frame.received_at == pytest.approx(0.050, abs=0.001)
+
+
+def test_a_path_slower_than_late_after_is_accepted_again() -> None:
+    # The delay jumps from 30 to 330 ms: packets are 300 ms behind the fastest path, older than
+    # late_after_ms. They are refused until the base window has seen the new path, then accepted.
+    h, _ = audio_harness(seconds=10.0, delay=lambda i: 0.030 if i < 100 else 0.330)
+    h.run_until(19.9)
+    jb = h.jb
+    refused = [f for f, r in h.results if r is LATE]
+    assert refused
+    assert max(f.received_at for f in refused) < 12.33 + 2 * 2.0  # within two base windows
+    assert jb.state == "Stable"
+    tail = [i for _, i in h.played(AudioPacket) if i.frame.received_at > 18.0]  # type: ignore[union-attr]
+    assert tail
+    for item in tail:
+        assert isinstance(item, AudioPacket)
+        assert item.playout_time - item.frame.received_at == pytest.approx(0.050, abs=0.001)
+
+
+def test_a_timestamp_jump_ahead_of_real_time_does_not_stall() -> None:
+    # The sender's RTP clock jumps 10 s ahead (a discontinuity without a new SSRC).
+    jb = JitterBuffer(AUDIO)
+    h = Harness(jb)
+    sender = Sender(AUDIO, 100, 0, 0.0)
+    for i in range(100):
+        (s,) = sender.send(i * 0.02)
+        if i >= 50:
+            s.ext_ts += 480_000
+        h.deliver(s.frame(AUDIO, i * 0.02 + 0.03))
+    h.run_until(1.9)
+    assert "Overrun" in h.states
+    assert jb.state == "Stable"
+    assert jb.target_delay_ms == pytest.approx(50.0)  # the jump was not taken for jitter
+    h.run_until(3.0)
+    played = [i for _, i in h.played(AudioPacket) if isinstance(i, AudioPacket)]
+    # The packets still waiting when the jump came were dropped by the overrun, and counted.
+    assert 0 < jb.overrun_drop_count <= 3
+    assert len(played) + jb.overrun_drop_count == 100
+    assert jb.packet_loss_count == 0
+    for item in played[60:]:
         assert item.playout_time - item.frame.received_at == pytest.approx(0.050, abs=0.001)
 
 

@@ -453,6 +453,16 @@ class JitterBuffer(StatefulModel):
     def buffered_packets(self) -> int:
         return len(self._packets)
 
+    @property
+    def buffer_size_ms(self) -> float:
+        """The spec's name for the target delay (section 5)."""
+        return self._target * 1000.0
+
+    @property
+    def frames(self) -> list[MediaFrame]:
+        """The buffered packets in sequence order (a copy; for inspection, not the hot path)."""
+        return [frame for _, frame in sorted(self._packets.items())]
+
     # --- input -------------------------------------------------------------------------------
 
     def insert(self, frame: MediaFrame, now: float) -> InsertResult:
@@ -472,7 +482,11 @@ class JitterBuffer(StatefulModel):
         transit = now - ets * self._inv_rate
         d = transit - self._prev_transit
         self._prev_transit = transit
-        self._jitter += ((d if d >= 0.0 else -d) - self._jitter) * 0.0625
+        if d < 0.0:
+            d = -d
+        if d > self._late_after:  # a path change or a sender discontinuity, not jitter
+            d = self._late_after
+        self._jitter += (d - self._jitter) * 0.0625
         base = self._base
         if transit < base:
             self._base = self._win_min = transit
@@ -481,6 +495,12 @@ class JitterBuffer(StatefulModel):
                 self._due_valid = False
         else:
             if transit - base > self._late_after:
+                # Refused, but still a sample of the path: if every packet is this slow now (the
+                # path got much slower), the next window makes it the base and they fit again.
+                if transit < self._win_min:
+                    self._win_min = transit
+                if now >= self._win_end:  # nothing may be popping while everything is refused
+                    self._roll_window(now)
                 self._late_count += 1
                 return _LATE
             if transit < self._win_min:
@@ -546,15 +566,20 @@ class JitterBuffer(StatefulModel):
         self._next_adjust = 0.0  # start moving the delay at the next pop
 
     def _check_overrun(self, now: float) -> None:
+        """The newest packet is far ahead of the playout point: overrun if the buffered media spans
+        more than the maximum delay, or if the newest packet would wait longer than that (its
+        timestamp jumped ahead of real time: a sender discontinuity)."""
         packets = self._packets
         if not packets:
             return
         last_ts = self._last_ts
         oldest = packets.get(self._head) or packets[min(packets)]
         oldest_ts = last_ts + ((oldest.rtp_timestamp - last_ts + _H32) & _M32) - _H32
-        if (self._ts_hi - oldest_ts) * self._inv_rate <= self._max + 0.001:
-            return
-        self._handle_overrun(now)
+        limit = self._max + 0.001
+        span = (self._ts_hi - oldest_ts) * self._inv_rate
+        wait = self._ts_hi * self._inv_rate + self._offset - now
+        if span > limit or wait > limit:
+            self._handle_overrun(now)
 
     def _handle_overrun(self, now: float) -> None:
         """Drop the oldest media down to the target delay, keep the rest on time."""
@@ -599,7 +624,7 @@ class JitterBuffer(StatefulModel):
         if self._video:
             self._start_known = prev is not None and prev.rtp_timestamp != first.rtp_timestamp
             self._begin_episode(KeyframeReason.OVERRUN, None)
-        log.info(
+        log.debug(
             "%s jitter buffer overrun: dropped %d packets (%d never arrived)",
             self.kind.value,
             dropped,
@@ -926,12 +951,7 @@ class JitterBuffer(StatefulModel):
             _ADJUST_INTERVAL if state == ADJUSTING else _STABLE_CHECK_INTERVAL
         )
         if now >= self._win_end:
-            self._win_end = now + _BASE_WINDOW
-            if self._win_min != math.inf:
-                # The base rises to the last window's minimum (clock drift, a slower path); until
-                # the next roll, a faster packet lowers it at once (insert).
-                self._base = self._win_min
-                self._win_min = math.inf
+            self._roll_window(now)
         desired = _JITTER_MULTIPLIER * self._jitter
         if desired < self._min:
             desired = self._min
@@ -958,6 +978,15 @@ class JitterBuffer(StatefulModel):
         self._due_valid = False
         if abs(error - move) < 1e-6 and state == ADJUSTING:
             self.settled()
+
+    def _roll_window(self, now: float) -> None:
+        self._win_end = now + _BASE_WINDOW
+        if self._win_min != math.inf:
+            # The base rises to the last window's minimum (clock drift, a slower path); until the
+            # next roll, a faster packet lowers it at once (insert).
+            self._base = self._win_min
+            self._win_min = math.inf
+            self._due_valid = False
 
     def next_due(self) -> float | None:
         """When :meth:`pop` can next produce something (or notice an underrun); None: nothing can
