@@ -567,6 +567,9 @@ class SignalingClient(StatefulModel):
             else:
                 log.warning("%s: response to unknown request %r", self.peer_id, response.id)
             return
+        if request_id is None:
+            log.debug("%s: late response to abandoned request %r", self.peer_id, response.id)
+            return
         waiter = self._waiters.get(request_id)
         if waiter is None:
             return

@@ -846,6 +846,9 @@ class RequestTracker:
 
     _next_id: int = 1
     _pending: dict[RequestId, str] = attrs.field(factory=dict)
+    #: Recently abandoned ids (timed out or cancelled): their late answers are expected, not errors.
+    _abandoned: dict[RequestId, None] = attrs.field(factory=dict)
+    max_abandoned: int = 1024
 
     def new_request(self, method: str, params: JsonObject) -> Request:
         request = Request(method, params, self._next_id)
@@ -853,8 +856,13 @@ class RequestTracker:
         self._next_id += 1
         return request
 
-    def match(self, response: Response | ErrorResponse) -> RequestId:
-        """Return the id of the request this response answers and stop tracking it."""
+    def match(self, response: Response | ErrorResponse) -> RequestId | None:
+        """Return the id of the request this response answers and stop tracking it.
+
+        ``None`` means a late answer to a request the caller gave up on (:meth:`forget`).
+        """
+        if response.id is not None and self._abandoned.pop(response.id, 0) is None:
+            return None
         if response.id is None or response.id not in self._pending:
             raise _error(
                 ErrorCode.INVALID_REQUEST,
@@ -864,13 +872,17 @@ class RequestTracker:
         return response.id
 
     def forget(self, request_id: RequestId) -> None:
-        """Stop waiting for a request (timed out or cancelled); a late answer is then unknown."""
-        self._pending.pop(request_id, None)
+        """Stop waiting for a request (timed out or cancelled); its late answer will be ignored."""
+        if self._pending.pop(request_id, None) is not None:
+            self._abandoned[request_id] = None
+            if len(self._abandoned) > self.max_abandoned:
+                del self._abandoned[next(iter(self._abandoned))]
 
     def clear(self) -> list[RequestId]:
         """Drop every pending request (the connection is gone); return their ids."""
         ids = list(self._pending)
         self._pending.clear()
+        self._abandoned.clear()
         return ids
 
     @property
