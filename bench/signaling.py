@@ -7,8 +7,10 @@ production, so the clients' CPU does not slow it down in the same event loop; ``
 it inside the benchmark's trio loop instead. Every client is a :class:`SignalingClient`; all of them
 announce (default: 100 clients, 10 sessions of 10, the spec's maximum), then each loops for the
 duration: pick another peer of its session at random, send ``peer.offer`` with a realistic ~1 kB SDP
-carrying a sequence number, wait for the ``forwarded`` result, repeat. A task per client reads its
-notifications and records when each offer arrived.
+carrying a sequence number, wait for the ``forwarded`` result, repeat (``--pace R`` sends R offers
+per second per client instead, to see the latency below saturation). A task per client reads its
+notifications and records when each offer arrived. Before the load, 200 offers between one pair of
+clients give the unloaded relay latency.
 
 Relay latency is the time from just before a client sends ``peer.offer`` to the target client
 having the ``peer.offer`` notification in hand (both clocks are this process's monotonic clock).
@@ -148,10 +150,21 @@ async def offer_once(client: SignalingClient, to: str, stats: Stats, seqs: list[
 
 
 async def offer_loop(
-    client: SignalingClient, session: list[str], stats: Stats, seqs: list[int], rng: random.Random
+    client: SignalingClient,
+    session: list[str],
+    stats: Stats,
+    seqs: list[int],
+    rng: random.Random,
+    pace: float,
 ) -> None:
     others = [p for p in session if p != client.peer_id]
+    if pace:
+        await trio.sleep(rng.random() / pace)  # spread the clients over one period
+    next_at = trio.current_time()
     while True:
+        if pace:
+            next_at += 1 / pace
+            await trio.sleep_until(next_at)
         seqs[0] += 1
         seq = seqs[0]
         stats.sent_at[seq] = time.monotonic()
@@ -205,7 +218,13 @@ async def bench(args: argparse.Namespace) -> float:
                 async with trio.open_nursery() as senders:
                     for client in clients:
                         senders.start_soon(
-                            offer_loop, client, sessions[client.session_id], stats, seqs, rng
+                            offer_loop,
+                            client,
+                            sessions[client.session_id],
+                            stats,
+                            seqs,
+                            rng,
+                            args.pace,
                         )
 
         nursery.start_soon(run_load)
@@ -246,6 +265,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of measured load")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--in-process", action="store_true", help="run the server in this loop")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="offers per second per client (default 0: each client sends the next offer as soon "
+        "as the previous one is acknowledged, a closed loop that saturates the machine)",
+    )
     parser.add_argument("--quick", action="store_true", help="20 clients, 2 s")
     args = parser.parse_args()
     if args.quick:
