@@ -270,7 +270,7 @@ class SignalingHub:
         if len(session) >= self.max_peers:
             raise SignalingError(
                 ErrorCode.SESSION_FULL,
-                f"session {params.session_id!r} is full ({self.max_peers} peers)",
+                f"session {params.session_id!r} is full (at most {self.max_peers} peers)",
             )
         others = tuple(session.values())
         info = params.info
