@@ -258,8 +258,7 @@ class SignalingClient(StatefulModel):
         self._tracker = RequestTracker()
         self._waiters: dict[RequestId, _Waiter] = {}
         self._ws: WebSocketConnection | None = None
-        self._conn_scope: trio.CancelScope | None = None
-        self._sleep_scope: trio.CancelScope | None = None
+        self._run_scope = trio.CancelScope()
         self._peers: dict[str, PeerInfo] = {}
         self._closing = False
         self._announced_once = False
@@ -376,47 +375,44 @@ class SignalingClient(StatefulModel):
         :class:`SignalingConnectionError` after ``backoff.tries`` failed attempts in a row.
         """
         self.connect()
-        failures = 0
         try:
-            while True:
-                attempt = await self._attempt(task_status)
-                if self._closing:
-                    return
-                if attempt.error is not None:
-                    raise attempt.error
-                self.connection_lost()
-                if attempt.ready:
-                    failures = 0
-                    self._emit(Disconnected(attempt.reason))
-                if failures >= self.backoff.tries:
-                    self.give_up()
-                    raise SignalingConnectionError(
-                        f"gave up after {self.backoff.tries} reconnect attempts: {attempt.reason}"
-                    )
-                delay = self.backoff.delay(failures, self._random())
-                failures += 1
-                log.info(
-                    "%s: signaling connection lost (%s); retry %d/%d in %.2fs",
-                    self.peer_id,
-                    attempt.reason,
-                    failures,
-                    self.backoff.tries,
-                    delay,
-                )
-                with trio.CancelScope() as self._sleep_scope:
-                    await self._sleep(delay)
-                self._sleep_scope = None
-                if self._stopping():
-                    return
-                self.retry()
+            with self._run_scope:
+                await self._connect_loop(task_status)
         finally:
             if self.state != "Closed":
                 self.closed()
             self._events_in.close()
             self._stopped.set()
 
-    def _stopping(self) -> bool:
-        return self._closing
+    async def _connect_loop(self, task_status: trio.TaskStatus[AnnounceResult]) -> None:
+        failures = 0
+        while True:
+            attempt = await self._attempt(task_status)
+            if self._closing:
+                return
+            if attempt.error is not None:
+                raise attempt.error
+            self.connection_lost()
+            if attempt.ready:
+                failures = 0
+                self._emit(Disconnected(attempt.reason))
+            if failures >= self.backoff.tries:
+                self.give_up()
+                raise SignalingConnectionError(
+                    f"gave up after {self.backoff.tries} reconnect attempts: {attempt.reason}"
+                )
+            delay = self.backoff.delay(failures, self._random())
+            failures += 1
+            log.info(
+                "%s: signaling connection lost (%s); retry %d/%d in %.2fs",
+                self.peer_id,
+                attempt.reason,
+                failures,
+                self.backoff.tries,
+                delay,
+            )
+            await self._sleep(delay)
+            self.retry()
 
     async def aclose(self) -> None:
         """Leave the session (``peer.disconnect``), close the socket; :meth:`run` then returns."""
@@ -437,9 +433,7 @@ class SignalingClient(StatefulModel):
         if ws is not None:
             with trio.move_on_after(1.0):
                 await ws.aclose()
-        for scope in (self._conn_scope, self._sleep_scope):
-            if scope is not None:
-                scope.cancel()
+        self._run_scope.cancel()  # whatever run() is doing now: connecting, serving, backing off
         with trio.move_on_after(2.0):
             await self._stopped.wait()
 
@@ -460,9 +454,6 @@ class SignalingClient(StatefulModel):
             return attempt
         try:
             async with trio.open_nursery() as nursery:
-                self._conn_scope = nursery.cancel_scope
-                if self._closing:
-                    nursery.cancel_scope.cancel()
                 await self._session(nursery, stream, attempt, task_status)
         except ExceptionGroup as group:
             # trio-websocket's reader raised: the handshake was rejected, or (#184) a ping arrived
@@ -474,7 +465,6 @@ class SignalingClient(StatefulModel):
                     f"{self.url} refused the WebSocket handshake (HTTP {leaf.status_code})"
                 )
         finally:
-            self._conn_scope = None
             self._ws = None
             self._fail_waiters(attempt.reason)
             with trio.CancelScope(shield=True):
