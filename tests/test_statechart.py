@@ -104,6 +104,25 @@ _DOOR = MachineSpec(
 )
 
 
+def test_guarded_transition_refuses_without_raising() -> None:
+    spec = MachineSpec(
+        name="Guarded",
+        states=("Open", "Closed"),
+        initial="Open",
+        transitions=[("close", "Open", "Closed", "drained")],
+    )
+    model = _Plain()
+    drained = False
+    model.drained = lambda: drained  # type: ignore[attr-defined]
+    spec.build(model, model_override=False)
+    assert model.trigger("close") is False  # type: ignore[attr-defined]
+    assert model.state == "Open"
+    drained = True
+    assert model.trigger("close") is True  # type: ignore[attr-defined]
+    assert model.state == "Closed"
+    assert "Open --> Closed: close [drained]" in statechart.to_mermaid(spec)
+
+
 def test_typed_model_gets_its_declared_triggers() -> None:
     door = _Door()
     with pytest.raises(StatechartError, match="before a machine"):
@@ -126,25 +145,38 @@ class _Plain:
 
 
 def _machine_test(spec: MachineSpec) -> type[RuleBasedStateMachine]:
-    table = {(s, t.trigger): t.dest for t in spec.transitions for s in t.source}
+    table = {(s, t.trigger): t for t in spec.transitions for s in t.source}
+    guards = spec.conditions()
 
     class MachineFollowsTable(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
             self.model = _Plain()
+            self.guard_values = dict.fromkeys(guards, True)
+            for guard in guards:
+                setattr(self.model, guard, lambda g=guard: self.guard_values[g])
             spec.build(self.model, model_override=False)
             self.expected = spec.initial
 
+        @rule(data=st.data())
+        def set_guard(self, data: st.DataObject) -> None:
+            if guards:
+                guard = data.draw(st.sampled_from(guards))
+                self.guard_values[guard] = data.draw(st.booleans())
+
         @rule(trigger=st.sampled_from(spec.triggers()))
         def fire(self, trigger: str) -> None:
-            allowed = (self.expected, trigger) in table
-            assert self.model.may_trigger(trigger) is allowed  # type: ignore[attr-defined]
-            if allowed:
-                assert self.model.trigger(trigger)  # type: ignore[attr-defined]
-                self.expected = table[(self.expected, trigger)]
-            else:
+            transition = table.get((self.expected, trigger))
+            if transition is None:
+                assert not self.model.may_trigger(trigger)  # type: ignore[attr-defined]
                 with pytest.raises(MachineError):
                     self.model.trigger(trigger)  # type: ignore[attr-defined]
+                return
+            allowed = transition.condition is None or self.guard_values[transition.condition]
+            assert self.model.may_trigger(trigger) is allowed  # type: ignore[attr-defined]
+            assert self.model.trigger(trigger) is allowed  # type: ignore[attr-defined]
+            if allowed:
+                self.expected = transition.dest
 
         @invariant()
         def state_matches_table(self) -> None:

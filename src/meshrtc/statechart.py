@@ -76,20 +76,41 @@ class Transition:
     trigger: str
     source: tuple[str, ...]
     dest: str
+    #: Name of a model method that must return True for the transition to happen (a guard). A
+    #: guarded trigger whose guard is false returns False and leaves the state unchanged.
+    condition: str | None = None
 
     def as_transitions_dict(self) -> dict[str, Any]:
-        return {"trigger": self.trigger, "source": list(self.source), "dest": self.dest}
+        row: dict[str, Any] = {
+            "trigger": self.trigger,
+            "source": list(self.source),
+            "dest": self.dest,
+        }
+        if self.condition is not None:
+            row["conditions"] = self.condition
+        return row
+
+    @property
+    def label(self) -> str:
+        return self.trigger if self.condition is None else f"{self.trigger} [{self.condition}]"
 
 
 class StatechartError(MeshRtcError):
     """A machine spec is inconsistent (unknown state, unreachable state, bad name)."""
 
 
-def _transitions(rows: Iterable[tuple[str, str | tuple[str, ...], str]]) -> tuple[Transition, ...]:
+Row = tuple[str, str | tuple[str, ...], str] | tuple[str, str | tuple[str, ...], str, str]
+
+
+def _transitions(rows: Iterable[Row | Transition]) -> tuple[Transition, ...]:
     out = []
-    for trigger, source, dest in rows:
+    for row in rows:
+        if isinstance(row, Transition):
+            out.append(row)
+            continue
+        trigger, source, dest, *condition = row
         sources = (source,) if isinstance(source, str) else tuple(source)
-        out.append(Transition(trigger, sources, dest))
+        out.append(Transition(trigger, sources, dest, condition[0] if condition else None))
     return tuple(out)
 
 
@@ -97,8 +118,8 @@ def _transitions(rows: Iterable[tuple[str, str | tuple[str, ...], str]]) -> tupl
 class MachineSpec:
     """A statechart as data.
 
-    ``transitions`` rows are ``(trigger, source_or_sources, dest)``; ``labels`` gives display names
-    where the spec's wording is not an identifier ("Gathering ICE").
+    ``transitions`` rows are ``(trigger, source_or_sources, dest[, condition])``; ``labels`` gives
+    display names where the spec's wording is not an identifier ("Gathering ICE").
     """
 
     name: str
@@ -150,8 +171,12 @@ class MachineSpec:
         return self.labels.get(state, state)
 
     def edges(self) -> list[tuple[str, str, str]]:
-        """``(source, dest, trigger)`` for every arrow, in declaration order."""
-        return [(s, t.dest, t.trigger) for t in self.transitions for s in t.source]
+        """``(source, dest, label)`` for every arrow, in declaration order."""
+        return [(s, t.dest, t.label) for t in self.transitions for s in t.source]
+
+    def conditions(self) -> tuple[str, ...]:
+        """Guard names in declaration order, each once."""
+        return tuple(dict.fromkeys(t.condition for t in self.transitions if t.condition))
 
     def build(self, model: object, *, model_override: bool = True, **kwargs: Any) -> Machine:
         """Attach a machine for this spec to ``model``: no auto ``to_*`` triggers, invalid raises."""
@@ -225,6 +250,7 @@ def to_dot(spec: MachineSpec) -> str:
         auto_transitions=False,
         graph_engine="graphviz",
         title=spec.name,
+        show_conditions=True,
         show_state_attributes=False,
     )
     graph = model.get_graph()  # type: ignore[attr-defined]
@@ -294,7 +320,8 @@ def docs_page() -> str:
         parts += ["| trigger | from | to |", "|---|---|---|"]
         for t in spec.transitions:
             sources = ", ".join(spec.label(s) for s in t.source)
-            parts.append(f"| `{t.trigger}` | {sources} | {spec.label(t.dest)} |")
+            guard = f" if `{t.condition}`" if t.condition else ""
+            parts.append(f"| `{t.trigger}`{guard} | {sources} | {spec.label(t.dest)} |")
         parts.append("")
     return "\n".join(parts)
 

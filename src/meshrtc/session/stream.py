@@ -18,7 +18,9 @@ STREAM_SESSION_MACHINE = register(
             ("activate", "Initializing", "Active"),
             ("pause", "Active", "Paused"),
             ("resume", "Paused", "Active"),
-            ("close", ("Initializing", "Active", "Paused"), "Closed"),
+            # Spec: "cannot close session with pending outputs". The guard is the session's own
+            # judgement: outputs drained, or the bounded drain timeout passed.
+            ("close", ("Initializing", "Active", "Paused"), "Closed", "outputs_drained"),
         ),
     )
 )
