@@ -106,6 +106,13 @@ class Connection:
 
 @attrs.frozen(slots=True)
 class Manifest:
+    """A validated pipeline description (RemoteMedia v1 shape).
+
+    Building one validates it completely (version, unique ids, known node types, connections, no
+    cycles, each node's params), so a session never starts streaming on a manifest that would fail
+    half-way; every refusal names the node and the field.
+    """
+
     version: str
     metadata: Mapping[str, Any]
     nodes: tuple[NodeSpec, ...]
