@@ -17,6 +17,9 @@ from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.peer import PeerConnection
 from meshrtc.rtc.stun import StunServer
+from meshrtc.signaling.client import SignalingClient
+from meshrtc.signaling.protocol import AnnounceResult, Answer, IceCandidate, Offer
+from meshrtc.signaling.server import SignalingServer
 
 WIDTH, HEIGHT = 160, 120
 
@@ -45,7 +48,62 @@ async def _collect(
             out.append(await peer.received.receive())
 
 
-async def test_two_peers_exchange_audio_video_and_data() -> None:
+async def _exchange(a: PeerConnection, b: PeerConnection, a_id: str, b_id: str) -> None:
+    """``a`` (alice's connection to ``b_id``) and ``b`` connect and send each other everything."""
+    with trio.fail_after(15):
+        await a.wait_state("Connected")
+        await b.wait_state("Connected")
+
+    for i, peer in enumerate((a, b)):
+        peer.send_audio(tone(3.0, freq=440.0 * (i + 1)))
+        peer.send_video(picture(60 * (i + 1)))
+    await a.send_data("hello from a")
+    await b.send_data(b"\x00bytes from b")
+
+    def enough(items: list[ReceivedMedia]) -> bool:
+        audio = [x for x in items if isinstance(x, ReceivedAudio) and not x.concealed]
+        video = [x for x in items if isinstance(x, ReceivedVideo)]
+        data = [x for x in items if isinstance(x, ReceivedData)]
+        return len(audio) >= 50 and len(video) >= 10 and len(data) >= 1
+
+    got_a: list[ReceivedMedia] = []
+    got_b: list[ReceivedMedia] = []
+    async with trio.open_nursery() as inner:
+        inner.start_soon(_collect, a, got_a, enough)
+        inner.start_soon(_collect, b, got_b, enough)
+
+    for got, other, data, freq in (
+        (got_b, a_id, "hello from a", 440.0),
+        (got_a, b_id, b"\x00bytes from b", 880.0),
+    ):
+        assert {x.peer_id for x in got} == {other}
+        assert [x.data for x in got if isinstance(x, ReceivedData)] == [data]
+        audio = [x for x in got if isinstance(x, ReceivedAudio)]
+        assert all(x.sample_rate == 48_000 and x.samples.dtype == np.float32 for x in audio)
+        assert all(b.local_time >= a.local_time for a, b in itertools.pairwise(audio))
+        # The tone comes through: its dominant frequency is the one sent.
+        pcm = np.concatenate([x.samples[:, 0] for x in audio if not x.concealed][-25:])
+        spectrum = np.abs(np.fft.rfft(pcm))
+        peak = float(np.fft.rfftfreq(len(pcm), 1 / 48_000)[int(np.argmax(spectrum))])
+        assert abs(peak - freq) < 10, peak
+        video = [x for x in got if isinstance(x, ReceivedVideo)]
+        assert [(v.frame.width, v.frame.height) for v in video] == [(WIDTH, HEIGHT)] * len(video)
+        stamps = [v.frame.pts for v in video if v.frame.pts is not None]
+        assert len(stamps) == len(video)
+        assert all(y > x for x, y in itertools.pairwise(stamps)), stamps
+        assert all(y.local_time >= x.local_time for x, y in itertools.pairwise(video))
+
+    for peer in (a, b):
+        assert peer.codecs == {FrameType.AUDIO: "audio/opus", FrameType.VIDEO: "video/H264"}
+        assert peer.received_dropped == 0
+    assert _decoder_threads() == []
+    await a.aclose()
+    await b.aclose()
+    assert a.state == "Closed"
+    assert b.state == "Closed"
+
+
+async def test_two_peers_wired_directly_exchange_audio_video_and_data() -> None:
     async with trio.open_nursery() as nursery:
         stun: StunServer = await nursery.start(StunServer().run)
         config = TransportConfig(stun_servers=[stun.url], video_codec="H264")
@@ -66,63 +124,65 @@ async def test_two_peers_exchange_audio_video_and_data() -> None:
             await nursery.start(a.run)
             await nursery.start(b.run)
             await a.offer()
-            with trio.fail_after(15):
-                await a.wait_state("Connected")
-                await b.wait_state("Connected")
-
-            for i, peer in enumerate((a, b)):
-                peer.send_audio(tone(3.0, freq=440.0 * (i + 1)))
-                peer.send_video(picture(60 * (i + 1)))
-            await a.send_data("hello from a")
-            await b.send_data(b"\x00bytes from b")
-
-            def enough(items: list[ReceivedMedia]) -> bool:
-                audio = [x for x in items if isinstance(x, ReceivedAudio) and not x.concealed]
-                video = [x for x in items if isinstance(x, ReceivedVideo)]
-                data = [x for x in items if isinstance(x, ReceivedData)]
-                return len(audio) >= 50 and len(video) >= 10 and len(data) >= 1
-
-            got_a: list[ReceivedMedia] = []
-            got_b: list[ReceivedMedia] = []
-            async with trio.open_nursery() as inner:
-                inner.start_soon(_collect, a, got_a, enough)
-                inner.start_soon(_collect, b, got_b, enough)
-
-            for got, other, data, freq in (
-                (got_b, "alice", "hello from a", 440.0),
-                (got_a, "bob", b"\x00bytes from b", 880.0),
-            ):
-                assert {x.peer_id for x in got} == {other}
-                assert [x.data for x in got if isinstance(x, ReceivedData)] == [data]
-                audio = [x for x in got if isinstance(x, ReceivedAudio)]
-                assert all(x.sample_rate == 48_000 and x.samples.dtype == np.float32 for x in audio)
-                assert all(b.local_time >= a.local_time for a, b in itertools.pairwise(audio))
-                # The tone comes through: its dominant frequency is the one sent.
-                pcm = np.concatenate([x.samples[:, 0] for x in audio if not x.concealed][-25:])
-                spectrum = np.abs(np.fft.rfft(pcm))
-                peak = float(np.fft.rfftfreq(len(pcm), 1 / 48_000)[int(np.argmax(spectrum))])
-                assert abs(peak - freq) < 10, peak
-                video = [x for x in got if isinstance(x, ReceivedVideo)]
-                assert [(v.frame.width, v.frame.height) for v in video] == [(WIDTH, HEIGHT)] * len(
-                    video
-                )
-                stamps = [v.frame.pts for v in video if v.frame.pts is not None]
-                assert len(stamps) == len(video)
-                assert all(y > x for x, y in itertools.pairwise(stamps)), stamps
-                assert all(y.local_time >= x.local_time for x, y in itertools.pairwise(video))
-
-            for peer in (a, b):
-                assert peer.codecs == {
-                    FrameType.AUDIO: "audio/opus",
-                    FrameType.VIDEO: "video/H264",
-                }
-                assert peer.received_dropped == 0
-            assert _decoder_threads() == []
-            await a.aclose()
-            await b.aclose()
-            assert a.state == "Closed"
-            assert b.state == "Closed"
+            await _exchange(a, b, "alice", "bob")
             assert bridge.registered == []
         nursery.cancel_scope.cancel()
     assert _decoder_threads() == []
-    assert not [t for t in threading.enumerate() if t.name.endswith("-decoder")]
+
+
+async def _route(client: SignalingClient, peers: dict[str, PeerConnection]) -> None:
+    """Hand each forwarded offer/answer/candidate to the PeerConnection for its sender."""
+    async for event in client.notifications:
+        match event:
+            case Offer(from_peer=who, sdp=sdp):
+                await peers[who].handle_signal("offer", {"sdp": sdp})
+            case Answer(from_peer=who, sdp=sdp):
+                await peers[who].handle_signal("answer", {"sdp": sdp})
+            case IceCandidate(from_peer=who):
+                params = {
+                    "candidate": event.candidate,
+                    "sdpMid": event.sdp_mid,
+                    "sdpMLineIndex": event.sdp_m_line_index,
+                }
+                await peers[who].handle_signal("candidate", params)
+            case _:
+                pass
+
+
+def _via(client: SignalingClient, to: str) -> Callable[[str, dict[str, Any]], Any]:
+    async def send(method: str, params: dict[str, Any]) -> None:
+        if method == "offer":
+            await client.offer(to, params["sdp"])
+        elif method == "answer":
+            await client.answer(to, params["sdp"])
+        else:
+            raise AssertionError(method)
+
+    return send
+
+
+async def test_two_peers_negotiate_through_the_signaling_server() -> None:
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        server: SignalingServer = await nursery.start(SignalingServer(port=0).run)
+        config = TransportConfig(stun_servers=[stun.url], video_codec="H264")
+        async with open_bridge() as bridge:
+            alice = SignalingClient(server.url, "alice")
+            bob = SignalingClient(server.url, "bob")
+            await nursery.start(alice.run)
+            bob_result: AnnounceResult = await nursery.start(bob.run)
+            # The newcomer (bob) offers to every peer its announce result lists.
+            assert [p.peer_id for p in bob_result.peers] == ["alice"]
+            at_alice = {"bob": PeerConnection("bob", bridge, config, _via(alice, "bob"))}
+            at_bob = {"alice": PeerConnection("alice", bridge, config, _via(bob, "alice"))}
+            nursery.start_soon(_route, alice, at_alice)
+            nursery.start_soon(_route, bob, at_bob)
+            await nursery.start(at_alice["bob"].run)
+            await nursery.start(at_bob["alice"].run)
+            await at_bob["alice"].offer()
+            await _exchange(at_bob["alice"], at_alice["bob"], "bob", "alice")
+            assert bridge.registered == []
+            await alice.aclose()
+            await bob.aclose()
+        nursery.cancel_scope.cancel()
+    assert _decoder_threads() == []
