@@ -126,6 +126,7 @@ async def test_two_peers_wired_directly_exchange_audio_video_and_data() -> None:
             await a.offer()
             await _exchange(a, b, "alice", "bob")
             assert bridge.registered == []
+        assert bridge.leftover_tasks == []  # aclose ended every aiortc task of both connections
         nursery.cancel_scope.cancel()
     assert _decoder_threads() == []
 

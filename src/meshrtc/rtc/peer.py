@@ -383,9 +383,9 @@ class PeerConnection(StatefulModel):
             await self._request_keyframe()
 
     def _audio(self, pcm: npt.NDArray[np.float32], now: float, *, concealed: bool) -> ReceivedAudio:
-        return ReceivedAudio(
-            self.peer_id, pcm, AudioDecoder.FRAME_SAMPLES * 50, pcm.shape[1], None, now, concealed
-        )
+        rate = self._audio_decoder.sample_rate if self._audio_decoder else 48_000
+        # sender_time stays None until SyncManager maps RTP time to the sender's clock.
+        return ReceivedAudio(self.peer_id, pcm, rate, pcm.shape[1], None, now, concealed)
 
     async def _request_keyframe(self) -> None:
         tap = self._tap
