@@ -13,6 +13,7 @@ import trio
 
 from meshrtc.config import TransportConfig
 from meshrtc.media.frame import FrameType
+from meshrtc.rtc.aiortc_adapter import ImpairmentConfig
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.peer import PeerConnection
@@ -185,5 +186,55 @@ async def test_two_peers_negotiate_through_the_signaling_server() -> None:
             assert bridge.registered == []
             await alice.aclose()
             await bob.aclose()
+        nursery.cancel_scope.cancel()
+    assert _decoder_threads() == []
+
+
+async def test_loss_is_concealed_and_video_recovers_with_keyframes() -> None:
+    """10 % packet loss at bob's side: audio gaps come out concealed, video asks for keyframes."""
+    impair = {
+        FrameType.AUDIO: ImpairmentConfig(seed=3, drop=0.1),
+        FrameType.VIDEO: ImpairmentConfig(seed=4, drop=0.1),
+    }
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        config = TransportConfig(stun_servers=[stun.url], video_codec="H264")
+        async with open_bridge() as bridge:
+            peers: dict[str, PeerConnection] = {}
+
+            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
+                async def send(method: str, params: dict[str, Any]) -> None:
+                    nursery.start_soon(peers[to].handle_signal, method, params)
+
+                return send
+
+            a = PeerConnection("bob", bridge, config, wire("b"))
+            b = PeerConnection("alice", bridge, config, wire("a"), impairments=impair)
+            peers.update(a=a, b=b)
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.offer()
+            with trio.fail_after(15):
+                await b.wait_state("Connected")
+            a.send_audio(tone(4.0))
+            a.send_video(picture(100))
+
+            def enough(items: list[ReceivedMedia]) -> bool:
+                concealed = [x for x in items if isinstance(x, ReceivedAudio) and x.concealed]
+                video = [x for x in items if isinstance(x, ReceivedVideo)]
+                return len(concealed) >= 3 and len(video) >= 20 and b.keyframe_requests >= 1
+
+            got: list[ReceivedMedia] = []
+            await _collect(b, got, enough)
+            audio = [x for x in got if isinstance(x, ReceivedAudio)]
+            decoded = [x for x in audio if not x.concealed]
+            # Concealment stands in for the lost packets: most audio is still decoded.
+            assert len(decoded) > 4 * (len(audio) - len(decoded))
+            assert all(x.samples.shape[1] == 2 for x in audio)
+            video = [x for x in got if isinstance(x, ReceivedVideo)]
+            assert all((v.frame.width, v.frame.height) == (WIDTH, HEIGHT) for v in video)
+            await a.aclose()
+            await b.aclose()
+        assert bridge.leftover_tasks == []
         nursery.cancel_scope.cancel()
     assert _decoder_threads() == []
