@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 import trio
 
 from meshrtc.config import TransportConfig
@@ -16,7 +17,7 @@ from meshrtc.media.frame import FrameType
 from meshrtc.rtc.aiortc_adapter import ImpairmentConfig
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
-from meshrtc.rtc.peer import PeerConnection
+from meshrtc.rtc.peer import PeerConnection, PeerError
 from meshrtc.rtc.stun import StunServer
 from meshrtc.signaling.client import SignalingClient
 from meshrtc.signaling.protocol import AnnounceResult, Answer, IceCandidate, Offer
@@ -238,3 +239,21 @@ async def test_loss_is_concealed_and_video_recovers_with_keyframes() -> None:
         assert bridge.leftover_tasks == []
         nursery.cancel_scope.cancel()
     assert _decoder_threads() == []
+
+
+async def test_aclose_without_run_closes_and_run_cannot_restart() -> None:
+    async with open_bridge() as bridge:
+
+        async def nowhere(method: str, params: dict[str, Any]) -> None:
+            raise AssertionError("nothing may be signaled")
+
+        config = TransportConfig(video_codec="H264")
+        peer = PeerConnection("bob", bridge, config, nowhere)
+        with pytest.raises(PeerError):
+            await peer.offer()  # not running: no connection to offer from
+        await peer.aclose()
+        await peer.aclose()  # idempotent
+        assert peer.state == "Closed"
+        with pytest.raises(PeerError):
+            await peer.run()
+        assert bridge.registered == []

@@ -161,6 +161,7 @@ class PeerConnection(StatefulModel):
         self._wake = trio.Event()
         self._cancel = trio.CancelScope()
         self._done = trio.Event()
+        self._running = False
         self.state_changed = trio.Event()
         self.keyframe_requests = 0
         PEER_CONNECTION_MACHINE.build(self)
@@ -206,6 +207,9 @@ class PeerConnection(StatefulModel):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the connection until :meth:`aclose` (or cancellation); start it with nursery.start."""
+        if self._running or self._done.is_set():
+            raise PeerError(f"peer {self.peer_id}: run() was already started")
+        self._running = True
         try:
             with self._cancel:
                 pc, self._tap = await self.bridge.call(self._build)
@@ -408,10 +412,11 @@ class PeerConnection(StatefulModel):
     async def aclose(self) -> None:
         """Close the connection and end :meth:`run`; idempotent."""
         self._cancel.cancel()
-        if self._pc is None and not self._done.is_set():
+        if self._running:
+            await self._done.wait()  # run()'s own teardown does the work
+        elif not self._done.is_set():
             await self._teardown()
-        else:
-            await self._done.wait()
+            self._done.set()
 
     async def _teardown(self) -> None:
         pc, tap = self._pc, self._tap
