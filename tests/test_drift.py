@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from meshrtc.media.drift import (
+    CLOCK_DRIFT_MACHINE,
     MAX_CORRECTION,
     ClockDriftEstimator,
     DriftEstimatorError,
@@ -283,3 +284,14 @@ TestDriftEstimatorBehaviour = DriftEstimatorBehaviour.TestCase
 TestDriftEstimatorBehaviour.settings = settings(
     max_examples=60, stateful_step_count=60, deadline=None
 )
+
+
+def test_machine_is_the_spec_drawing() -> None:
+    """Initializing → Collecting Samples → Stable → [Drift Detected] → Adjusting → Stable."""
+    arrows = {(a, b) for a, b, _ in CLOCK_DRIFT_MACHINE.edges()}
+    path = ["Initializing", "CollectingSamples", "Stable", "DriftDetected", "Adjusting", "Stable"]
+    assert all(pair in arrows for pair in itertools.pairwise(path))
+    assert CLOCK_DRIFT_MACHINE.initial == "Initializing"
+    assert CLOCK_DRIFT_MACHINE.label("CollectingSamples") == "Collecting Samples"
+    assert CLOCK_DRIFT_MACHINE.label("DriftDetected") == "Drift Detected"
+    assert all((s, "Initializing") in arrows for s in CLOCK_DRIFT_MACHINE.states)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SPEC_MODULES: tuple[str, ...] = (
     "meshrtc.media.drift",
     "meshrtc.media.jitter",
+    "meshrtc.media.sync",
     "meshrtc.rtc.peer",
     "meshrtc.session.stream",
     "meshrtc.signaling.client",

@@ -174,10 +174,13 @@ class ClockDriftEstimator(StatefulModel):
         #: The most recent states entered, oldest first: a confirmation and its slew can pass
         #: through Adjusting within one observation, and logs and tests want to see that.
         self.history: deque[str] = deque([CLOCK_DRIFT_MACHINE.initial], maxlen=64)
+        #: Transitions so far (never reset): tells an observer how much of ``history`` is new.
+        self.transition_count = 0
         CLOCK_DRIFT_MACHINE.build(self, after_state_change=self._record_state)
 
     def _record_state(self) -> None:
         self.history.append(self.state)
+        self.transition_count += 1
 
     def on_enter_Initializing(self) -> None:  # noqa: N802 - transitions' callback naming
         """Whatever led here (reconnection, jump, discontinuity), nothing learnt before still holds."""
