@@ -57,8 +57,8 @@ async def _exchange(a: PeerConnection, b: PeerConnection, a_id: str, b_id: str) 
         await b.wait_state("Connected")
 
     for i, peer in enumerate((a, b)):
-        peer.send_audio(tone(3.0, freq=440.0 * (i + 1)))
-        peer.send_video(picture(60 * (i + 1)))
+        await peer.send_audio(tone(3.0, freq=440.0 * (i + 1)))
+        await peer.send_video(picture(60 * (i + 1)))
     await a.send_data("hello from a")
     await b.send_data(b"\x00bytes from b")
 
@@ -97,7 +97,7 @@ async def _exchange(a: PeerConnection, b: PeerConnection, a_id: str, b_id: str) 
 
     for peer in (a, b):
         assert peer.codecs == {FrameType.AUDIO: "audio/opus", FrameType.VIDEO: "video/H264"}
-        assert peer.received_dropped == 0
+        assert peer.stats.received_dropped == 0
     assert _decoder_threads() == []
     await a.aclose()
     await b.aclose()
@@ -119,8 +119,8 @@ async def test_two_peers_wired_directly_exchange_audio_video_and_data() -> None:
                 return send
 
             # peer_id names the remote peer: ``a`` is alice's connection to bob.
-            a = PeerConnection("bob", bridge, config, wire("b"))
-            b = PeerConnection("alice", bridge, config, wire("a"))
+            a = PeerConnection("bob", bridge, config, wire("b"), local_id="alice")
+            b = PeerConnection("alice", bridge, config, wire("a"), local_id="bob")
             peers.update(a=a, b=b)
             assert a.state == "New"
             await nursery.start(a.run)
@@ -176,8 +176,12 @@ async def test_two_peers_negotiate_through_the_signaling_server() -> None:
             bob_result: AnnounceResult = await nursery.start(bob.run)
             # The newcomer (bob) offers to every peer its announce result lists.
             assert [p.peer_id for p in bob_result.peers] == ["alice"]
-            at_alice = {"bob": PeerConnection("bob", bridge, config, _via(alice, "bob"))}
-            at_bob = {"alice": PeerConnection("alice", bridge, config, _via(bob, "alice"))}
+            at_alice = {
+                "bob": PeerConnection("bob", bridge, config, _via(alice, "bob"), local_id="alice")
+            }
+            at_bob = {
+                "alice": PeerConnection("alice", bridge, config, _via(bob, "alice"), local_id="bob")
+            }
             nursery.start_soon(_route, alice, at_alice)
             nursery.start_soon(_route, bob, at_bob)
             await nursery.start(at_alice["bob"].run)
@@ -209,21 +213,23 @@ async def test_loss_is_concealed_and_video_recovers_with_keyframes() -> None:
 
                 return send
 
-            a = PeerConnection("bob", bridge, config, wire("b"))
-            b = PeerConnection("alice", bridge, config, wire("a"), impairments=impair)
+            a = PeerConnection("bob", bridge, config, wire("b"), local_id="alice")
+            b = PeerConnection(
+                "alice", bridge, config, wire("a"), local_id="bob", impairments=impair
+            )
             peers.update(a=a, b=b)
             await nursery.start(a.run)
             await nursery.start(b.run)
             await a.offer()
             with trio.fail_after(15):
                 await b.wait_state("Connected")
-            a.send_audio(tone(4.0))
-            a.send_video(picture(100))
+            await a.send_audio(tone(4.0))
+            await a.send_video(picture(100))
 
             def enough(items: list[ReceivedMedia]) -> bool:
                 concealed = [x for x in items if isinstance(x, ReceivedAudio) and x.concealed]
                 video = [x for x in items if isinstance(x, ReceivedVideo)]
-                return len(concealed) >= 3 and len(video) >= 20 and b.keyframe_requests >= 1
+                return len(concealed) >= 3 and len(video) >= 20 and b.stats.keyframe_requests >= 1
 
             got: list[ReceivedMedia] = []
             await _collect(b, got, enough)

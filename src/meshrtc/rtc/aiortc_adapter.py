@@ -19,8 +19,10 @@ with the RTP router):
   ``get_encoder``.
 * **Decode.** :class:`AudioDecoder` / :class:`VideoDecoder` turn our jitter buffer's packets into
   PCM and pictures with aiortc's own depayloaders and PyAV decoders.
-* **Test hook.** :class:`Impairment` drops, duplicates, reorders and delays packets between the tap
-  and our jitter buffer, seeded, counting what it did.
+* **Test hooks.** :class:`Impairment` drops, duplicates, reorders and delays packets between the tap
+  and our jitter buffer, seeded, counting what it did. :class:`PathControl` works one level lower,
+  on the ICE datagrams of a connection: it kills the path both ways (and restores it), or drops a
+  seeded fraction of what arrives, so aiortc itself sees the loss (RTCP reports, ICE, DTLS).
 
 Everything that runs inline in aiortc's receive loop catches its own exceptions: one escaping would
 end the transport's receive task. Failures are counted and logged once per tap.
@@ -33,6 +35,7 @@ import fractions
 import logging
 import random
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, cast
 
@@ -71,6 +74,7 @@ __all__ = [
     "BitrateOpusEncoder",
     "Impairment",
     "ImpairmentConfig",
+    "PathControl",
     "PeerTap",
     "ReceiverTap",
     "RembReport",
@@ -78,6 +82,7 @@ __all__ = [
     "TapEvent",
     "TapStats",
     "VideoDecoder",
+    "ice_transports",
     "install_encoder_patches",
     "tap_peer_connection",
 ]
@@ -94,6 +99,10 @@ RECEIVER_DECODER_THREAD: Final = "_RTCRtpReceiver__decoder_thread"
 SENDER_ENCODER: Final = "_RTCRtpSender__encoder"
 #: Module global of ``aiortc.rtcrtpsender`` that builds a sender's encoder at its first frame.
 GET_ENCODER: Final = "get_encoder"
+#: ``RTCIceTransport._connection`` (the aioice Connection) and its ``_protocols`` (one
+#: ``StunProtocol`` per local candidate socket): where :class:`PathControl` sits.
+ICE_CONNECTION: Final = "_connection"
+ICE_PROTOCOLS: Final = "_protocols"
 
 #: What the sink answers aiortc: no picture loss to report, no frame for its decoder.
 _NOTHING: Final[tuple[bool, None]] = (False, None)
@@ -216,6 +225,116 @@ class Impairment:
         """The packet held back for reordering, if any (the stream ended before its successor)."""
         held, self._held = self._held, None
         return held
+
+
+class PathControl:
+    """Kill, thin out and restore the network path of RTCPeerConnections (tests only).
+
+    Sits on the ICE datagram sockets (aioice ``StunProtocol``) of every connection it is attached
+    to, so everything above sees a real network fault: consent checks, DTLS, SCTP and RTP/RTCP all
+    go missing, aiortc's own receive statistics count the loss and its RTCP reports tell the remote.
+
+    * :meth:`kill` drops every datagram both ways until :meth:`restore`.
+    * :attr:`drop` (0-1) drops that fraction of *incoming* datagrams, seeded; the remote then reads
+      the loss in our reception reports.
+
+    Attach each connection after its local description is set (the sockets exist from gathering
+    on) and before connectivity checks can start. Connections attached while the path is killed
+    start dead, which is what a rebuilt connection meets on a path that is still down. Nothing is
+    wrapped until the control is first used, so an unused control costs nothing per packet. Use it
+    on the loop thread.
+    """
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self.killed = False
+        self.drop = 0.0
+        self._rng = random.Random(seed)
+        self._pcs: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+        self._wrapped: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._armed = False
+        #: Datagrams dropped on the way in and on the way out.
+        self.dropped_in = 0
+        self.dropped_out = 0
+
+    def attach(self, pc: RTCPeerConnection) -> None:
+        self._pcs.add(pc)
+        if self._armed:
+            self._wrap(pc)
+
+    def kill(self) -> None:
+        """Drop every datagram of the attached connections, both ways."""
+        self.killed = True
+        self._arm()
+
+    def restore(self) -> None:
+        """Let datagrams through again (:attr:`drop` still applies)."""
+        self.killed = False
+
+    def set_drop(self, fraction: float) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise AdapterError(f"drop must be in [0, 1], got {fraction}")
+        self.drop = fraction
+        if fraction:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._armed = True
+        for pc in list(self._pcs):
+            self._wrap(pc)
+
+    def _wrap(self, pc: RTCPeerConnection) -> None:
+        for protocol in _stun_protocols(pc):
+            if protocol not in self._wrapped:
+                self._wrap_protocol(protocol)
+                self._wrapped.add(protocol)
+
+    def _wrap_protocol(self, protocol: Any) -> None:
+        receive = protocol.datagram_received
+        send_data = protocol.send_data
+        send_stun = protocol.send_stun
+
+        def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+            if self.killed or (self.drop and self._rng.random() < self.drop):
+                self.dropped_in += 1
+                return
+            receive(data, addr)
+
+        async def send_data_filtered(data: bytes, addr: tuple[str, int]) -> None:
+            if self.killed:
+                self.dropped_out += 1
+                return
+            await send_data(data, addr)
+
+        def send_stun_filtered(message: Any, addr: tuple[str, int]) -> None:
+            if self.killed:
+                self.dropped_out += 1
+                return
+            send_stun(message, addr)
+
+        # Instance overrides: asyncio's datagram transport and aioice look these up per call.
+        setattr(protocol, "datagram_received", datagram_received)  # noqa: B010
+        setattr(protocol, "send_data", send_data_filtered)  # noqa: B010
+        setattr(protocol, "send_stun", send_stun_filtered)  # noqa: B010
+
+
+def ice_transports(pc: RTCPeerConnection) -> list[Any]:
+    """The distinct ``RTCIceTransport``s of ``pc`` (one with max-bundle), media and data."""
+    transports: dict[int, Any] = {}
+    for transceiver in pc.getTransceivers():
+        ice = transceiver.receiver.transport.transport
+        transports[id(ice)] = ice
+    if pc.sctp is not None:
+        ice = pc.sctp.transport.transport
+        transports[id(ice)] = ice
+    return list(transports.values())
+
+
+def _stun_protocols(pc: RTCPeerConnection) -> list[Any]:
+    protocols: list[Any] = []
+    for ice in ice_transports(pc):
+        connection = getattr(ice, ICE_CONNECTION)
+        protocols.extend(getattr(connection, ICE_PROTOCOLS))
+    return protocols
 
 
 # ---------------------------------------------------------------------------------------------

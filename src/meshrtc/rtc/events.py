@@ -1,13 +1,15 @@
-"""What a PeerConnection hands to the media pipeline: decoded media and data, stamped on arrival.
+"""What a PeerConnection hands to the media pipeline: decoded media and data, stamped in time.
 
-``sender_time`` is the sender's capture time when A/V sync can map it (a Sender Report has been
-seen), else ``None``; ``local_time`` is when the item was played out here (monotonic seconds), so a
-consumer can measure its own delay without knowing RTP.
+``sender_time`` is the sender's wall clock at capture (Unix seconds, from the RTCP Sender Report
+mapping of that stream) once A/V sync has a mapping, else ``None``; ``local_time`` is when the item
+is presented here (monotonic seconds, the SyncManager's common timeline), so a consumer can measure
+its own delay and line peers up without knowing RTP.
 """
 
 from __future__ import annotations
 
-from typing import TypeAlias
+import json
+from typing import Any, TypeAlias
 
 import attrs
 import av
@@ -27,8 +29,10 @@ class ReceivedAudio:
     channels: int
     sender_time: float | None
     local_time: float
-    #: True when the samples stand in for lost packets rather than decoded ones.
+    #: True when the samples stand in for a lost packet rather than decoded ones.
     concealed: bool = False
+    #: The RTP timestamp the samples start at (the sender's 48 kHz clock); for ordering checks.
+    rtp_timestamp: int | None = None
 
 
 @attrs.frozen(eq=False)
@@ -39,6 +43,8 @@ class ReceivedVideo:
     frame: av.VideoFrame
     sender_time: float | None
     local_time: float
+    #: The RTP timestamp of the frame (90 kHz sender clock).
+    rtp_timestamp: int | None = None
 
 
 @attrs.frozen
@@ -48,6 +54,10 @@ class ReceivedData:
     peer_id: str
     data: bytes | str
     local_time: float
+
+    def json(self) -> Any:
+        """The message parsed as JSON (what ``PeerConnection.send_data`` makes of a non-text value)."""
+        return json.loads(self.data)
 
 
 ReceivedMedia: TypeAlias = ReceivedAudio | ReceivedVideo | ReceivedData

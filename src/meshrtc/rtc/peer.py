@@ -1,17 +1,37 @@
 """PeerConnection: one WebRTC connection to one remote peer (spec section 2).
 
-The statechart is declared here, where the PeerConnection class lives. Its state mirrors aiortc's
-real connection state (invariant 8): ``connected`` requires a remote SDP, and a lost path goes through
-Reconnecting (rebuild and renegotiate, since aiortc has no ICE restart) before Failed.
+aiortc keeps ICE, DTLS, SRTP, SCTP and RTCP; this class owns everything from the RTP packet on and
+runs in trio. Each ``RTCPeerConnection`` it builds (a *link*) lives on the bridge's asyncio thread,
+tapped by the adapter, so the asyncio side only forwards packets and events.
+
+Why links: aiortc has no ICE restart, so a lost path is repaired by building a fresh
+RTCPeerConnection and negotiating it again through signaling (design section 3). The PeerConnection
+is the durable entity (peer id, connection id, state, sync, quality, ``received``); links come and
+go underneath it. Who offers a rebuild follows docs/signaling.md: the lower peer id offers; the other
+is polite and gives way when both offer at once.
+
+One task, :meth:`PeerConnection._supervise`, makes every negotiation and state decision, reading a
+single control channel (signals from the remote, aiortc state changes, timers), so there is no
+interleaving to reason about. Per link, one media task feeds the tap's packets and Sender Reports
+into the :class:`~meshrtc.media.sync.SyncManager`, sleeps until its ``next_due()`` (or the next
+packet), decodes what is due and hands it to :attr:`PeerConnection.received`.
+
+The state mirrors aiortc's connection state (invariant 8): Connected is entered on aiortc's
+``connected`` (never without a remote SDP: the transition is guarded), and left the moment aiortc
+reports ``failed``/``closed``, a remote re-offer replaces the link, or the media falls silent for
+``media_timeout`` (aioice's own consent check takes ~30 s to notice a dead path).
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
+import math
+import random
+import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, Final, TypeAlias
 
 import attrs
 import av
@@ -20,38 +40,59 @@ import numpy.typing as npt
 import trio
 from aiortc import (
     RTCConfiguration,
+    RTCDataChannel,
+    RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
-from transitions import MachineError
 
-from meshrtc.config import TransportConfig
-from meshrtc.errors import MeshRtcError
+from meshrtc.config import DataChannelMode, TransportConfig
+from meshrtc.errors import ConfigError, MeshRtcError
 from meshrtc.media.frame import FrameType, MediaFrame
-from meshrtc.media.jitter import (
-    AudioPacket,
-    Gap,
-    JitterBuffer,
-    KeyframeRequest,
-    PlayoutItem,
-    VideoFrame,
-)
+from meshrtc.media.jitter import AudioPacket, Gap, InsertResult, KeyframeRequest, VideoFrame
 from meshrtc.media.keyframe import is_keyframe_for
+from meshrtc.media.quality import (
+    BitrateAction,
+    BitrateController,
+    BitrateDecision,
+    ConnectionQuality,
+    ConnectionQualityMetrics,
+)
+from meshrtc.media.rtcp import NTP_EPOCH_OFFSET, ReceptionReport, SenderReport
+from meshrtc.media.sync import AlignedItem, SyncManager
 from meshrtc.rtc.aiortc_adapter import (
     AudioDecoder,
     ImpairmentConfig,
+    PathControl,
     PeerTap,
+    RembReport,
     TapEvent,
     VideoDecoder,
     tap_peer_connection,
 )
 from meshrtc.rtc.bridge import Bridge, ToTrio
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
-from meshrtc.rtc.tracks import AudioOutputTrack, VideoOutputTrack
+from meshrtc.rtc.host_candidates import set_host_addresses
+from meshrtc.rtc.tracks import AUDIO_FRAME_SAMPLES, AudioOutputTrack, VideoOutputTrack
+from meshrtc.signaling.client import Backoff
+from meshrtc.signaling.protocol import lower_id_offers, validate_candidate
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
+
+__all__ = [
+    "PEER_CONNECTION_MACHINE",
+    "PeerConnection",
+    "PeerError",
+    "PeerOptions",
+    "PeerRefusedError",
+    "PeerStats",
+    "SendSignal",
+    "refusal_reason",
+    "refusal_sdp",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +102,16 @@ PEER_CONNECTION_MACHINE = register(
     MachineSpec(
         name="PeerConnection",
         doc="New → Gathering ICE → Connecting → Connected → Failed | Closed; a lost path from "
-        "Connecting or Connected goes to Reconnecting and back to Connected (spec section 2).",
+        "Connecting or Connected goes to Reconnecting (the RTCPeerConnection is rebuilt and "
+        "renegotiated, with backoff) and back to Connected, or to Failed after the configured "
+        "attempts (spec section 2). Connected needs a remote SDP (`has_remote_sdp`).",
         states=(*_LIVE, "Failed", "Closed"),
         initial="New",
         labels={"GatheringIce": "Gathering ICE"},
         transitions=(
             ("start_gathering", "New", "GatheringIce"),
             ("gathering_complete", "GatheringIce", "Connecting"),
-            ("connected", ("Connecting", "Reconnecting"), "Connected"),
+            ("connected", ("Connecting", "Reconnecting"), "Connected", "has_remote_sdp"),
             ("connection_lost", ("Connecting", "Connected"), "Reconnecting"),
             ("fail", _LIVE, "Failed"),
             ("close", (*_LIVE, "Failed"), "Closed"),
@@ -76,21 +119,134 @@ PEER_CONNECTION_MACHINE = register(
     )
 )
 
+#: Session-level SDP attribute naming the negotiation an offer belongs to; the answer echoes it, so
+#: a late answer to an abandoned attempt is recognised and ignored. Other endpoints ignore it.
+ATTEMPT_ATTRIBUTE: Final = "x-meshrtc-attempt"
+#: Session-level SDP attribute of an answer that refuses the connection (mesh full); its value is
+#: a reason token, the ``s=`` line says it in words.
+REFUSAL_ATTRIBUTE: Final = "x-meshrtc-refused"
 
-# ---------------------------------------------------------------------------------------------
-# The connection
+_CODEC_MIME = {"H264": "video/H264", "VP8": "video/VP8", "VP9": "video/VP9"}
+_MEDIA_KINDS = frozenset({"audio", "video", "data"})
+#: Keyframe requests (PLI) for one link are at least this far apart.
+_PLI_INTERVAL = 0.3
+#: Audio packet duration assumed for concealment and for the sender time of concealed packets.
+_AUDIO_STEP = AUDIO_FRAME_SAMPLES / 48_000
 
 
 class PeerError(MeshRtcError):
-    """A PeerConnection was used in a state that cannot do it (or negotiation went wrong)."""
+    """A PeerConnection cannot do what was asked (not running, media not negotiated, closed ...)."""
 
 
+class PeerRefusedError(PeerError):
+    """The remote peer refused the connection (its mesh is full)."""
+
+
+#: ``send_signal(method, params)``: ``offer``/``answer`` with ``{"sdp"}``. Any async callable; the
+#: PeerManager adapts it to the SignalingClient, tests may wire two PeerConnections directly.
 SendSignal: TypeAlias = Callable[[str, dict[str, Any]], Awaitable[object]]
 
 
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(attribute.name, value, "a number > 0")
+
+
+@attrs.frozen(kw_only=True)
+class PeerOptions:
+    """Timing and policy of a PeerConnection (not in TransportConfig: the spec does not name them).
+
+    ``reconnect.tries`` is how many rebuilt connections are tried before Failed; the delay before
+    attempt ``n`` is ``reconnect.delay(n)`` (the first attempt after a loss starts at once). The
+    polite side (higher id) waits ``polite_wait`` longer before offering itself, so the lower id's
+    offer normally arrives first and there is no glare.
+    """
+
+    #: From the first offer or answer until Connected.
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: From a rebuilt connection's offer or answer until Connected.
+    reconnect_timeout: float = attrs.field(default=2.5, validator=_positive)
+    #: Connected with audio or video negotiated, but no RTP or RTCP for this long: the path is lost.
+    media_timeout: float = attrs.field(default=3.0, validator=_positive)
+    reconnect: Backoff = attrs.field(
+        factory=lambda: Backoff(tries=8, initial=0.25, factor=2.0, maximum=1.0, jitter=0.25)
+    )
+    polite_wait: float = attrs.field(default=1.0, validator=_positive)
+    #: Metrics refresh and bitrate decisions (spec: every 1-5 s).
+    quality_interval: float = attrs.field(default=2.0, validator=_positive)
+    #: Loss and RTT must stay low this long before the bitrate is probed upwards.
+    probe_after: float = attrs.field(default=5.0, validator=_positive)
+    #: Opus bitrate range for the controller (kb/s); it starts at the top (aiortc's 96 kb/s).
+    audio_kbps: tuple[float, float] = (16.0, 96.0)
+    video_fps: float = attrs.field(default=30.0, validator=_positive)
+    #: Items :attr:`PeerConnection.received` holds before newer ones are dropped (and counted).
+    max_received: int = attrs.field(default=1000, validator=_positive)
+    #: How long :meth:`PeerConnection.send_data` waits for an open data channel.
+    data_open_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Bound on closing one RTCPeerConnection.
+    close_timeout: float = attrs.field(default=2.0, validator=_positive)
+
+
+@attrs.define
+class PeerStats:
+    """Counters over the PeerConnection's life (all links)."""
+
+    audio_packets: int = 0
+    video_packets: int = 0
+    #: Packets the jitter buffers refused: behind the playout point (or too old), or copies.
+    late_packets: int = 0
+    duplicate_packets: int = 0
+    sender_reports: int = 0
+    #: Sender Reports for an SSRC no packet has been seen from yet (dropped: its kind is unknown).
+    unmatched_sender_reports: int = 0
+    reception_reports: int = 0
+    #: Audio items delivered: decoded packets and concealed packets.
+    audio_frames: int = 0
+    concealed_frames: int = 0
+    video_frames: int = 0
+    video_decode_errors: int = 0
+    keyframe_requests: int = 0
+    data_sent: int = 0
+    data_received: int = 0
+    #: Items dropped because nobody read ``received`` in time.
+    received_dropped: int = 0
+    #: Remote candidates refused by validation.
+    invalid_candidates: int = 0
+    #: Colliding offers ignored (we are the impolite, lower id) and answers to abandoned attempts.
+    ignored_offers: int = 0
+    stale_answers: int = 0
+    #: Links built (the first connection and every rebuild) and reconnections that succeeded.
+    links: int = 0
+    reconnects: int = 0
+
+
+# --- control messages (all handled by the supervisor task) -----------------------------------
+
+
 @attrs.frozen
-class _State:
-    connection_state: str
+class _Signal:
+    method: str
+    params: Mapping[str, Any]
+
+
+@attrs.frozen
+class _StartOffer:
+    pass
+
+
+@attrs.frozen
+class _PcState:
+    generation: int
+    state: str
+
+
+@attrs.frozen
+class _ChannelReady:
+    generation: int
+    channel: RTCDataChannel
+
+
+_Control: TypeAlias = _Signal | _StartOffer | _PcState | _ChannelReady
 
 
 @attrs.frozen
@@ -99,21 +255,144 @@ class _Message:
     at: float
 
 
-_Event: TypeAlias = TapEvent | _State | _Message
+_MediaEvent: TypeAlias = TapEvent | _Message
 
-_CODEC_MIME = {"H264": "video/H264", "VP8": "video/VP8", "VP9": "video/VP9"}
+
+@attrs.define(eq=False)
+class _Link:
+    """One RTCPeerConnection and what belongs to it alone."""
+
+    generation: int
+    offerer: bool
+    pc: RTCPeerConnection
+    tap: PeerTap
+    media_pipe: ToTrio[_MediaEvent]
+    media: trio.MemoryReceiveChannel[_MediaEvent]
+    audio_track: AudioOutputTrack | None
+    video_track: VideoOutputTrack | None
+    started_at: float
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    nursery: trio.Nursery | None = None
+    offer_tag: str | None = None
+    remote_set: bool = False
+    pending_candidates: list[RTCIceCandidate | None] = attrs.Factory(list)
+    channel: RTCDataChannel | None = None
+    last_activity: float = 0.0
+    audio_decoder: AudioDecoder | None = None
+    video_decoder: VideoDecoder | None = None
+    ssrc_kinds: dict[int, FrameType] = attrs.Factory(dict)
+    keyframe_detectors: dict[int, Callable[[MediaFrame], bool]] = attrs.Factory(dict)
+    last_pli: float = -math.inf
+    last_presented: float = -math.inf
+    controllers: dict[FrameType, BitrateController] = attrs.Factory(dict)
+
+
+# --- SDP helpers --------------------------------------------------------------------------------
+
+
+def _eol(sdp: str) -> str:
+    return "\r\n" if "\r\n" in sdp else "\n"
+
+
+def _with_session_attribute(sdp: str, name: str, value: str) -> str:
+    """``sdp`` with ``a=name:value`` added at session level (before the first ``m=`` line)."""
+    eol = _eol(sdp)
+    lines = sdp.split(eol)
+    at = next((i for i, line in enumerate(lines) if line.startswith("m=")), len(lines))
+    lines.insert(at, f"a={name}:{value}")
+    return eol.join(lines)
+
+
+def _session_attribute(sdp: str, name: str) -> str | None:
+    prefix = f"a={name}:"
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            return None
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    return None
+
+
+def refusal_sdp(reason: str, token: str = "mesh-full") -> str:
+    """An SDP answer that refuses a connection: every section rejected (port 0), plus a reason.
+
+    Sent as ``peer.answer`` to a peer we will not connect to. A meshrtc peer reads the
+    ``a=x-meshrtc-refused`` attribute and fails its connection with the reason; any other
+    endpoint sees an answer that rejects all media and cannot connect either.
+    """
+    words = " ".join(reason.split()) or "refused"
+    return (
+        "v=0\r\n"
+        "o=- 0 0 IN IP4 0.0.0.0\r\n"
+        f"s=meshrtc refused: {words}\r\n"
+        "t=0 0\r\n"
+        f"a={REFUSAL_ATTRIBUTE}:{token}\r\n"
+        "m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+    )
+
+
+def refusal_reason(sdp: str) -> str | None:
+    """The reason of a refusal made by :func:`refusal_sdp`, None for an ordinary SDP."""
+    if _session_attribute(sdp, REFUSAL_ATTRIBUTE) is None:
+        return None
+    for line in sdp.splitlines():
+        if line.startswith("s=meshrtc refused: "):
+            return line.removeprefix("s=meshrtc refused: ").strip()
+    return _session_attribute(sdp, REFUSAL_ATTRIBUTE)
+
+
+def _sdp_candidates(sdp: str) -> list[str]:
+    """The valid ``candidate:...`` lines of an SDP (invalid ones are logged and left out)."""
+    out: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            candidate = line.removeprefix("a=")
+            try:
+                out.append(validate_candidate(candidate))
+            except ValueError as err:
+                log.warning("ignoring an invalid candidate in an SDP (%s): %.80s", err, line)
+    return out
+
+
+# --- loop-thread coroutines ------------------------------------------------------------------
+
+
+async def _local_offer(pc: RTCPeerConnection, path: PathControl) -> str:
+    await pc.setLocalDescription(await pc.createOffer())
+    path.attach(pc)  # sockets exist now; checks cannot start before the answer
+    sdp: str = pc.localDescription.sdp
+    return sdp
+
+
+async def _local_answer(pc: RTCPeerConnection, offer: str, path: PathControl) -> str:
+    await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+    path.attach(pc)  # before the connect task aiortc just scheduled gets to run
+    sdp: str = pc.localDescription.sdp
+    return sdp
+
+
+async def _apply_answer(pc: RTCPeerConnection, answer: str) -> None:
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+
+
+def _ntp_now_at(monotonic_time: float) -> int:
+    """Our 64-bit NTP wall clock at ``monotonic_time`` (what aiortc stamps its SRs with)."""
+    wall = time.time() - (time.monotonic() - monotonic_time)
+    return int((wall + NTP_EPOCH_OFFSET) * 4294967296.0)
 
 
 class PeerConnection(StatefulModel):
-    """One aiortc RTCPeerConnection on the bridge, run from trio.
+    """One remote peer: negotiation, reconnection, receive and send paths, quality (spec section 2).
 
-    Why the split: aiortc keeps ICE/DTLS/SRTP/RTCP, we keep media from the RTP packet on, so the
-    receive path (tap → jitter buffer → playout → decoder) runs here in trio and the asyncio thread
-    only forwards packets. Signaling is an injected ``send_signal(method, params)`` so the same class
-    works wired directly to another PeerConnection or through a SignalingClient.
+    ``peer_id`` names the *remote* peer; ``local_id`` (default ``config.peer_id``) is ours, for the
+    offer rule. ``media`` is what to negotiate (``audio``/``video``/``data``; data also needs
+    ``config.enable_data_channel``); at least one must remain.
 
-    Use: ``await nursery.start(peer.run)``, then ``await peer.offer()`` on one side; feed incoming
-    signals to :meth:`handle_signal`; read :attr:`received`; :meth:`aclose` when done.
+    Use: ``await nursery.start(peer.run)``; on the offering side ``await peer.offer()``; feed every
+    signal from the remote to :meth:`handle_signal`; read :attr:`received`; send with
+    :meth:`send_audio` / :meth:`send_video` / :meth:`send_data`; :meth:`aclose` when done. ``run``
+    returns when the connection is closed or has Failed (see :attr:`failure_reason`).
     """
 
     state: str
@@ -131,42 +410,482 @@ class PeerConnection(StatefulModel):
         config: TransportConfig,
         send_signal: SendSignal,
         *,
+        local_id: str | None = None,
+        media: Collection[str] = ("audio", "video", "data"),
+        options: PeerOptions | None = None,
         impairments: dict[FrameType, ImpairmentConfig] | None = None,
-        max_received: int = 1000,
+        on_state_change: Callable[[PeerConnection, str], None] | None = None,
+        rand: Callable[[], float] = random.random,
     ) -> None:
+        unknown = set(media) - _MEDIA_KINDS
+        if unknown:
+            raise PeerError(f"unknown media {sorted(unknown)}; use audio, video, data")
         self.peer_id = peer_id
+        self.local_id = config.peer_id if local_id is None else local_id
+        if self.local_id == peer_id:
+            raise PeerError(f"a peer does not connect to itself ({peer_id!r})")
         self.bridge = bridge
         self.config = config
+        self.options = options or PeerOptions()
+        self.audio = "audio" in media
+        self.video = "video" in media
+        self.data = "data" in media and config.enable_data_channel
+        if not (self.audio or self.video or self.data):
+            raise PeerError(
+                f"peer {peer_id}: needs at least one of audio, video or a data channel "
+                f"(media={sorted(media)}, enable_data_channel={config.enable_data_channel})"
+            )
+        #: Unique per PeerConnection object; its links are ``<connection_id>.<generation>``.
+        self.connection_id = f"{self.local_id}-{peer_id}-{secrets.token_hex(4)}"
+        self.created_at = time.monotonic()
+        self.connected_at: float | None = None
+        self.local_sdp: str | None = None
+        self.remote_sdp: str | None = None
+        self.local_candidates: list[str] = []
+        self.remote_candidates: list[str] = []
+        self.failure_reason: str | None = None
+        #: True when the remote refused us (its mesh is full): Failed for good, do not retry.
+        self.refused = False
+        #: Why the last connected link was given up (media silent, aiortc failed, re-offered).
+        self.last_loss_reason: str | None = None
+        #: (monotonic time, state) of every state entered, starting with New.
+        self.history: list[tuple[float, str]] = [(self.created_at, PEER_CONNECTION_MACHINE.initial)]
+        self.stats = PeerStats()
+        #: The latest Sender Report per kind on the current link.
+        self.sender_reports: dict[FrameType, SenderReport] = {}
+        #: Bitrate decisions that changed a target: (kind, decision, encoder target afterwards).
+        self.bitrate_decisions: list[tuple[FrameType, BitrateDecision, int | None]] = []
+        #: Test-only network hook on every RTCPeerConnection this peer builds.
+        self.path_control = PathControl()
+        self.generation = 0
+        self.sync_manager = SyncManager(
+            peer_id,
+            jitter_buffer_size_ms=float(config.jitter_buffer_size_ms),
+            is_keyframe=self._is_keyframe,
+        )
+        self.quality = ConnectionQuality(peer_id)
+        self._metrics: ConnectionQualityMetrics | None = None
         self._send_signal = send_signal
         self._impairments = impairments
-        self.audio_track = AudioOutputTrack(max_queued=2.0)
-        self.video_track = VideoOutputTrack(fps=30)
-        self._received_send, self.received = trio.open_memory_channel[ReceivedMedia](max_received)
-        #: Received items dropped because nobody read :attr:`received` in time.
-        self.received_dropped = 0
-        self._pipe: ToTrio[_Event]
-        self._pipe, self._events = bridge.open_channel()
-        self._pc: RTCPeerConnection | None = None
-        self._tap: PeerTap | None = None
-        self._channel: Any = None
-        self._channel_open = trio.Event()
-        self._buffers = {
-            FrameType.AUDIO: JitterBuffer.from_config(FrameType.AUDIO, config),
-            FrameType.VIDEO: JitterBuffer.from_config(
-                FrameType.VIDEO, config, is_keyframe=is_keyframe_for(str(config.video_codec))
-            ),
-        }
-        self._audio_decoder: AudioDecoder | None = None
-        self._video_decoder: VideoDecoder | None = None
-        self._wake = trio.Event()
+        self._on_state_change = on_state_change
+        self._rand = rand
+        self._received_send, self.received = trio.open_memory_channel[ReceivedMedia](
+            self.options.max_received
+        )
+        self._control_send, self._control = trio.open_memory_channel[_Control](math.inf)
+        self._control_pipe: ToTrio[_Control] = bridge.to_trio(self._control_send)
+        self._link: _Link | None = None
+        self._last_picture: av.VideoFrame | npt.NDArray[np.uint8] | None = None
+        self._nursery: trio.Nursery | None = None
         self._cancel = trio.CancelScope()
+        self._started = False
         self._done = trio.Event()
-        self._running = False
-        self.state_changed = trio.Event()
-        self.keyframe_requests = 0
-        PEER_CONNECTION_MACHINE.build(self)
+        self._changed = trio.Event()
+        self._failures = 0
+        self._ever_connected = False
+        self._lost_at: float | None = None
+        self._retry_at: float | None = None
+        self._attempt_deadline: float | None = None
+        PEER_CONNECTION_MACHINE.build(self, after_state_change=self._after_state_change)
 
-    # -- setup ---------------------------------------------------------------------------------
+    # --- state ----------------------------------------------------------------------------------
+
+    def has_remote_sdp(self) -> bool:
+        """Guard of ``connected``: the current link has the remote's description applied."""
+        link = self._link
+        return self.remote_sdp is not None and link is not None and link.remote_set
+
+    def _after_state_change(self) -> None:
+        self.history.append((time.monotonic(), self.state))
+        log.info("peer %s ↔ %s: %s", self.local_id, self.peer_id, self.state)
+        self._notify()
+        if self._on_state_change is not None:
+            self._on_state_change(self, self.state)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_state(self, *states: str) -> str:
+        """Wait until the state is one of ``states`` (bound it with ``trio.fail_after``)."""
+        while self.state not in states:
+            await self._changed.wait()
+        return self.state
+
+    @property
+    def ice_candidates(self) -> list[str]:
+        """Validated candidates: ours (from our SDP; aiortc does not trickle) then the remote's."""
+        return [*self.local_candidates, *self.remote_candidates]
+
+    @property
+    def polite(self) -> bool:
+        """True when the remote's id is lower: it offers rebuilds, we give way on glare."""
+        return not lower_id_offers(self.local_id, self.peer_id)
+
+    @property
+    def codecs(self) -> dict[FrameType, str]:
+        """The negotiated codec (MIME type) of each kind the current link has started decoding."""
+        out: dict[FrameType, str] = {}
+        link = self._link
+        if link is not None and link.audio_decoder is not None:
+            out[FrameType.AUDIO] = link.audio_decoder.codec.mimeType
+        if link is not None and link.video_decoder is not None:
+            out[FrameType.VIDEO] = link.video_decoder.codec.mimeType
+        return out
+
+    def get_metrics(self) -> ConnectionQualityMetrics:
+        """The latest quality snapshot (refreshed every ``quality_interval``; computed if none yet)."""
+        if self._metrics is None:
+            return self.quality.snapshot(time.monotonic())
+        return self._metrics
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[PeerConnection] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the connection until it is closed, cancelled or Failed."""
+        if self._started or self.state == "Closed":
+            raise PeerError(f"peer {self.peer_id}: run() starts once, and not after aclose()")
+        self._started = True
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._quality_loop)
+                    task_status.started(self)
+                    await self._supervise()
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._teardown()
+            self._done.set()
+
+    async def aclose(self) -> None:
+        """Close the connection and end :meth:`run` (idempotent; bounded in time)."""
+        self._cancel.cancel()
+        if not self._started:
+            await self._teardown()
+            self._done.set()
+        else:
+            await self._done.wait()
+
+    async def _teardown(self) -> None:
+        await self._drop_link()
+        self._control_pipe.close()
+        self._control_send.close()
+        self._received_send.close()
+        if self.state in _LIVE:
+            self.close()
+
+    async def offer(self) -> None:
+        """Make this side the offerer of the first negotiation (the newcomer, docs/signaling.md)."""
+        if self._nursery is None or self._done.is_set():
+            raise PeerError(f"peer {self.peer_id}: not running (start run() first)")
+        self._control_send.send_nowait(_StartOffer())
+
+    async def handle_signal(self, method: str, params: Mapping[str, Any]) -> None:
+        """Queue an ``offer``, ``answer`` or ``candidate`` from the remote peer (never blocks).
+
+        ``offer``/``answer`` take ``{"sdp"}``; ``candidate`` takes ``{"candidate", "sdpMid",
+        "sdpMLineIndex"}`` (an empty candidate ends the remote's candidates). Signals that arrive
+        before :meth:`run` wait for it; after the connection closed they are dropped.
+        """
+        if method not in ("offer", "answer", "candidate"):
+            raise PeerError(f"peer {self.peer_id}: unknown signal {method!r}")
+        try:
+            self._control_send.send_nowait(_Signal(method, dict(params)))
+        except trio.ClosedResourceError:
+            log.debug("peer %s: %s after close, dropped", self.peer_id, method)
+
+    # --- the supervisor -------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while self.state in _LIVE:
+            deadline = self._deadline()
+            message: _Control | None = None
+            wait = math.inf if deadline is None else deadline - time.monotonic()
+            if wait > 0:
+                with trio.move_on_after(wait):
+                    message = await self._control.receive()
+            if message is None:
+                await self._on_deadline()
+            else:
+                await self._on_control(message)
+
+    def _deadline(self) -> float | None:
+        candidates = [t for t in (self._retry_at, self._attempt_deadline) if t is not None]
+        link = self._link
+        if self.state == "Connected" and link is not None and (self.audio or self.video):
+            candidates.append(link.last_activity + self.options.media_timeout)
+        return min(candidates, default=None)
+
+    async def _on_deadline(self) -> None:
+        now = time.monotonic()
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            await self._offer()
+        elif self._attempt_deadline is not None and now >= self._attempt_deadline:
+            timeout = self._attempt_deadline - (self._link.started_at if self._link else now)
+            await self._link_failed(f"not connected within {timeout:.1f} s")
+        elif self.state == "Connected" and self._link is not None:
+            silent = now - self._link.last_activity
+            if silent >= self.options.media_timeout:
+                await self._link_failed(f"no RTP/RTCP for {silent:.1f} s")
+
+    async def _on_control(self, message: _Control) -> None:
+        if isinstance(message, _Signal):
+            if message.method == "offer":
+                await self._on_offer(str(message.params.get("sdp", "")))
+            elif message.method == "answer":
+                await self._on_answer(str(message.params.get("sdp", "")))
+            else:
+                await self._on_candidate(message.params)
+        elif isinstance(message, _StartOffer):
+            if self.state == "New":
+                await self._offer()
+        elif isinstance(message, _PcState):
+            await self._on_pc_state(message)
+        else:
+            link = self._link
+            if link is not None and link.generation == message.generation:
+                link.channel = message.channel
+                self._notify()
+
+    async def _offer(self) -> None:
+        await self._drop_link()
+        if self.state == "New":
+            self.start_gathering()
+        try:
+            link = await self._new_link(offerer=True)
+        except MeshRtcError as err:  # the bridge is closing
+            await self._give_up(f"cannot build a connection: {err}")
+            return
+        try:
+            sdp = await self.bridge.run(_local_offer, link.pc, self.path_control)
+        except Exception as exc:  # noqa: BLE001 - aiortc raises many types; the link fails either way
+            await self._link_failed(f"creating an offer failed: {exc!r}")
+            return
+        if self.state == "GatheringIce":
+            self.gathering_complete()
+        link.offer_tag = f"{self.connection_id}.{link.generation}"
+        self._set_local(sdp)
+        self._arm_attempt(link)
+        await self._signal(
+            "offer", {"sdp": _with_session_attribute(sdp, ATTEMPT_ATTRIBUTE, link.offer_tag)}
+        )
+
+    async def _on_offer(self, sdp: str) -> None:
+        link = self._link
+        if link is not None and link.offer_tag is not None and not link.remote_set:
+            if not self.polite:
+                # Glare: we are the lower id; the remote rolls back and answers ours.
+                self.stats.ignored_offers += 1
+                log.info("peer %s: ignoring a colliding offer (we offer)", self.peer_id)
+                return
+            log.info("peer %s: colliding offer; rolling back ours and answering", self.peer_id)
+        if self.state == "Connected":
+            self._lose("the remote renegotiated")
+        await self._drop_link()
+        self._retry_at = None
+        if self.state == "New":
+            self.start_gathering()
+        try:
+            link = await self._new_link(offerer=False)
+        except MeshRtcError as err:  # the bridge is closing
+            await self._give_up(f"cannot build a connection: {err}")
+            return
+        try:
+            answer = await self.bridge.run(_local_answer, link.pc, sdp, self.path_control)
+        except Exception as exc:  # noqa: BLE001 - bad SDP or aiortc refusing it; the link fails
+            await self._link_failed(f"answering the offer failed: {exc!r}")
+            return
+        if self.state == "GatheringIce":
+            self.gathering_complete()
+        link.remote_set = True
+        self._set_remote(sdp)
+        self._set_local(answer)
+        await self._flush_candidates(link)
+        self._arm_attempt(link)
+        tag = _session_attribute(sdp, ATTEMPT_ATTRIBUTE)
+        if tag is not None:
+            answer = _with_session_attribute(answer, ATTEMPT_ATTRIBUTE, tag)
+        await self._signal("answer", {"sdp": answer})
+
+    async def _on_answer(self, sdp: str) -> None:
+        reason = refusal_reason(sdp)
+        if reason is not None:
+            await self._give_up(f"refused by {self.peer_id}: {reason}", refused=True)
+            return
+        link = self._link
+        tag = _session_attribute(sdp, ATTEMPT_ATTRIBUTE)
+        if (
+            link is None
+            or link.offer_tag is None
+            or link.remote_set
+            or (tag is not None and tag != link.offer_tag)
+        ):
+            self.stats.stale_answers += 1
+            log.debug("peer %s: ignoring an answer to no outstanding offer", self.peer_id)
+            return
+        try:
+            await self.bridge.run(_apply_answer, link.pc, sdp)
+        except Exception as exc:  # noqa: BLE001 - bad SDP or aiortc refusing it; the link fails
+            await self._link_failed(f"applying the answer failed: {exc!r}")
+            return
+        link.remote_set = True
+        self._set_remote(sdp)
+        await self._flush_candidates(link)
+
+    async def _on_candidate(self, params: Mapping[str, Any]) -> None:
+        text = str(params.get("candidate") or "")
+        candidate: RTCIceCandidate | None = None
+        if text:
+            try:
+                text = validate_candidate(text).removeprefix("a=")
+                candidate = candidate_from_sdp(text.removeprefix("candidate:"))
+            except ValueError as err:
+                self.stats.invalid_candidates += 1
+                log.warning("peer %s: refusing candidate %.80r: %s", self.peer_id, text, err)
+                return
+            candidate.sdpMid = params.get("sdpMid")
+            index = params.get("sdpMLineIndex")
+            candidate.sdpMLineIndex = 0 if index is None and candidate.sdpMid is None else index
+            self.remote_candidates.append(text)
+        link = self._link
+        if link is None:
+            return
+        if not link.remote_set:
+            link.pending_candidates.append(candidate)
+            return
+        await self._add_candidate(link, candidate)
+
+    async def _flush_candidates(self, link: _Link) -> None:
+        pending, link.pending_candidates = link.pending_candidates, []
+        for candidate in pending:
+            await self._add_candidate(link, candidate)
+
+    async def _add_candidate(self, link: _Link, candidate: RTCIceCandidate | None) -> None:
+        try:
+            await self.bridge.run(link.pc.addIceCandidate, candidate)
+        except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the connection
+            log.warning("peer %s: aiortc refused a candidate: %r", self.peer_id, exc)
+
+    async def _on_pc_state(self, event: _PcState) -> None:
+        link = self._link
+        if link is None or event.generation != link.generation:
+            return  # a link we already dropped
+        if event.state == "connected":
+            if self.state in ("Connecting", "Reconnecting") and self.connected():
+                now = time.monotonic()
+                self._attempt_deadline = None
+                self._retry_at = None
+                link.last_activity = now
+                self.connected_at = now
+                if self._ever_connected:
+                    self.stats.reconnects += 1
+                    if self._lost_at is not None:
+                        log.info(
+                            "peer %s: reconnected %.2f s after the loss",
+                            self.peer_id,
+                            now - self._lost_at,
+                        )
+                self._ever_connected = True
+                self._failures = 0
+        elif event.state in ("failed", "closed"):
+            await self._link_failed(f"aiortc reports the connection {event.state}")
+
+    def _lose(self, reason: str) -> None:
+        """Connected/Connecting → Reconnecting: the media state of the old path is void."""
+        self.last_loss_reason = reason
+        self._lost_at = time.monotonic()
+        log.info("peer %s: connection lost (%s)", self.peer_id, reason)
+        self.connection_lost()
+
+    async def _link_failed(self, reason: str) -> None:
+        await self._drop_link()
+        self._attempt_deadline = None
+        if self.state == "Connected":
+            self._lose(reason)
+            self._failures = 0
+        elif self.state == "Connecting":
+            self._lose(reason)
+            self._failures = 1
+        elif self.state == "Reconnecting":
+            self._failures += 1
+            log.info(
+                "peer %s: reconnect attempt %d failed (%s)", self.peer_id, self._failures, reason
+            )
+        else:
+            await self._give_up(reason)
+            return
+        backoff = self.options.reconnect
+        if self._failures >= backoff.tries:
+            await self._give_up(f"{reason}; gave up after {self._failures} reconnect attempts")
+            return
+        delay = 0.0 if self._failures == 0 else backoff.delay(self._failures - 1, self._rand())
+        if self.polite:
+            delay += self.options.polite_wait
+        self._retry_at = time.monotonic() + delay
+
+    async def _give_up(self, reason: str, *, refused: bool = False) -> None:
+        await self._drop_link()
+        self._retry_at = self._attempt_deadline = None
+        self.failure_reason = reason
+        self.refused = refused
+        log.warning("peer %s: failed: %s", self.peer_id, reason)
+        if self.state in _LIVE:
+            self.fail()
+
+    def _arm_attempt(self, link: _Link) -> None:
+        limit = (
+            self.options.reconnect_timeout if self._ever_connected else self.options.connect_timeout
+        )
+        self._attempt_deadline = link.started_at + limit
+
+    def _set_local(self, sdp: str) -> None:
+        self.local_sdp = sdp
+        self.local_candidates = _sdp_candidates(sdp)
+
+    def _set_remote(self, sdp: str) -> None:
+        self.remote_sdp = sdp
+        self.remote_candidates = _sdp_candidates(sdp)
+
+    async def _signal(self, method: str, params: dict[str, Any]) -> None:
+        try:
+            await self._send_signal(method, params)
+        except MeshRtcError as err:
+            # The attempt's deadline turns this into a failed attempt (and a retry).
+            log.warning("peer %s: sending %s failed: %s", self.peer_id, method, err)
+
+    # --- links ----------------------------------------------------------------------------------
+
+    async def _new_link(self, *, offerer: bool) -> _Link:
+        assert self._nursery is not None
+        self.generation += 1
+        generation = self.generation
+        if generation > 1:
+            self.sync_manager.reset()
+        self.sender_reports.clear()
+        media_pipe: ToTrio[_MediaEvent]
+        media_pipe, media = self.bridge.open_channel(4096)
+        audio_track = AudioOutputTrack(channels=2, max_queued=2.0) if self.audio else None
+        video_track = VideoOutputTrack(fps=self.options.video_fps) if self.video else None
+        if video_track is not None and self._last_picture is not None:
+            video_track.put(self._last_picture)
+        if self.config.ice_host_addresses is not None:
+            set_host_addresses(self.config.ice_host_addresses)
+        pc, tap = await self.bridge.call(
+            self._build, generation, offerer, media_pipe, audio_track, video_track
+        )
+        self.bridge.register(pc)
+        now = time.monotonic()
+        link = _Link(generation, offerer, pc, tap, media_pipe, media, audio_track, video_track, now)
+        link.last_activity = now
+        self._link = link
+        self.stats.links += 1
+        self._nursery.start_soon(self._run_link, link)
+        return link
 
     def _ice_servers(self) -> list[RTCIceServer]:
         servers = [RTCIceServer(urls=url) for url in self.config.stun_servers]
@@ -176,257 +895,395 @@ class PeerConnection(StatefulModel):
         ]
         return servers
 
-    def _build(self) -> tuple[RTCPeerConnection, PeerTap]:
+    def _build(
+        self,
+        generation: int,
+        offerer: bool,
+        media_pipe: ToTrio[_MediaEvent],
+        audio_track: AudioOutputTrack | None,
+        video_track: VideoOutputTrack | None,
+    ) -> tuple[RTCPeerConnection, PeerTap]:
         """On the loop thread: the connection, its transceivers, data channel and tap."""
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers()))
-        pc.addTransceiver(self.audio_track, direction="sendrecv")
-        video = pc.addTransceiver(self.video_track, direction="sendrecv")
-        mime = _CODEC_MIME.get(str(self.config.video_codec).upper())
-        capabilities = RTCRtpSender.getCapabilities("video")
-        if mime is not None and capabilities is not None:
-            preferred = [c for c in capabilities.codecs if c.mimeType.lower() == mime.lower()]
-            rest = [c for c in capabilities.codecs if c.mimeType.lower() == "video/rtx"]
-            if preferred:
-                video.setCodecPreferences(preferred + rest)
-        pipe = self._pipe
-        pc.on("connectionstatechange", pipe.handler(lambda: _State(pc.connectionState)))
-        pc.on("datachannel", self._attach_channel)
-        tap = tap_peer_connection(pc, pipe.send, impairments=self._impairments)
+        pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=self._ice_servers(),
+                iceTransportPolicy=RTCIceTransportPolicy(self.config.ice_transport_policy.value),
+                bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+            )
+        )
+        if audio_track is not None:
+            pc.addTransceiver(audio_track, direction="sendrecv")
+        if video_track is not None:
+            video = pc.addTransceiver(video_track, direction="sendrecv")
+            mime = _CODEC_MIME.get(str(self.config.video_codec).upper())
+            capabilities = RTCRtpSender.getCapabilities("video")
+            if mime is not None and capabilities is not None:
+                preferred = [c for c in capabilities.codecs if c.mimeType.lower() == mime.lower()]
+                rtx = [c for c in capabilities.codecs if c.mimeType.lower() == "video/rtx"]
+                if preferred:
+                    video.setCodecPreferences(preferred + rtx)
+                else:
+                    log.warning("%s is not available in aiortc; using its default codecs", mime)
+        control = self._control_pipe
+        pc.on(
+            "connectionstatechange",
+            control.handler(lambda: _PcState(generation, pc.connectionState)),
+        )
+        if self.data:
+            if offerer:
+                reliable = self.config.data_channel_mode is DataChannelMode.RELIABLE
+                channel = pc.createDataChannel(
+                    "meshrtc", ordered=reliable, maxRetransmits=None if reliable else 0
+                )
+                self._attach_channel(generation, channel, media_pipe)
+
+            def on_datachannel(channel: RTCDataChannel) -> None:
+                try:
+                    self._attach_channel(generation, channel, media_pipe)
+                except Exception:
+                    log.exception("peer %s: attaching a data channel failed", self.peer_id)
+
+            pc.on("datachannel", on_datachannel)
+        tap = tap_peer_connection(pc, media_pipe.send, impairments=self._impairments)
         return pc, tap
 
-    def _attach_channel(self, channel: Any) -> None:
-        """On the loop thread (aiortc's ``datachannel`` event or our own createDataChannel)."""
-        self._channel = channel
-        pipe = self._pipe
-        channel.on("message", pipe.handler(lambda data: _Message(data, time.monotonic())))
-        token = self.bridge.trio_token
+    def _attach_channel(
+        self, generation: int, channel: RTCDataChannel, media_pipe: ToTrio[_MediaEvent]
+    ) -> None:
+        """On the loop thread: messages to the link's media channel, readiness to the supervisor."""
+        channel.on("message", media_pipe.handler(lambda data: _Message(data, time.monotonic())))
+        ready = _ChannelReady(generation, channel)
         if channel.readyState == "open":
-            token.run_sync_soon(self._channel_open.set)
+            self._control_pipe.send(ready)
         else:
-            channel.on("open", lambda: token.run_sync_soon(self._channel_open.set))
+            channel.on("open", self._control_pipe.handler(lambda: ready))
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the connection until :meth:`aclose` (or cancellation); start it with nursery.start."""
-        if self._running or self._done.is_set():
-            raise PeerError(f"peer {self.peer_id}: run() was already started")
-        self._running = True
-        try:
-            with self._cancel:
-                pc, self._tap = await self.bridge.call(self._build)
-                self._pc = pc
-                self.bridge.register(pc)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump)
-                    nursery.start_soon(self._playout)
-                    task_status.started()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._teardown()
-            self._done.set()
-
-    # -- signaling -----------------------------------------------------------------------------
-
-    def _pc_or_raise(self) -> RTCPeerConnection:
-        if self._pc is None:
-            raise PeerError(f"peer {self.peer_id}: not running (start run() first)")
-        return self._pc
-
-    async def offer(self) -> None:
-        """Create the data channel and send an offer (aiortc gathers all candidates into it)."""
-        pc = self._pc_or_raise()
-
-        def make_channel() -> None:
-            self._attach_channel(pc.createDataChannel("meshrtc"))
-
-        await self.bridge.call(make_channel)
-        self._set_state(self.start_gathering)
-
-        async def local_offer() -> RTCSessionDescription:
-            await pc.setLocalDescription(await pc.createOffer())
-            return pc.localDescription
-
-        desc = await self.bridge.run(local_offer)
-        self._set_state(self.gathering_complete)
-        await self._send_signal("offer", {"sdp": desc.sdp, "type": desc.type})
-
-    async def handle_signal(self, method: str, params: dict[str, Any]) -> None:
-        """Apply an incoming ``offer``, ``answer`` or ``candidate`` from the remote peer."""
-        pc = self._pc_or_raise()
-        if method == "offer":
-            self._set_state(self.start_gathering)
-
-            async def answer() -> RTCSessionDescription:
-                await pc.setRemoteDescription(RTCSessionDescription(params["sdp"], "offer"))
-                await pc.setLocalDescription(await pc.createAnswer())
-                return pc.localDescription
-
-            desc = await self.bridge.run(answer)
-            self._set_state(self.gathering_complete)
-            await self._send_signal("answer", {"sdp": desc.sdp, "type": desc.type})
-        elif method == "answer":
-            await self.bridge.run(
-                pc.setRemoteDescription, RTCSessionDescription(params["sdp"], "answer")
+    async def _drop_link(self) -> None:
+        """Close the current link (its tasks, tap and RTCPeerConnection), bounded in time."""
+        link, self._link = self._link, None
+        if link is None:
+            return
+        link.scope.cancel()
+        link.media_pipe.close()
+        with trio.CancelScope(shield=True), trio.move_on_after(self.options.close_timeout) as scope:
+            try:
+                await self.bridge.call(link.tap.close)
+                await self.bridge.run(link.pc.close)
+            except MeshRtcError as err:
+                log.warning("peer %s: closing link %d: %s", self.peer_id, link.generation, err)
+        if scope.cancelled_caught:
+            log.error(
+                "peer %s: closing link %d took over %.1f s",
+                self.peer_id,
+                link.generation,
+                self.options.close_timeout,
             )
-        elif method == "candidate":
-            text = str(params.get("candidate") or "")
-            if not text:
-                return  # end of candidates: aiortc needs no marker
-            candidate = candidate_from_sdp(text.removeprefix("candidate:"))
-            candidate.sdpMid = params.get("sdpMid")
-            candidate.sdpMLineIndex = params.get("sdpMLineIndex")
-            await self.bridge.run(pc.addIceCandidate, candidate)
-        else:
-            raise PeerError(f"peer {self.peer_id}: unknown signal {method!r}")
+        self.bridge.unregister(link.pc)
+        link.media.close()
 
-    def _set_state(self, trigger: Callable[[], bool]) -> None:
-        before = self.state
-        try:
-            moved = trigger()
-        except MachineError:
-            # aiortc reports what already happened (e.g. "closed" after our own close): the
-            # machine only follows transitions that are real from where it is.
-            return
-        if not moved:
-            return
-        log.debug("peer %s: %s → %s", self.peer_id, before, self.state)
-        self.state_changed.set()
-        self.state_changed = trio.Event()
+    async def _run_link(self, link: _Link) -> None:
+        with link.scope:
+            async with trio.open_nursery() as nursery:
+                link.nursery = nursery
+                await self._media_loop(link)
 
-    # -- sending -------------------------------------------------------------------------------
+    # --- receive path ---------------------------------------------------------------------------
 
-    def send_audio(self, samples: npt.NDArray[np.floating] | npt.NDArray[np.int16]) -> None:
-        """Queue mono 48 kHz samples; the track paces them out at 20 ms per packet."""
-        self.audio_track.put(samples)
+    def _is_keyframe(self, frame: MediaFrame) -> bool:
+        """The video jitter buffer's keyframe test, for whatever codec this link negotiated."""
+        link = self._link
+        if link is None:
+            return False
+        detector = link.keyframe_detectors.get(frame.payload_type)
+        if detector is None:
+            codec = link.tap.codec(frame)
+            if codec is None:
+                return False
+            try:
+                detector = is_keyframe_for(codec.name)
+            except ConfigError:
+                log.warning("peer %s: no keyframe detector for %s", self.peer_id, codec.name)
+                return False
+            link.keyframe_detectors[frame.payload_type] = detector
+        return detector(frame)
 
-    def send_video(self, picture: av.VideoFrame | npt.NDArray[np.uint8]) -> None:
-        """Replace the picture the video track sends (repeated at its frame rate)."""
-        self.video_track.put(picture)
+    async def _media_loop(self, link: _Link) -> None:
+        """Packets in as they come, media out when the SyncManager says it is due."""
+        media = link.media
+        sync = self.sync_manager
+        while True:
+            now = time.monotonic()
+            due = sync.next_due()
+            wait = math.inf if due is None else due - now
+            if wait > 0:
+                with trio.move_on_after(wait):
+                    try:
+                        event = await media.receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return
+                    self._ingest(link, event)
+                    while True:
+                        try:
+                            event = media.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        except (trio.EndOfChannel, trio.ClosedResourceError):
+                            return
+                        self._ingest(link, event)
+            items = sync.pop_next_aligned(time.monotonic())
+            for item in items:
+                self._play(link, item)
+            if not items and wait <= 0:
+                await trio.sleep(0.001)  # due now but nothing released: do not spin
 
-    async def send_data(self, data: bytes | str) -> None:
-        """Send one message on the data channel (waits until the channel is open)."""
-        await self._channel_open.wait()
-        channel = self._channel
-        await self.bridge.call(channel.send, data)
-
-    async def wait_state(self, *states: str) -> str:
-        while self.state not in states:
-            await self.state_changed.wait()
-        return self.state
-
-    # -- receiving -----------------------------------------------------------------------------
+    def _ingest(self, link: _Link, event: _MediaEvent) -> None:
+        stats = self.stats
+        if isinstance(event, MediaFrame):
+            if event.received_at > link.last_activity:
+                link.last_activity = event.received_at
+            kind = event.frame_type
+            if event.ssrc not in link.ssrc_kinds:
+                link.ssrc_kinds[event.ssrc] = kind
+            if kind is FrameType.AUDIO:
+                stats.audio_packets += 1
+            else:
+                stats.video_packets += 1
+            self.quality.on_packet(event)
+            result = self.sync_manager.insert(event, event.received_at)
+            if result is InsertResult.LATE:
+                stats.late_packets += 1
+            elif result is InsertResult.DUPLICATE:
+                stats.duplicate_packets += 1
+        elif isinstance(event, _Message):
+            link.last_activity = max(link.last_activity, event.at)
+            stats.data_received += 1
+            self._deliver(ReceivedData(self.peer_id, event.data, event.at))
+        elif isinstance(event, SenderReport):
+            link.last_activity = max(link.last_activity, event.received_at)
+            sr_kind = link.ssrc_kinds.get(event.ssrc)
+            if sr_kind is None:
+                stats.unmatched_sender_reports += 1
+                return
+            stats.sender_reports += 1
+            self.sender_reports[sr_kind] = event
+            self.sync_manager.on_sender_report(sr_kind, event)
+        elif isinstance(event, ReceptionReport):
+            link.last_activity = max(link.last_activity, event.received_at)
+            stats.reception_reports += 1
+            self.quality.on_reception_report(event, arrival_ntp=_ntp_now_at(event.received_at))
+        elif isinstance(event, RembReport):
+            link.last_activity = max(link.last_activity, event.received_at)
 
     def _deliver(self, item: ReceivedMedia) -> None:
         try:
             self._received_send.send_nowait(item)
         except trio.WouldBlock:
-            self.received_dropped += 1
+            self.stats.received_dropped += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
-    async def _pump(self) -> None:
-        """Events from the loop thread: state changes, data messages, packets into the buffers."""
-        async for event in self._events:
-            if isinstance(event, MediaFrame):
-                self._buffers[event.frame_type].insert(event, time.monotonic())
-                self._wake.set()
-            elif isinstance(event, _State):
-                self._on_connection_state(event.connection_state)
-            elif isinstance(event, _Message):
-                self._deliver(ReceivedData(self.peer_id, event.data, event.at))
-
-    def _on_connection_state(self, state: str) -> None:
-        if state == "connected":
-            self._set_state(self.connected)
-        elif state == "failed":
-            self._set_state(self.fail)
-        elif state == "closed":
-            self._set_state(self.close)
-
-    async def _playout(self) -> None:
-        """Pop each buffer when it is due and decode what comes out."""
-        while True:
-            dues = [d for b in self._buffers.values() if (d := b.next_due()) is not None]
-            with trio.move_on_after(max(0.0, min(dues) - time.monotonic()) if dues else 1.0):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            now = time.monotonic()
-            for buffer in self._buffers.values():
-                due = buffer.next_due()
-                if due is not None and due <= now:
-                    for item in buffer.pop(now):
-                        await self._play(item, now)
-
-    async def _play(self, item: PlayoutItem, now: float) -> None:
-        tap = self._tap
-        if tap is None:
-            return
+    def _play(self, link: _Link, aligned: AlignedItem) -> None:
+        item = aligned.item
+        sender = aligned.sender_unix_time
+        # The timeline is floating point: items due together can differ in the last bits. Keep the
+        # promise that a peer's local times never go backwards.
+        when = link.last_presented = max(link.last_presented, aligned.presentation_time)
         if isinstance(item, AudioPacket):
-            decoder = self._audio_decoder
+            decoder = link.audio_decoder
             if decoder is None:
-                codec = tap.codec(item.frame)
+                codec = link.tap.codec(item.frame)
                 if codec is None:
                     return
-                decoder = self._audio_decoder = AudioDecoder(codec)
+                decoder = link.audio_decoder = AudioDecoder(codec)
             pcm = decoder.decode(item.frame)
             if len(pcm):
-                self._deliver(self._audio(pcm, now, concealed=False))
+                self.stats.audio_frames += 1
+                self._deliver(
+                    ReceivedAudio(
+                        self.peer_id,
+                        pcm,
+                        decoder.sample_rate,
+                        decoder.channels,
+                        sender,
+                        when,
+                        False,
+                        item.frame.rtp_timestamp,
+                    )
+                )
         elif isinstance(item, Gap):
-            if item.frame_type is FrameType.AUDIO and self._audio_decoder is not None:
-                pcm = self._audio_decoder.conceal(AudioDecoder.FRAME_SAMPLES * item.count)
-                self._deliver(self._audio(pcm, now, concealed=True))
+            if item.frame_type is not FrameType.AUDIO:
+                return
+            decoder = link.audio_decoder
+            for i in range(item.count):
+                if decoder is None:
+                    pcm = np.zeros((AUDIO_FRAME_SAMPLES, 2), dtype=np.float32)
+                else:
+                    pcm = decoder.conceal(AUDIO_FRAME_SAMPLES)
+                self.stats.audio_frames += 1
+                self.stats.concealed_frames += 1
+                self._deliver(
+                    ReceivedAudio(
+                        self.peer_id,
+                        pcm,
+                        48_000,
+                        pcm.shape[1],
+                        None if sender is None else sender + i * _AUDIO_STEP,
+                        when + i * _AUDIO_STEP,
+                        True,
+                        (item.rtp_timestamp + i * AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF,
+                    )
+                )
         elif isinstance(item, VideoFrame):
-            video = self._video_decoder
+            video = link.video_decoder
             if video is None:
-                codec = tap.codec(item.packets[0])
+                codec = link.tap.codec(item.packets[0])
                 if codec is None:
                     return
-                video = self._video_decoder = VideoDecoder(codec)
+                video = link.video_decoder = VideoDecoder(codec)
+            errors = video.errors
             for picture in video.decode(item.packets):
-                self._deliver(ReceivedVideo(self.peer_id, picture, None, now))
+                self.stats.video_frames += 1
+                self.quality.set_video_resolution(picture.width, picture.height, when)
+                self._deliver(
+                    ReceivedVideo(self.peer_id, picture, sender, when, item.rtp_timestamp)
+                )
+            self.stats.video_decode_errors += video.errors - errors
             if video.keyframe_needed:
-                await self._request_keyframe()
+                self._request_keyframe(link)
         elif isinstance(item, KeyframeRequest):
-            await self._request_keyframe()
+            self._request_keyframe(link)
 
-    def _audio(self, pcm: npt.NDArray[np.float32], now: float, *, concealed: bool) -> ReceivedAudio:
-        rate = self._audio_decoder.sample_rate if self._audio_decoder else 48_000
-        # sender_time stays None until SyncManager maps RTP time to the sender's clock.
-        return ReceivedAudio(self.peer_id, pcm, rate, pcm.shape[1], None, now, concealed)
+    def _request_keyframe(self, link: _Link) -> None:
+        now = time.monotonic()
+        if now - link.last_pli < _PLI_INTERVAL or link.nursery is None:
+            return
+        link.last_pli = now
+        self.stats.keyframe_requests += 1
+        link.nursery.start_soon(self._send_pli, link)
 
-    async def _request_keyframe(self) -> None:
-        tap = self._tap
-        if tap is not None:
-            self.keyframe_requests += 1
-            await self.bridge.run(tap.request_keyframe)
+    async def _send_pli(self, link: _Link) -> None:
+        try:
+            await self.bridge.run(link.tap.request_keyframe)
+        except Exception as exc:  # noqa: BLE001 - a lost PLI is retried by the next loss
+            log.debug("peer %s: keyframe request failed: %r", self.peer_id, exc)
 
-    @property
-    def codecs(self) -> dict[FrameType, str]:
-        """The negotiated codec (MIME type) of each kind this side has started decoding."""
-        out: dict[FrameType, str] = {}
-        if self._audio_decoder is not None:
-            out[FrameType.AUDIO] = self._audio_decoder.codec.mimeType
-        if self._video_decoder is not None:
-            out[FrameType.VIDEO] = self._video_decoder.codec.mimeType
-        return out
+    # --- quality ----------------------------------------------------------------------------------
 
-    # -- teardown ------------------------------------------------------------------------------
+    async def _quality_loop(self) -> None:
+        while True:
+            await trio.sleep(self.options.quality_interval)
+            metrics = self._metrics = self.quality.snapshot(time.monotonic())
+            link = self._link
+            if self.state == "Connected" and link is not None:
+                await self._adapt_bitrates(link, metrics)
 
-    async def aclose(self) -> None:
-        """Close the connection and end :meth:`run`; idempotent."""
-        self._cancel.cancel()
-        if self._running:
-            await self._done.wait()  # run()'s own teardown does the work
-        elif not self._done.is_set():
-            await self._teardown()
-            self._done.set()
+    async def _adapt_bitrates(self, link: _Link, metrics: ConnectionQualityMetrics) -> None:
+        for kind in (FrameType.AUDIO, FrameType.VIDEO):
+            control = link.tap.sender(kind)
+            if control is None:
+                continue
+            controller = link.controllers.get(kind)
+            if controller is None:
+                controller = await self._new_controller(kind, control)
+                if controller is None:
+                    continue
+                link.controllers[kind] = controller
+            decision = controller.update_from(metrics)
+            if decision.action is BitrateAction.HOLD:
+                continue
+            target = int(decision.target_kbps * 1000)
+            try:
+                applied = await self.bridge.call(control.set_bitrate, target)
+            except MeshRtcError as err:
+                log.warning(
+                    "peer %s: setting the %s bitrate failed: %s", self.peer_id, kind.value, err
+                )
+                continue
+            self.bitrate_decisions.append((kind, decision, applied))
+            log.info(
+                "peer %s: %s bitrate %s to %.0f kb/s (%s)",
+                self.peer_id,
+                kind.value,
+                decision.action.value,
+                decision.target_kbps,
+                decision.reason,
+            )
 
-    async def _teardown(self) -> None:
-        pc, tap = self._pc, self._tap
-        if tap is not None:
-            with contextlib.suppress(Exception):
-                await self.bridge.call(tap.close)
-        if pc is not None:
-            with trio.move_on_after(5), contextlib.suppress(Exception):
-                await self.bridge.run(pc.close)
-            self.bridge.unregister(pc)
-        self._pipe.close()
-        self._received_send.close()
-        self._set_state(self.close)
+    async def _new_controller(self, kind: FrameType, control: Any) -> BitrateController | None:
+        probe = self.options.probe_after
+        if kind is FrameType.AUDIO:
+            low, high = self.options.audio_kbps
+            return BitrateController(
+                min_kbps=low,
+                max_kbps=high,
+                start_kbps=high,
+                decrease_factor=0.85,
+                increase_factor=1.15,
+                probe_after_s=probe,
+            )
+        limits, target = await self.bridge.call(lambda: (control.limits, control.target_bitrate))
+        if limits is None or target is None:
+            return None  # no encoder before the first frame
+        low, high = limits[0] / 1000, limits[1] / 1000
+        return BitrateController(
+            min_kbps=low,
+            max_kbps=high,
+            start_kbps=min(high, max(low, target / 1000)),
+            decrease_factor=0.85,
+            increase_factor=1.15,
+            probe_after_s=probe,
+        )
+
+    # --- send path ------------------------------------------------------------------------------
+
+    async def send_audio(self, samples: npt.NDArray[np.floating] | npt.NDArray[np.int16]) -> None:
+        """Queue 48 kHz samples (mono ``(n,)``/``(n, 1)`` or stereo ``(n, 2)``, float32 in [-1, 1]
+        or int16); the track paces them out as 20 ms Opus packets. Dropped while reconnecting."""
+        if not self.audio:
+            raise PeerError(f"peer {self.peer_id}: audio is not negotiated")
+        link = self._link
+        if link is not None and link.audio_track is not None:
+            link.audio_track.put(samples)
+
+    async def send_video(self, frame: av.VideoFrame | npt.NDArray[np.uint8]) -> None:
+        """Show ``frame`` (an ``av.VideoFrame`` or an ``(h, w, 3)`` uint8 RGB array) from now on;
+        the track repeats it at its frame rate until the next one, across reconnections too."""
+        if not self.video:
+            raise PeerError(f"peer {self.peer_id}: video is not negotiated")
+        self._last_picture = frame
+        link = self._link
+        if link is not None and link.video_track is not None:
+            link.video_track.put(frame)
+
+    async def send_data(self, data: bytes | str | Any) -> None:
+        """Send one message: ``bytes`` and ``str`` as they are, anything else as compact JSON text.
+
+        Waits (up to ``data_open_timeout``) for an open channel; a message larger than the remote
+        accepts (aiortc: 256 KiB; SCTP splits it into 1189-byte packets) raises :class:`PeerError`.
+        """
+        if not self.data:
+            raise PeerError(f"peer {self.peer_id}: no data channel is negotiated")
+        payload: bytes | str
+        if isinstance(data, bytes | str):
+            payload = data
+        else:
+            payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        with trio.move_on_after(self.options.data_open_timeout):
+            while self.state not in ("Connected", "Failed", "Closed") or (
+                self.state == "Connected" and (self._link is None or self._link.channel is None)
+            ):
+                await self._changed.wait()
+        link = self._link
+        if link is None or link.channel is None or self.state != "Connected":
+            raise PeerError(f"peer {self.peer_id}: no open data channel ({self.state})")
+        try:
+            await self.bridge.call(_send_on_channel, link.channel, payload)
+        except ValueError as err:
+            raise PeerError(f"peer {self.peer_id}: {err}") from None
+        self.stats.data_sent += 1
+
+
+def _send_on_channel(channel: RTCDataChannel, payload: bytes | str) -> None:
+    if channel.readyState != "open":
+        raise ValueError(f"the data channel is {channel.readyState}")
+    channel.send(payload)
