@@ -616,7 +616,14 @@ class JitterBuffer(StatefulModel):
         self._loss_count += lost_now
         self._discarded_count += dropped
         self._overrun_drop_count += dropped
-        first = packets[head]
+        first = packets.get(head)
+        if first is None:
+            # Nothing buffered is on the new timeline: the sender's RTP timestamps jumped (a
+            # restart), so no packet can be kept on time. Start over from the next packet; the
+            # counters (including what was just dropped) are kept.
+            log.debug("%s jitter buffer: sender timeline jumped, restarting", self.kind.value)
+            self.reset()
+            return
         first_ts = last_ts + ((first.rtp_timestamp - last_ts + _H32) & _M32) - _H32
         # The oldest packet kept plays now at the latest (a stalled consumer finds it overdue).
         self._offset = min(self._offset, now - first_ts * self._inv_rate)
