@@ -1021,7 +1021,8 @@ class PeerConnection(StatefulModel):
                         event = await media.receive()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                    self._ingest(link, event)
+                    arrived = time.monotonic()
+                    self._ingest(link, event, arrived)
                     while True:
                         try:
                             event = media.receive_nowait()
@@ -1029,14 +1030,17 @@ class PeerConnection(StatefulModel):
                             break
                         except (trio.EndOfChannel, trio.ClosedResourceError):
                             return
-                        self._ingest(link, event)
+                        self._ingest(link, event, arrived)
             items = sync.pop_next_aligned(time.monotonic())
             for item in items:
                 self._play(link, item)
             if not items and wait <= 0:
                 await trio.sleep(0.001)  # due now but nothing released: do not spin
 
-    def _ingest(self, link: _Link, event: _MediaEvent) -> None:
+    def _ingest(self, link: _Link, event: _MediaEvent, arrived: float) -> None:
+        """One event from the tap. ``arrived`` is when it reached this task: the jitter buffer
+        times packets by when *it* can have them, so the hand-over from the asyncio thread is
+        part of the jitter it absorbs; the quality figures use the network arrival time."""
         stats = self.stats
         if isinstance(event, MediaFrame):
             if event.received_at > link.last_activity:
@@ -1049,7 +1053,7 @@ class PeerConnection(StatefulModel):
             else:
                 stats.video_packets += 1
             self.quality.on_packet(event)
-            result = self.sync_manager.insert(event, event.received_at)
+            result = self.sync_manager.insert(event, arrived)
             if result is InsertResult.LATE:
                 stats.late_packets += 1
             elif result is InsertResult.DUPLICATE:
@@ -1121,6 +1125,7 @@ class PeerConnection(StatefulModel):
                     pcm = decoder.conceal(AUDIO_FRAME_SAMPLES)
                 self.stats.audio_frames += 1
                 self.stats.concealed_frames += 1
+                at = link.last_presented = max(link.last_presented, when + i * _AUDIO_STEP)
                 self._deliver(
                     ReceivedAudio(
                         self.peer_id,
@@ -1128,7 +1133,7 @@ class PeerConnection(StatefulModel):
                         48_000,
                         pcm.shape[1],
                         None if sender is None else sender + i * _AUDIO_STEP,
-                        when + i * _AUDIO_STEP,
+                        at,
                         True,
                         (item.rtp_timestamp + i * AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF,
                     )
