@@ -193,10 +193,19 @@ async def open_session(*, shared_bridge: Bridge | None = None) -> AsyncIterator[
         stun: StunServer = await nursery.start(StunServer().run)
         server: SignalingServer = await nursery.start(SignalingServer(port=0).run)
         session = Session(nursery, stun, server, Changes(), shared_bridge)
+        # Some conditions are counters with no event of their own (links built, packets seen on
+        # the loop thread): re-check every condition now and then, not only on deliveries.
+        nursery.start_soon(_tick, session.changes)
         try:
             yield session
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _tick(changes: Changes) -> None:
+    while True:
+        await trio.sleep(0.05)
+        changes.poke()
 
 
 async def feed_media(node: Node, seconds: float, *, freq: float, shade: int) -> None:

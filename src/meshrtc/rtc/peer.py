@@ -776,22 +776,25 @@ class PeerConnection(StatefulModel):
         if link is None or event.generation != link.generation:
             return  # a link we already dropped
         if event.state == "connected":
-            if self.state in ("Connecting", "Reconnecting") and self.connected():
-                now = time.monotonic()
-                self._attempt_deadline = None
-                self._retry_at = None
-                link.last_activity = now
-                self.connected_at = now
-                if self._ever_connected:
-                    self.stats.reconnects += 1
-                    if self._lost_at is not None:
-                        log.info(
-                            "peer %s: reconnected %.2f s after the loss",
-                            self.peer_id,
-                            now - self._lost_at,
-                        )
-                self._ever_connected = True
-                self._failures = 0
+            if self.state not in ("Connecting", "Reconnecting") or not self.has_remote_sdp():
+                return
+            # Bookkeeping first: the state-change callback (the manager's events) reads it.
+            now = time.monotonic()
+            self._attempt_deadline = None
+            self._retry_at = None
+            link.last_activity = now
+            self.connected_at = now
+            if self._ever_connected:
+                self.stats.reconnects += 1
+                if self._lost_at is not None:
+                    log.info(
+                        "peer %s: reconnected %.2f s after the loss",
+                        self.peer_id,
+                        now - self._lost_at,
+                    )
+            self._ever_connected = True
+            self._failures = 0
+            self.connected()
         elif event.state in ("failed", "closed"):
             await self._link_failed(f"aiortc reports the connection {event.state}")
 
@@ -801,6 +804,7 @@ class PeerConnection(StatefulModel):
         self._lost_at = time.monotonic()
         log.info("peer %s: connection lost (%s)", self.peer_id, reason)
         self.connection_lost()
+        self.sync_manager.reset()
 
     async def _link_failed(self, reason: str) -> None:
         await self._drop_link()
