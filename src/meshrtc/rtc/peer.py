@@ -776,25 +776,22 @@ class PeerConnection(StatefulModel):
         if link is None or event.generation != link.generation:
             return  # a link we already dropped
         if event.state == "connected":
-            if self.state not in ("Connecting", "Reconnecting") or not self.has_remote_sdp():
-                return
-            # Bookkeeping first: the state-change callback (the manager's events) reads it.
-            now = time.monotonic()
-            self._attempt_deadline = None
-            self._retry_at = None
-            link.last_activity = now
-            self.connected_at = now
-            if self._ever_connected:
-                self.stats.reconnects += 1
-                if self._lost_at is not None:
-                    log.info(
-                        "peer %s: reconnected %.2f s after the loss",
-                        self.peer_id,
-                        now - self._lost_at,
-                    )
-            self._ever_connected = True
-            self._failures = 0
-            self.connected()
+            if self.state in ("Connecting", "Reconnecting") and self.connected():
+                now = time.monotonic()
+                self._attempt_deadline = None
+                self._retry_at = None
+                link.last_activity = now
+                self.connected_at = now
+                if self._ever_connected:
+                    self.stats.reconnects += 1
+                    if self._lost_at is not None:
+                        log.info(
+                            "peer %s: reconnected %.2f s after the loss",
+                            self.peer_id,
+                            now - self._lost_at,
+                        )
+                self._ever_connected = True
+                self._failures = 0
         elif event.state in ("failed", "closed"):
             await self._link_failed(f"aiortc reports the connection {event.state}")
 
@@ -804,7 +801,6 @@ class PeerConnection(StatefulModel):
         self._lost_at = time.monotonic()
         log.info("peer %s: connection lost (%s)", self.peer_id, reason)
         self.connection_lost()
-        self.sync_manager.reset()
 
     async def _link_failed(self, reason: str) -> None:
         await self._drop_link()
@@ -1025,8 +1021,7 @@ class PeerConnection(StatefulModel):
                         event = await media.receive()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                    arrived = time.monotonic()
-                    self._ingest(link, event, arrived)
+                    self._ingest(link, event)
                     while True:
                         try:
                             event = media.receive_nowait()
@@ -1034,17 +1029,14 @@ class PeerConnection(StatefulModel):
                             break
                         except (trio.EndOfChannel, trio.ClosedResourceError):
                             return
-                        self._ingest(link, event, arrived)
+                        self._ingest(link, event)
             items = sync.pop_next_aligned(time.monotonic())
             for item in items:
                 self._play(link, item)
             if not items and wait <= 0:
                 await trio.sleep(0.001)  # due now but nothing released: do not spin
 
-    def _ingest(self, link: _Link, event: _MediaEvent, arrived: float) -> None:
-        """One event from the tap. ``arrived`` is when it reached this task: the jitter buffer
-        times packets by when *it* can have them, so the hand-over from the asyncio thread is
-        part of the jitter it absorbs; the quality figures use the network arrival time."""
+    def _ingest(self, link: _Link, event: _MediaEvent) -> None:
         stats = self.stats
         if isinstance(event, MediaFrame):
             if event.received_at > link.last_activity:
@@ -1057,7 +1049,7 @@ class PeerConnection(StatefulModel):
             else:
                 stats.video_packets += 1
             self.quality.on_packet(event)
-            result = self.sync_manager.insert(event, arrived)
+            result = self.sync_manager.insert(event, event.received_at)
             if result is InsertResult.LATE:
                 stats.late_packets += 1
             elif result is InsertResult.DUPLICATE:
@@ -1129,7 +1121,6 @@ class PeerConnection(StatefulModel):
                     pcm = decoder.conceal(AUDIO_FRAME_SAMPLES)
                 self.stats.audio_frames += 1
                 self.stats.concealed_frames += 1
-                at = link.last_presented = max(link.last_presented, when + i * _AUDIO_STEP)
                 self._deliver(
                     ReceivedAudio(
                         self.peer_id,
@@ -1137,7 +1128,7 @@ class PeerConnection(StatefulModel):
                         48_000,
                         pcm.shape[1],
                         None if sender is None else sender + i * _AUDIO_STEP,
-                        at,
+                        when + i * _AUDIO_STEP,
                         True,
                         (item.rtp_timestamp + i * AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF,
                     )
