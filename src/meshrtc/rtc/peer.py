@@ -130,6 +130,10 @@ _CODEC_MIME = {"H264": "video/H264", "VP8": "video/VP8", "VP9": "video/VP9"}
 _MEDIA_KINDS = frozenset({"audio", "video", "data"})
 #: Keyframe requests (PLI) for one link are at least this far apart.
 _PLI_INTERVAL = 0.3
+#: While a requested keyframe has not been decoded, the request is repeated this often: the jitter
+#: buffer asks once per loss episode, and a keyframe that is itself lost or late would otherwise
+#: leave video frozen until the sender's next periodic keyframe (aiortc: every 3000 frames).
+_PLI_RETRY = 1.0
 #: Audio packet duration assumed for concealment and for the sender time of concealed packets.
 _AUDIO_STEP = AUDIO_FRAME_SAMPLES / 48_000
 
@@ -283,6 +287,8 @@ class _Link:
     ssrc_kinds: dict[int, FrameType] = attrs.Factory(dict)
     keyframe_detectors: dict[int, Callable[[MediaFrame], bool]] = attrs.Factory(dict)
     last_pli: float = -math.inf
+    #: Since when a keyframe has been asked for and not yet decoded (None: none wanted).
+    keyframe_wanted_since: float | None = None
     last_presented: float = -math.inf
     controllers: dict[FrameType, BitrateController] = attrs.Factory(dict)
 
@@ -776,22 +782,25 @@ class PeerConnection(StatefulModel):
         if link is None or event.generation != link.generation:
             return  # a link we already dropped
         if event.state == "connected":
-            if self.state in ("Connecting", "Reconnecting") and self.connected():
-                now = time.monotonic()
-                self._attempt_deadline = None
-                self._retry_at = None
-                link.last_activity = now
-                self.connected_at = now
-                if self._ever_connected:
-                    self.stats.reconnects += 1
-                    if self._lost_at is not None:
-                        log.info(
-                            "peer %s: reconnected %.2f s after the loss",
-                            self.peer_id,
-                            now - self._lost_at,
-                        )
-                self._ever_connected = True
-                self._failures = 0
+            if self.state not in ("Connecting", "Reconnecting") or not self.has_remote_sdp():
+                return
+            # Bookkeeping first: the state-change callback (the manager's events) reads it.
+            now = time.monotonic()
+            self._attempt_deadline = None
+            self._retry_at = None
+            link.last_activity = now
+            self.connected_at = now
+            if self._ever_connected:
+                self.stats.reconnects += 1
+                if self._lost_at is not None:
+                    log.info(
+                        "peer %s: reconnected %.2f s after the loss",
+                        self.peer_id,
+                        now - self._lost_at,
+                    )
+            self._ever_connected = True
+            self._failures = 0
+            self.connected()
         elif event.state in ("failed", "closed"):
             await self._link_failed(f"aiortc reports the connection {event.state}")
 
@@ -801,6 +810,7 @@ class PeerConnection(StatefulModel):
         self._lost_at = time.monotonic()
         log.info("peer %s: connection lost (%s)", self.peer_id, reason)
         self.connection_lost()
+        self.sync_manager.reset()
 
     async def _link_failed(self, reason: str) -> None:
         await self._drop_link()
@@ -1021,7 +1031,8 @@ class PeerConnection(StatefulModel):
                         event = await media.receive()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                    self._ingest(link, event)
+                    arrived = time.monotonic()
+                    self._ingest(link, event, arrived)
                     while True:
                         try:
                             event = media.receive_nowait()
@@ -1029,14 +1040,20 @@ class PeerConnection(StatefulModel):
                             break
                         except (trio.EndOfChannel, trio.ClosedResourceError):
                             return
-                        self._ingest(link, event)
-            items = sync.pop_next_aligned(time.monotonic())
+                        self._ingest(link, event, arrived)
+            now = time.monotonic()
+            items = sync.pop_next_aligned(now)
             for item in items:
                 self._play(link, item)
+            if link.keyframe_wanted_since is not None and now - link.last_pli >= _PLI_RETRY:
+                self._request_keyframe(link)
             if not items and wait <= 0:
                 await trio.sleep(0.001)  # due now but nothing released: do not spin
 
-    def _ingest(self, link: _Link, event: _MediaEvent) -> None:
+    def _ingest(self, link: _Link, event: _MediaEvent, arrived: float) -> None:
+        """One event from the tap. ``arrived`` is when it reached this task: the jitter buffer
+        times packets by when *it* can have them, so the hand-over from the asyncio thread is
+        part of the jitter it absorbs; the quality figures use the network arrival time."""
         stats = self.stats
         if isinstance(event, MediaFrame):
             if event.received_at > link.last_activity:
@@ -1049,7 +1066,7 @@ class PeerConnection(StatefulModel):
             else:
                 stats.video_packets += 1
             self.quality.on_packet(event)
-            result = self.sync_manager.insert(event, event.received_at)
+            result = self.sync_manager.insert(event, arrived)
             if result is InsertResult.LATE:
                 stats.late_packets += 1
             elif result is InsertResult.DUPLICATE:
@@ -1121,6 +1138,7 @@ class PeerConnection(StatefulModel):
                     pcm = decoder.conceal(AUDIO_FRAME_SAMPLES)
                 self.stats.audio_frames += 1
                 self.stats.concealed_frames += 1
+                at = link.last_presented = max(link.last_presented, when + i * _AUDIO_STEP)
                 self._deliver(
                     ReceivedAudio(
                         self.peer_id,
@@ -1128,7 +1146,7 @@ class PeerConnection(StatefulModel):
                         48_000,
                         pcm.shape[1],
                         None if sender is None else sender + i * _AUDIO_STEP,
-                        when + i * _AUDIO_STEP,
+                        at,
                         True,
                         (item.rtp_timestamp + i * AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF,
                     )
@@ -1141,7 +1159,10 @@ class PeerConnection(StatefulModel):
                     return
                 video = link.video_decoder = VideoDecoder(codec)
             errors = video.errors
-            for picture in video.decode(item.packets):
+            pictures = video.decode(item.packets)
+            if pictures:
+                link.keyframe_wanted_since = None
+            for picture in pictures:
                 self.stats.video_frames += 1
                 self.quality.set_video_resolution(picture.width, picture.height, when)
                 self._deliver(
@@ -1155,6 +1176,8 @@ class PeerConnection(StatefulModel):
 
     def _request_keyframe(self, link: _Link) -> None:
         now = time.monotonic()
+        if link.keyframe_wanted_since is None:
+            link.keyframe_wanted_since = now
         if now - link.last_pli < _PLI_INTERVAL or link.nursery is None:
             return
         link.last_pli = now
