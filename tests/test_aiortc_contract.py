@@ -288,3 +288,48 @@ def test_rtp_and_rtcp_packet_fields() -> None:
     )
     assert rtp.RtcpRrPacket(ssrc=1, reports=[report]).reports[0].dlsr == 7
     assert rtp.RTCP_PSFB_APP == 15
+
+
+# --- ICE: host addresses (meshrtc.rtc.host_candidates) and the PathControl test hook -------------
+
+
+def test_aioice_host_address_lookup_signature() -> None:
+    """host_candidates replaces aioice.ice.get_host_addresses(use_ipv4, use_ipv6) process-wide."""
+    import aioice.ice
+
+    from meshrtc.rtc import host_candidates
+
+    original = host_candidates._aioice_lookup
+    assert _params(original) == ["use_ipv4", "use_ipv6"]
+    assert callable(aioice.ice.get_host_addresses)
+    assert _params(aioice.ice.get_host_addresses) == ["use_ipv4", "use_ipv6"]
+    assert "get_host_addresses(" in _source(aioice.ice.Connection.gather_candidates)
+
+
+def test_ice_transport_connection_and_stun_protocols() -> None:
+    """PathControl wraps the StunProtocol sockets at RTCIceTransport._connection._protocols."""
+    import aioice.ice
+    from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+
+    transport_init = _source(RTCIceTransport.__init__)
+    assert f"self.{adapter.ICE_CONNECTION} = gatherer._connection" in transport_init
+    connection = RTCIceGatherer()._connection
+    assert isinstance(connection, aioice.ice.Connection)
+    assert isinstance(getattr(connection, adapter.ICE_PROTOCOLS), list)
+    assert _params(aioice.ice.StunProtocol.datagram_received) == ["self", "data", "addr"]
+    assert _params(aioice.ice.StunProtocol.send_data) == ["self", "data", "addr"]
+    assert _params(aioice.ice.StunProtocol.send_stun) == ["self", "message", "addr"]
+    # Sends and receives go through those (instance) attributes on every datagram.
+    assert "protocol.send_data(" in _source(aioice.ice.Connection.sendto)
+    assert "self.__protocol.send_stun(" in _source(aioice.stun.Transaction)
+
+
+def test_sctp_fragments_data_channel_messages_itself() -> None:
+    """Data channel messages are not chunked by meshrtc: aiortc's SCTP keeps packets under 1200
+    bytes (design section 8) and advertises 256 KiB messages, which PeerConnection.send_data
+    relies on for its size error."""
+    from aiortc import rtcsctptransport
+
+    assert rtcsctptransport.SCTP_MAX_PACKET_LENGTH <= 1200
+    assert rtcsctptransport.LOCAL_MAX_MESSAGE_SIZE == 262_144
+    assert "Cannot send message of" in _source(rtcsctptransport.RTCSctpTransport._data_channel_send)

@@ -17,10 +17,10 @@ from meshrtc.media.frame import FrameType
 from meshrtc.rtc.aiortc_adapter import ImpairmentConfig
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
-from meshrtc.rtc.peer import PeerConnection, PeerError
+from meshrtc.rtc.peer import PeerConnection, PeerError, refusal_reason, refusal_sdp
 from meshrtc.rtc.stun import StunServer
 from meshrtc.signaling.client import SignalingClient
-from meshrtc.signaling.protocol import AnnounceResult, Answer, IceCandidate, Offer
+from meshrtc.signaling.protocol import AnnounceResult, Answer, IceCandidate, Offer, validate_sdp
 from meshrtc.signaling.server import SignalingServer
 
 WIDTH, HEIGHT = 160, 120
@@ -263,3 +263,132 @@ async def test_aclose_without_run_closes_and_run_cannot_restart() -> None:
         with pytest.raises(PeerError):
             await peer.run()
         assert bridge.registered == []
+
+
+async def _pair(
+    nursery: trio.Nursery, bridge: Any, config: TransportConfig, **kwargs: Any
+) -> tuple[PeerConnection, PeerConnection]:
+    """alice (offers) and bob, wired directly, Connected."""
+    peers: dict[str, PeerConnection] = {}
+
+    def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
+        async def send(method: str, params: dict[str, Any]) -> None:
+            nursery.start_soon(peers[to].handle_signal, method, params)
+
+        return send
+
+    a = PeerConnection("bob", bridge, config, wire("b"), local_id="alice", **kwargs)
+    b = PeerConnection("alice", bridge, config, wire("a"), local_id="bob", **kwargs)
+    peers.update(a=a, b=b)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    await a.offer()
+    with trio.fail_after(15):
+        await a.wait_state("Connected")
+        await b.wait_state("Connected")
+    return a, b
+
+
+async def _data(peer: PeerConnection, n: int) -> list[ReceivedData]:
+    out: list[ReceivedData] = []
+    with trio.fail_after(15):
+        while len(out) < n:
+            item = await peer.received.receive()
+            if isinstance(item, ReceivedData):
+                out.append(item)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["reliable", "unreliable"])
+async def test_data_only_connection_carries_large_text_binary_and_json(mode: str) -> None:
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        config = TransportConfig(stun_servers=[stun.url], data_channel_mode=mode)
+        async with open_bridge() as bridge:
+            a, b = await _pair(nursery, bridge, config, media=("data",))
+            assert not a.audio
+            assert not a.video
+            assert a.data
+            # SCTP splits what aiortc's 1189-byte packets cannot hold; no chunking of our own.
+            big = bytes(range(256)) * 800  # 200 KiB
+            document = {"rows": [{"i": i, "name": f"row {i}"} for i in range(3000)]}  # ~75 KB
+            await a.send_data(big)
+            await a.send_data(document)
+            await a.send_data("ünïcode text")
+            got = await _data(b, 3)
+            assert [x.data for x in got[::2]] == [big, "ünïcode text"]
+            assert got[1].json() == document
+            assert all(x.peer_id == "alice" for x in got)
+            assert b.stats.data_received == a.stats.data_sent == 3
+            channel = a._link.channel  # type: ignore[union-attr]
+            assert channel is not None
+            assert channel.ordered is (mode == "reliable")
+            assert channel.maxRetransmits == (None if mode == "reliable" else 0)
+            # Larger than the remote accepts (aiortc advertises 256 KiB): a clear error.
+            with pytest.raises(PeerError, match="262144"):
+                await b.send_data(b"x" * 300_000)
+            with pytest.raises(PeerError, match="audio is not negotiated"):
+                await a.send_audio(tone(0.1))
+            await a.aclose()
+            await b.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_remote_candidates_are_validated_before_aiortc_sees_them() -> None:
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        config = TransportConfig(stun_servers=[stun.url])
+        async with open_bridge() as bridge:
+            a, b = await _pair(nursery, bridge, config, media=("data",))
+            # Our own candidates come from our SDP (aiortc gathers them all before the offer).
+            assert a.local_candidates
+            assert all(" 127.0.0.1 " in c for c in a.local_candidates if "typ host" in c)
+            assert set(a.remote_candidates) == set(b.local_candidates)
+            before = list(b.remote_candidates)
+            await b.handle_signal("candidate", {"candidate": "candidate:x 1 udp 1 nowhere"})
+            good = "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"
+            await b.handle_signal("candidate", {"candidate": good, "sdpMid": "0"})
+            await b.handle_signal("candidate", {"candidate": ""})  # end of candidates
+            await b.send_data("after the candidates")  # the supervisor handled them in order
+            await _data(a, 1)
+            assert b.stats.invalid_candidates == 1
+            assert b.remote_candidates == [*before, good]
+            assert b.state == "Connected"
+            with pytest.raises(PeerError):
+                await b.handle_signal("rollback", {})
+            await a.aclose()
+            await b.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_needs_some_media_and_connected_needs_a_remote_sdp() -> None:
+    async with open_bridge() as bridge:
+
+        async def nowhere(method: str, params: dict[str, Any]) -> None:
+            raise AssertionError("nothing may be signaled")
+
+        with pytest.raises(PeerError, match="at least one"):
+            PeerConnection("bob", bridge, TransportConfig(), nowhere, local_id="a", media=())
+        no_data = TransportConfig(enable_data_channel=False)
+        with pytest.raises(PeerError, match="at least one"):
+            PeerConnection("bob", bridge, no_data, nowhere, local_id="a", media=("data",))
+        with pytest.raises(PeerError, match="itself"):
+            PeerConnection("bob", bridge, TransportConfig(), nowhere, local_id="bob")
+        peer = PeerConnection("bob", bridge, TransportConfig(), nowhere, local_id="alice")
+        peer.start_gathering()
+        peer.gathering_complete()
+        assert peer.state == "Connecting"
+        assert peer.connected() is False  # the guard: no remote description yet
+        assert peer.state == "Connecting"
+        await peer.aclose()
+        assert peer.state == "Closed"
+
+
+def test_refusal_is_a_valid_answer_that_says_why() -> None:
+    sdp = refusal_sdp("mesh of bob is full (10 of max_peers=10)")
+    assert validate_sdp(sdp, "answer") == sdp  # the signaling server forwards it
+    assert refusal_reason(sdp) == "mesh of bob is full (10 of max_peers=10)"
+    assert (
+        refusal_reason("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 x 0\r\n") is None
+    )
+    assert " 0 UDP/DTLS/SCTP" in sdp  # every section rejected
