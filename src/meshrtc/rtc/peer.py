@@ -87,7 +87,6 @@ __all__ = [
     "PeerConnection",
     "PeerError",
     "PeerOptions",
-    "PeerRefusedError",
     "PeerStats",
     "SendSignal",
     "refusal_reason",
@@ -140,10 +139,6 @@ _AUDIO_STEP = AUDIO_FRAME_SAMPLES / 48_000
 
 class PeerError(MeshRtcError):
     """A PeerConnection cannot do what was asked (not running, media not negotiated, closed ...)."""
-
-
-class PeerRefusedError(PeerError):
-    """The remote peer refused the connection (its mesh is full)."""
 
 
 #: ``send_signal(method, params)``: ``offer``/``answer`` with ``{"sdp"}``. Any async callable; the
