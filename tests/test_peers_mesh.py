@@ -67,8 +67,12 @@ def _check_pair(
     steps = [b - a for a, b in itertools.pairwise(stamps) if a is not None and b is not None]
     assert len(steps) == len(stamps) - 1
     assert all(step > 0 and step % 960 == 0 for step in steps), sorted(set(steps))
-    # The tone arrives as sent.
-    pcm = np.concatenate([x.samples[:, 0] for x in receiver.decoded_audio(sender.peer_id)[-25:]])
+    # The tone arrives as sent (the packets that carry it: once it ends, silence follows).
+    loud = [
+        x for x in receiver.decoded_audio(sender.peer_id) if float(np.abs(x.samples).max()) > 0.1
+    ]
+    assert len(loud) >= 10
+    pcm = np.concatenate([x.samples[:, 0] for x in loud[:25]])
     assert abs(dominant_frequency(pcm) - freq) < 10
     video = receiver.video(sender.peer_id)
     assert {(v.frame.width, v.frame.height) for v in video} == {(WIDTH, HEIGHT)}
@@ -79,16 +83,17 @@ def _check_pair(
         and b.rtp_timestamp > a.rtp_timestamp
         for a, b in itertools.pairwise(video)
     )
-    # Once an SR arrived, items carry the sender's capture wall clock: shortly before we present
-    # them (both ends share this machine's clock).
+    # Once an SR arrived, items carry the sender's capture wall clock (Unix seconds; both ends
+    # share this machine's clock): typically a jitter buffer's delay before we present them.
     wall_offset = time.time() - time.monotonic()
-    delays = [
+    delays = sorted(
         x.local_time + wall_offset - x.sender_time for x in audio if x.sender_time is not None
-    ]
+    )
     assert delays, "no audio item was mapped to the sender's wall clock"
-    # (Loaded, the senders' RTCP pairs are stamped late and the mapping is tens of ms off.)
-    low, high = (-0.1, 5.0) if loaded else (0.0, 1.0)
-    assert all(low < d < high for d in delays), (min(delays), max(delays))
+    assert all(-1.0 < d < 10.0 for d in delays), (delays[0], delays[-1])  # the right clock
+    if not loaded:
+        # Loaded, senders stamp their RTCP pairs late and the mapping moves by tens of ms.
+        assert 0.0 < delays[len(delays) // 2] < 0.5, delays[len(delays) // 2]
     # Data: every message, in order, as sent (text, bytes, JSON).
     assert receiver.data(sender.peer_id) == data
     assert got_from.stats.data_received == sent_to.stats.data_sent == len(data)

@@ -194,6 +194,8 @@ class Impairment:
         self.delayed = 0
         #: (ssrc, sequence number) of every dropped packet, in drop order.
         self.dropped_packets: list[tuple[int, int]] = []
+        #: (ssrc, RTP timestamp) of every dropped packet, in drop order (to match concealment).
+        self.dropped_timestamps: list[tuple[int, int]] = []
 
     def plan(self, frame: MediaFrame) -> list[tuple[float, MediaFrame]]:
         config = self.config
@@ -202,6 +204,7 @@ class Impairment:
         if config.drop and rng.random() < config.drop:
             self.dropped += 1
             self.dropped_packets.append((frame.ssrc, frame.sequence_number))
+            self.dropped_timestamps.append((frame.ssrc, frame.rtp_timestamp))
             return []
         out: list[MediaFrame] = [frame]
         if config.duplicate and rng.random() < config.duplicate:
