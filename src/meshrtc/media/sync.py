@@ -447,12 +447,34 @@ class SyncManager(StatefulModel):
             for t in (self.audio_jitter_buffer.next_due(), self.video_jitter_buffer.next_due())
             if t is not None
         ]
-        for p in self._pending:
-            when = self._presentation_time(p)
+        for when, _, p in self._stream_ordered():
             if p.held and not self._audio_left(p):
                 when += self.max_wait  # nothing to do before the audio leaves or the wait ends
             candidates.append(when)
         return min(candidates, default=None)
+
+    def _stream_ordered(self) -> list[tuple[float, int, _Pending]]:
+        """Pending items with presentation times made non-decreasing per stream, in the order
+        their jitter buffer released them.
+
+        A Sender Report can move a stream's NTP mapping between two of its items (the sender's
+        RTP/NTP pairs are noisy when its encoder lags): an item admitted after the report may then
+        map to an earlier instant than one admitted before it and still pending. The earlier item
+        is brought forward to the later one's time rather than the later one held back, so the
+        stream keeps its order and nothing is held longer than ``max_hold``.
+        """
+        items = sorted(self._pending, key=lambda p: p.seq)
+        out: list[tuple[float, int, _Pending]] = []
+        earliest: dict[FrameType, float] = {}
+        for p in reversed(items):
+            when = self._presentation_time(p)
+            later = earliest.get(p.kind)
+            if later is not None and when > later:
+                when = later
+            earliest[p.kind] = when
+            out.append((when, p.seq, p))
+        out.reverse()
+        return out
 
     def pop_next_aligned(self, now: float) -> list[AlignedItem]:
         """Everything due at ``now`` on the common timeline, in presentation order."""
@@ -468,7 +490,7 @@ class SyncManager(StatefulModel):
             for kind in FrameType:
                 self._probe_head(kind, now)
             self._decay(now)
-        due = [(self._presentation_time(p), p.seq, p) for p in self._pending]
+        due = self._stream_ordered()
         due.sort(key=lambda entry: (entry[0], entry[1]))
         keep: list[_Pending] = []
         video_waiting = False
