@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from meshrtc.errors import MeshRtcError
 
@@ -107,6 +108,166 @@ def _cmd_signal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifest(path: str | None) -> Any:
+    """The manifest of ``--manifest`` (validated now, so a bad one fails before anything starts)."""
+    from meshrtc.pipeline import Manifest, default_manifest
+
+    if path is None:
+        return default_manifest()
+    try:
+        return Manifest.load(path)
+    except OSError as exc:
+        raise MeshRtcError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
+
+
+def _peer_count(text: str) -> int:
+    from meshrtc.config import MAX_PEERS_LIMIT
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PEERS_LIMIT - 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an integer from 1 to {MAX_PEERS_LIMIT - 1}"
+        )
+    return int(text)
+
+
+def _fmt(value: float | None, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    import trio
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from meshrtc.demo import SyntheticPeer, run_demo
+    from meshrtc.session.manager import RunningSession
+    from meshrtc.transport import WebRtcTransport
+
+    manifest = _manifest(args.manifest)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    console = Console(stderr=args.json)
+    live = Live(console=console, auto_refresh=False, transient=False)
+
+    def table(
+        transport: WebRtcTransport,
+        running: RunningSession,
+        peers: list[SyntheticPeer],
+        connect_ms: float,
+    ) -> None:
+        t = Table(title=f"meshrtc demo: {len(peers)} peers, connected in {connect_ms:.0f} ms")
+        for col in (
+            "peer", "state", "RTT ms", "loss %", "jitter ms", "JB delay ms", "A/V ms",
+            "drift ppm", "frames in", "frames out",
+        ):  # fmt: skip
+            t.add_column(col, justify="right")
+        assert transport.peers is not None
+        for s in peers:
+            pid = s.figures.peer_id
+            pc = transport.peers.get_peer(pid)
+            if pc is None:
+                t.add_row(pid, "gone", *["-"] * 8)
+                continue
+            m = pc.get_metrics()
+            sm = pc.sync_manager
+            t.add_row(
+                pid,
+                pc.state,
+                _fmt(m.latency_ms),
+                _fmt(100 * m.packet_loss_rate, ".1f"),
+                _fmt(m.jitter_ms, ".1f"),
+                _fmt(sm.presentation_delay_ms),
+                _fmt(sm.sync_offset_ms),
+                _fmt(sm.clock_drift_estimator.drift_ppm, ".1f"),
+                str(running.router.frames_in.get(pid, 0)),
+                str(running.router.frames_out.get(pid, 0)),
+            )
+        live.update(t, refresh=True)
+
+    with live:
+        result = trio.run(
+            lambda: run_demo(
+                peers=args.peers, seconds=args.seconds, manifest=manifest, on_tick=table
+            )
+        )
+    p50, p95 = result.latency(50), result.latency(95)
+    console.print(
+        f"connect {result.connect_ms:.0f} ms, audio latency p50 {_fmt(p50)} ms / p95 {_fmt(p95)} ms,"
+        f" teardown {result.teardown_ms:.1f} ms"
+    )
+    for pid, f in result.peers.items():
+        console.print(
+            f"{pid} ({f.frequency:.0f} Hz): heard {sorted(f.heard)}; audio {f.audio_sent} sent /"
+            f" {f.audio_received} back; video {f.video_received} back; data {f.data_sent} sent /"
+            f" {f.data_echoed} echoed"
+        )
+    if args.json:
+        print(json.dumps(result.to_json()), flush=True)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    import trio
+
+    from meshrtc.config import TransportConfig
+    from meshrtc.rtc.stun import StunServer
+    from meshrtc.signaling.server import SignalingServer
+    from meshrtc.transport import WebRtcTransport
+
+    manifest = _manifest(args.manifest)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    failure: list[OSError] = []
+
+    async def serve() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                try:
+                    server = await nursery.start(SignalingServer(args.host, args.port).run)
+                    stun = await nursery.start(StunServer(host=args.host).run)
+                except OSError as exc:
+                    failure.append(exc)
+                    nursery.cancel_scope.cancel()
+                    return
+                config = TransportConfig(
+                    signaling_url=server.url,
+                    stun_servers=[stun.url],
+                    peer_id="meshrtc-server",
+                    session_id=args.session,
+                    video_codec="H264",
+                    ice_host_addresses=(args.host,),
+                )
+                async with WebRtcTransport(config) as transport:
+                    nursery.start_soon(transport.run_session, manifest)
+                    print(
+                        f"meshrtc serve: signaling on {server.url}, STUN {stun.url}, "
+                        f"session {args.session!r}",
+                        flush=True,
+                    )
+                    async for _ in signals:
+                        break
+                    nursery.cancel_scope.cancel()
+
+    trio.run(serve)
+    if failure:
+        reason = failure[0].strerror or str(failure[0])
+        print(
+            f"meshrtc serve: error: cannot listen on {args.host}:{args.port}: {reason}",
+            file=sys.stderr,
+        )
+        return 2
+    print("meshrtc serve: stopped", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshrtc", description="WebRTC mesh transport for media pipelines."
@@ -166,6 +327,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="(default: %(default)s)",
     )
     sig.set_defaults(handler=_cmd_signal)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a transport and N synthetic peers on loopback, with a live table",
+        description="One process: signaling server, STUN responder, one transport running the "
+        "manifest, and N synthetic peers (tone, moving pattern, data). docs/quickstart.md.",
+    )
+    demo.add_argument(
+        "--peers", type=_peer_count, default=3, help="synthetic peers, 1-9 (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=10.0,
+        help="how long the peers send (default: %(default)s)",
+    )
+    demo.add_argument("--manifest", metavar="FILE", help="pipeline manifest (JSON or YAML)")
+    demo.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object, last line"
+    )
+    demo.set_defaults(handler=_cmd_demo)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run a signaling server, a STUN responder and one transport in a session",
+        description="Signaling (WebSocket at /ws) plus one transport running the manifest for "
+        "every peer of the session, until Ctrl-C.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=8765,
+        help="TCP port of the signaling server (default: %(default)s)",
+    )
+    serve.add_argument("--manifest", metavar="FILE", help="pipeline manifest (default: the demo's)")
+    serve.add_argument("--session", default="default", help="session id (default: %(default)s)")
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="(default: %(default)s)",
+    )
+    serve.set_defaults(handler=_cmd_serve)
     return parser
 
 

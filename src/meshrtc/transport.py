@@ -7,7 +7,30 @@ layers (issue 6).
 
 from __future__ import annotations
 
-from meshrtc.statechart import MachineSpec, register
+import contextlib
+import logging
+import sys
+import time
+from types import TracebackType
+from typing import Self
+
+import trio
+
+from meshrtc.config import TransportConfig
+from meshrtc.errors import MeshRtcError
+from meshrtc.pipeline.manifest import Manifest
+from meshrtc.pipeline.runner import PipelineRunner
+from meshrtc.rtc.bridge import open_bridge
+from meshrtc.rtc.host_candidates import set_host_addresses
+from meshrtc.rtc.peer import PeerOptions
+from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
+from meshrtc.session.manager import RunningSession, SessionManager
+from meshrtc.signaling.client import SignalingClient
+from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
+
+__all__ = ["TRANSPORT_MACHINE", "TransportError", "WebRtcTransport"]
+
+log = logging.getLogger(__name__)
 
 TRANSPORT_MACHINE = register(
     MachineSpec(
@@ -23,3 +46,137 @@ TRANSPORT_MACHINE = register(
         ),
     )
 )
+
+
+class TransportError(MeshRtcError):
+    """The transport was used outside its lifecycle."""
+
+
+class WebRtcTransport(StatefulModel):
+    """What an application holds: signaling, the peer mesh and the sessions, in one root nursery.
+
+    ::
+
+        async with WebRtcTransport(config) as transport:
+            await transport.run_session(meshrtc.pipeline.default_manifest())
+
+    Leaving the block (normally, on error, or because an outer scope was cancelled) cancels the root
+    nursery: sessions close, every PeerConnection closes (bounded), the signaling WebSocket closes and
+    the asyncio bridge thread is joined. :attr:`teardown_seconds` records how long that took.
+    """
+
+    state: str
+    signaling_connected = trigger_stub()
+    ready = trigger_stub()
+    shutdown = trigger_stub()
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        *,
+        options: PeerOptions | None = None,
+        runner: PipelineRunner | None = None,
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.sessions = SessionManager(runner)
+        self.signaling: SignalingClient | None = None
+        self.peers: PeerManager | None = None
+        #: Seconds from entering the block until Ready (signaling joined, mesh started).
+        self.connect_seconds: float | None = None
+        #: Seconds the teardown took on leaving the block.
+        self.teardown_seconds: float | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        TRANSPORT_MACHINE.build(self)
+
+    @property
+    def peer_id(self) -> str:
+        if self.signaling is None:
+            raise TransportError("the transport is not running")
+        return self.signaling.peer_id
+
+    async def __aenter__(self) -> Self:
+        if self.state != "Created":
+            raise TransportError(f"a transport runs once (state {self.state})")
+        started = time.monotonic()
+        set_host_addresses(self.config.ice_host_addresses)
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            bridge = await stack.enter_async_context(open_bridge())
+            inner = await stack.enter_async_context(trio.open_nursery())
+            self._nursery = inner
+            client = SignalingClient(
+                self.config.signaling_url,
+                self.config.peer_id,
+                session_id=self.config.session_id,
+            )
+            await inner.start(client.run)
+            self.signaling = client
+            self.signaling_connected()
+            manager = PeerManager(self.config, client, bridge=bridge, options=self.options)
+            self.peers = await inner.start(manager.run)
+            self.ready()
+        except BaseException:
+            self.shutdown()
+            await stack.__aexit__(*sys.exc_info())
+            raise
+        self._stack = stack
+        self.connect_seconds = time.monotonic() - started
+        log.info("transport %s ready in %.0f ms", client.peer_id, 1000 * self.connect_seconds)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        started = time.monotonic()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        try:
+            if stack is not None:
+                return await stack.__aexit__(exc_type, exc, tb)
+            return None
+        finally:
+            self.teardown_seconds = time.monotonic() - started
+            if self.state != "Shutdown":
+                self.shutdown()
+            log.info("transport shut down in %.1f ms", 1000 * self.teardown_seconds)
+
+    async def run_session(
+        self,
+        manifest: Manifest,
+        *,
+        session_id: str | None = None,
+        task_status: trio.TaskStatus[RunningSession] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run ``manifest`` for every connected peer until cancelled (or the mesh ends).
+
+        Peers join the session when their connection reaches Connected and leave when it ends. Use
+        ``await nursery.start(transport.run_session, manifest)`` to get the :class:`RunningSession`.
+        """
+        manager = self.peers
+        if manager is None or self.state != "Ready":
+            raise TransportError(f"run_session needs a Ready transport (state {self.state})")
+        async with self.sessions.open_session(
+            manifest, session_id=session_id or self.config.session_id
+        ) as running:
+            for pid in manager.list_connected():
+                self._join(running, pid)
+            task_status.started(running)
+            async for event in manager.events:
+                if isinstance(event, PeerConnected):
+                    self._join(running, event.peer_id)
+                elif isinstance(event, PeerRemoved):
+                    running.remove_peer(event.peer_id)
+
+    def _join(self, running: RunningSession, peer_id: str) -> None:
+        assert self.peers is not None
+        peer = self.peers.get_peer(peer_id)
+        if peer is None or peer_id in running.session.peers:
+            return
+        running.add_peer(peer, peer.received)

@@ -6,7 +6,18 @@ Active with a validated manifest, and only closes once its pending outputs drain
 
 from __future__ import annotations
 
-from meshrtc.statechart import MachineSpec, register
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from meshrtc.errors import MeshRtcError
+from meshrtc.pipeline.manifest import Manifest
+from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
 STREAM_SESSION_MACHINE = register(
     MachineSpec(
@@ -24,3 +35,95 @@ STREAM_SESSION_MACHINE = register(
         ),
     )
 )
+
+
+class SessionError(MeshRtcError):
+    """A session was used outside its lifecycle (a peer added to a closed session, ...)."""
+
+
+@runtime_checkable
+class SessionPeer(Protocol):
+    """The few PeerConnection methods a session calls, so unit tests can use doubles."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    async def send_audio(self, samples: npt.NDArray[np.float32]) -> None: ...
+
+    async def send_video(self, frame: Any) -> None: ...
+
+    async def send_data(self, data: Any) -> None: ...
+
+
+_session_ids = itertools.count(1)
+
+
+class StreamSession(StatefulModel):
+    """One pipeline run and the peers it serves.
+
+    The session holds bookkeeping only (peers, sequence counters, pending outputs); the router moves
+    the data. Closing is guarded: while outputs taken from the pipeline are still on their way to
+    peers, ``close()`` returns False until they drained or ``drain_timeout`` passed since the first
+    attempt, so a user never loses the tail of a reply by closing early, and never hangs on a dead peer.
+    """
+
+    state: str
+    activate = trigger_stub()
+    pause = trigger_stub()
+    resume = trigger_stub()
+    close = trigger_stub()
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        session_id: str | None = None,
+        drain_timeout: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session_id = session_id or f"session-{next(_session_ids)}-{uuid.uuid4().hex[:8]}"
+        self.manifest = manifest
+        self.drain_timeout = drain_timeout
+        self._clock = clock
+        self.peers: dict[str, SessionPeer] = {}
+        self.input_seq = 0
+        self.output_seq = 0
+        self.pending_outputs = 0
+        #: Inputs refused because the session was not Active (paused, initializing, closed).
+        self.inputs_dropped = 0
+        #: Outputs addressed to a peer the session does not hold (left before its reply).
+        self.outputs_unroutable = 0
+        self._close_requested_at: float | None = None
+        STREAM_SESSION_MACHINE.build(self)
+
+    # -- guard ------------------------------------------------------------------------------------
+    def outputs_drained(self) -> bool:
+        if self.pending_outputs == 0:
+            return True
+        now = self._clock()
+        if self._close_requested_at is None:
+            self._close_requested_at = now
+        return now - self._close_requested_at >= self.drain_timeout
+
+    def on_enter_Closed(self) -> None:  # noqa: N802  (transitions' callback naming)
+        # A closed session holds no peers: the transport may reuse them elsewhere.
+        self.peers.clear()
+
+    # -- peers ------------------------------------------------------------------------------------
+    def add_peer(self, peer: SessionPeer) -> None:
+        if self.state == "Closed":
+            raise SessionError(f"session {self.session_id} is closed; cannot add {peer.peer_id}")
+        self.peers[peer.peer_id] = peer
+
+    def remove_peer(self, peer_id: str) -> SessionPeer | None:
+        return self.peers.pop(peer_id, None)
+
+    @property
+    def accepts_inputs(self) -> bool:
+        return self.state == "Active"
+
+    def __repr__(self) -> str:
+        return (
+            f"<StreamSession {self.session_id} {self.state} peers={len(self.peers)} "
+            f"in={self.input_seq} out={self.output_seq} pending={self.pending_outputs}>"
+        )

@@ -1,0 +1,361 @@
+"""The demo workload: one WebRtcTransport and N synthetic meshrtc peers in one process.
+
+Shared by ``meshrtc demo``, the end-to-end test and ``bench/transport.py``. Everything runs on
+loopback: an embedded signaling server and STUN responder, the transport running a manifest, and N
+peers each sending a gated tone at its own frequency, a moving test pattern and data messages.
+
+Latency method (``latency_*_ms``): every tone is gated, on for ``GATE_ON`` seconds out of every
+``GATE_PERIOD``. A peer records the monotonic time at which it queued the first 20 ms chunk of each
+on-period (capture). Each receiving peer runs a Goertzel detector per 20 ms frame for every other
+peer's frequency over what comes back from the transport (the MixMinus mix); a rising edge is an
+onset and its latency is the receive time minus that peer's latest capture onset. This spans capture
+pacing, Opus encode, the network, the transport's jitter buffer and decode, the pipeline, re-encode,
+the peer's jitter buffer and decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from meshrtc.config import TransportConfig
+from meshrtc.pipeline.manifest import Manifest, default_manifest
+from meshrtc.rtc.bridge import Bridge, open_bridge
+from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedVideo
+from meshrtc.rtc.peer import PeerConnection, PeerOptions
+from meshrtc.rtc.peers import PeerManager
+from meshrtc.rtc.stun import StunServer
+from meshrtc.session.manager import RunningSession
+from meshrtc.signaling.client import SignalingClient
+from meshrtc.signaling.server import SignalingServer
+from meshrtc.transport import WebRtcTransport
+
+__all__ = ["DemoResult", "PeerFigures", "run_demo", "tone_frequency"]
+
+log = logging.getLogger(__name__)
+
+RATE = 48_000
+CHUNK = 960  # 20 ms
+GATE_PERIOD = 1.0
+GATE_ON = 0.5
+AMPLITUDE = 0.1
+TRANSPORT_ID = "transport"
+
+
+def tone_frequency(index: int) -> float:
+    """Peer ``index``'s tone: on an exact 50 Hz bin of a 20 ms frame, 200 Hz apart."""
+    return 500.0 + 200.0 * index
+
+
+def goertzel(frame: npt.NDArray[np.float32], freq: float) -> float:
+    """Amplitude of ``freq`` in ``frame`` (1.0 for a full-scale sine on a bin)."""
+    n = frame.size
+    t = np.arange(n, dtype=np.float64) / RATE
+    ref = np.exp(-2j * np.pi * freq * t)
+    return float(2.0 * abs(np.dot(frame.astype(np.float64), ref)) / n)
+
+
+@attrs.define
+class PeerFigures:
+    """What one synthetic peer sent and got back."""
+
+    peer_id: str
+    frequency: float
+    audio_sent: int = 0
+    audio_received: int = 0
+    video_received: int = 0
+    data_sent: int = 0
+    data_echoed: int = 0
+    heard: dict[str, float] = attrs.Factory(dict)
+    latencies_ms: list[float] = attrs.Factory(list)
+    #: Transport-side figures for this peer's connection (filled by the live table / at the end).
+    frames_in: int = 0
+    frames_out: int = 0
+
+
+@attrs.define
+class DemoResult:
+    peers: dict[str, PeerFigures]
+    connect_ms: float
+    teardown_ms: float
+    seconds: float
+    #: Per peer, the decoded audio it got back (only with ``keep_audio``).
+    audio: dict[str, npt.NDArray[np.float32]] = attrs.Factory(dict)
+
+    def latency(self, q: float) -> float | None:
+        values = [v for p in self.peers.values() for v in p.latencies_ms]
+        return float(np.percentile(values, q)) if values else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peers": {
+                pid: {
+                    "frequency": p.frequency,
+                    "audio_sent": p.audio_sent,
+                    "audio_received": p.audio_received,
+                    "video_received": p.video_received,
+                    "data_sent": p.data_sent,
+                    "data_echoed": p.data_echoed,
+                    "frames_in": p.frames_in,
+                    "frames_out": p.frames_out,
+                    "heard": sorted(p.heard),
+                    "latency_p50_ms": _pct(p.latencies_ms, 50),
+                }
+                for pid, p in self.peers.items()
+            },
+            "connect_ms": round(self.connect_ms, 1),
+            "latency_p50_ms": _round(self.latency(50)),
+            "latency_p95_ms": _round(self.latency(95)),
+            "teardown_ms": round(self.teardown_ms, 1),
+            "seconds": self.seconds,
+        }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return _round(float(np.percentile(values, q))) if values else None
+
+
+def pattern(width: int, height: int, step: int, shade: int) -> npt.NDArray[np.uint8]:
+    """A moving test pattern: a bar that slides right, on a gradient tinted per peer."""
+    rgb = np.zeros((height, width, 3), dtype=np.uint8)
+    rgb[..., 0] = shade
+    rgb[..., 1] = np.linspace(0, 255, width, dtype=np.uint8)
+    x = (step * 4) % width
+    rgb[:, x : x + 8, 2] = 255
+    return rgb
+
+
+class SyntheticPeer:
+    """A meshrtc peer that talks only to the transport (its other mesh links stay idle)."""
+
+    def __init__(self, index: int, manager: PeerManager, video: tuple[int, int] | None) -> None:
+        self.index = index
+        self.manager = manager
+        self.video = video
+        self.figures = PeerFigures(manager.local_id, tone_frequency(index))
+        self.onsets: dict[str, float] = {}
+        self.others: dict[str, float] = {}
+        self.keep_audio = False
+        self.audio: list[npt.NDArray[np.float32]] = []
+
+    def link(self) -> PeerConnection | None:
+        return self.manager.get_peer(TRANSPORT_ID)
+
+    async def send(self, seconds: float, clock_origin: float) -> None:
+        """Paced 20 ms tone chunks (gated), a pattern every 100 ms, a message every 250 ms."""
+        peer = self.link()
+        assert peer is not None
+        freq = self.figures.frequency
+        n = 0
+        t0 = trio.current_time()
+        sample = 0
+        while n * 0.020 < seconds:
+            phase = (n * 0.020) % GATE_PERIOD
+            on = phase < GATE_ON
+            if on:
+                idx = np.arange(sample, sample + CHUNK, dtype=np.float64)
+                chunk = (AMPLITUDE * np.sin(2 * np.pi * freq * idx / RATE)).astype(np.float32)
+                if phase < 0.020:
+                    self.onsets[self.figures.peer_id] = time.monotonic()
+            else:
+                chunk = np.zeros(CHUNK, np.float32)
+            sample += CHUNK
+            await peer.send_audio(chunk)
+            self.figures.audio_sent += 1
+            if self.video is not None and n % 5 == 0:
+                await peer.send_video(pattern(*self.video, n // 5, 40 * self.index % 256))
+            n += 1
+            await trio.sleep_until(t0 + n * 0.020)
+
+    async def chat(self, seconds: float) -> None:
+        """A text message every 250 ms (its own task: sending waits for an open channel)."""
+        peer = self.link()
+        assert peer is not None
+        end = trio.current_time() + seconds
+        n = 0
+        while trio.current_time() < end:
+            with trio.move_on_after(1.0):
+                await peer.send_data(f"hello {self.figures.peer_id} {n}")
+                self.figures.data_sent += 1
+            n += 1
+            await trio.sleep(0.25)
+
+    async def collect(self, all_onsets: Callable[[str], float | None]) -> None:
+        """Read everything the transport sends back; detect the other peers' tone onsets."""
+        peer = self.link()
+        assert peer is not None
+        figures = self.figures
+        above: dict[str, bool] = {}
+        async for item in peer.received:
+            if isinstance(item, ReceivedAudio):
+                figures.audio_received += 1
+                if item.concealed:
+                    continue
+                mono = item.samples[:, 0] if item.samples.ndim == 2 else item.samples
+                if self.keep_audio:
+                    self.audio.append(np.array(mono, dtype=np.float32))
+                now = time.monotonic()
+                for pid, freq in self.others.items():
+                    level = goertzel(mono, freq)
+                    on = level > AMPLITUDE * 0.3
+                    if on:
+                        figures.heard[pid] = max(figures.heard.get(pid, 0.0), level)
+                    if on and not above.get(pid, False):
+                        captured = all_onsets(pid)
+                        if captured is not None and 0 <= now - captured < GATE_ON:
+                            figures.latencies_ms.append(1000.0 * (now - captured))
+                    above[pid] = on
+                own = goertzel(mono, figures.frequency)
+                if own > AMPLITUDE * 0.3:
+                    figures.heard[figures.peer_id] = max(figures.heard.get(figures.peer_id, 0), own)
+            elif isinstance(item, ReceivedVideo):
+                figures.video_received += 1
+            elif (
+                isinstance(item, ReceivedData)
+                and isinstance(item.data, str)
+                and item.data.startswith(f"hello {figures.peer_id} ")
+            ):
+                figures.data_echoed += 1
+
+
+async def _drain_others(manager: PeerManager) -> None:
+    """Keep reading the idle peer-to-peer links so their buffers never fill."""
+    seen: set[str] = set()
+    async with trio.open_nursery() as nursery:
+        async for _event in manager.events:
+            for pid, peer in manager.peers.items():
+                if pid != TRANSPORT_ID and pid not in seen:
+                    seen.add(pid)
+                    nursery.start_soon(_discard, peer)
+
+
+async def _discard(peer: PeerConnection) -> None:
+    async for _item in peer.received:
+        pass
+
+
+Tick = Callable[[WebRtcTransport, RunningSession, list[SyntheticPeer], float], None]
+
+
+async def run_demo(
+    *,
+    peers: int = 3,
+    seconds: float = 10.0,
+    manifest: Manifest | None = None,
+    video: tuple[int, int] | None = (160, 120),
+    options: PeerOptions | None = None,
+    on_tick: Tick | None = None,
+    tick: float = 0.5,
+    connect_timeout: float = 30.0,
+    keep_audio: bool = False,
+) -> DemoResult:
+    """Run the demo workload; returns the figures after a complete teardown."""
+    manifest = manifest or default_manifest()
+    options = options or PeerOptions(video_fps=10.0, quality_interval=1.0)
+    async with trio.open_nursery() as servers:
+        stun: StunServer = await servers.start(StunServer().run)
+        server: SignalingServer = await servers.start(SignalingServer(port=0).run)
+
+        def config(peer_id: str) -> TransportConfig:
+            return TransportConfig(
+                signaling_url=server.url,
+                stun_servers=[stun.url],
+                peer_id=peer_id,
+                video_codec="H264",
+                ice_host_addresses=("127.0.0.1",),
+            )
+
+        synthetic: list[SyntheticPeer] = []
+        transport = WebRtcTransport(config(TRANSPORT_ID), options=options)
+        teardown = 0.0
+        async with open_bridge(name="meshrtc-demo-peers") as bridge:
+            async with transport:
+                async with trio.open_nursery() as nursery:
+                    running: RunningSession = await nursery.start(transport.run_session, manifest)
+                    started = time.monotonic()
+                    for i in range(peers):
+                        joined = await _join(
+                            nursery, config(f"peer{i + 1}"), bridge, options, i, video
+                        )
+                        synthetic.append(joined)
+                    for s in synthetic:
+                        s.keep_audio = keep_audio
+                        s.others = {
+                            o.figures.peer_id: o.figures.frequency for o in synthetic if o is not s
+                        }
+                    names = {s.figures.peer_id for s in synthetic}
+
+                    def all_connected() -> bool:
+                        links = [s.link() for s in synthetic]
+                        return set(running.session.peers) == names and all(
+                            link is not None and link.state == "Connected" for link in links
+                        )
+
+                    # A 5 ms poll gives connect_ms its resolution; bounded by fail_after.
+                    with trio.fail_after(connect_timeout):
+                        while not all_connected():  # noqa: ASYNC110
+                            await trio.sleep(0.005)
+                    connect_ms = 1000.0 * (time.monotonic() - started)
+
+                    def onset(pid: str) -> float | None:
+                        for s in synthetic:
+                            if s.figures.peer_id == pid:
+                                return s.onsets.get(pid)
+                        return None
+
+                    for s in synthetic:
+                        nursery.start_soon(s.collect, onset)
+                        nursery.start_soon(s.send, seconds, started)
+                        nursery.start_soon(s.chat, seconds)
+                    end = trio.current_time() + seconds + 0.5
+                    while trio.current_time() < end:
+                        if on_tick is not None:
+                            on_tick(transport, running, synthetic, connect_ms)
+                        await trio.sleep(min(tick, max(0.0, end - trio.current_time())))
+                    for s in synthetic:
+                        s.figures.frames_in = running.router.frames_in.get(s.figures.peer_id, 0)
+                        s.figures.frames_out = running.router.frames_out.get(s.figures.peer_id, 0)
+                    if on_tick is not None:
+                        on_tick(transport, running, synthetic, connect_ms)
+                    nursery.cancel_scope.cancel()
+                t_exit = time.monotonic()
+            teardown = 1000.0 * (time.monotonic() - t_exit)
+        servers.cancel_scope.cancel()
+    audio = {
+        s.figures.peer_id: np.concatenate(s.audio) if s.audio else np.zeros(0, np.float32)
+        for s in synthetic
+    }
+    return DemoResult(
+        peers={s.figures.peer_id: s.figures for s in synthetic},
+        connect_ms=connect_ms,
+        teardown_ms=teardown,
+        seconds=seconds,
+        audio=audio,
+    )
+
+
+async def _join(
+    nursery: trio.Nursery,
+    config: TransportConfig,
+    bridge: Bridge,
+    options: PeerOptions,
+    index: int,
+    video: tuple[int, int] | None,
+) -> SyntheticPeer:
+    client = SignalingClient(config.signaling_url, config.peer_id, session_id=config.session_id)
+    await nursery.start(client.run)
+    manager = PeerManager(config, client, bridge=bridge, options=options)
+    await nursery.start(manager.run)
+    nursery.start_soon(_drain_others, manager)
+    return SyntheticPeer(index, manager, video)

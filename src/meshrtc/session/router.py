@@ -1,0 +1,165 @@
+"""SessionRouter: peers' received media into the pipeline, pipeline outputs back to peers.
+
+Alignment: MixMinus windows frames by ``timestamp``, so frames of different peers presented at the
+same instant must carry the same timestamp. Each PeerConnection's SyncManager already presents media
+on the common monotonic timeline (``local_time``), so the router snaps every audio frame's
+``local_time`` onto a 20 ms grid shared by the whole session, keeping each peer's slots strictly
+increasing (a frame presented a little early never collides with its predecessor).
+``meshrtc.media.sync.collect_aligned_frames`` groups *SyncManager items* by sender wall clock; here
+the items come already presented and decoded from ``PeerConnection.received``, so the grid does the
+same job on the timeline they carry without re-buffering them.
+
+Isolation: a router belongs to exactly one session and one pipeline stream; it clones the stream's
+input per peer and never shares a channel with another session.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import trio
+
+from meshrtc.pipeline.data import Audio, Binary, Json, RuntimeData, Text, Video
+from meshrtc.pipeline.runner import PipelineStream
+from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
+from meshrtc.session.stream import SessionPeer, StreamSession
+
+__all__ = ["GRID_SECONDS", "SessionRouter", "to_runtime"]
+
+logger = logging.getLogger(__name__)
+
+#: The session's audio grid: one Opus frame.
+GRID_SECONDS = 0.020
+
+
+def to_runtime(item: ReceivedMedia, timestamp: float) -> RuntimeData:
+    """Convert one received item to pipeline data without copying samples."""
+    if isinstance(item, ReceivedAudio):
+        samples = item.samples
+        if samples.dtype != np.float32:
+            samples = samples.astype(np.float32)
+        return Audio(
+            samples=samples.reshape(-1),
+            sample_rate=item.sample_rate,
+            channels=item.channels,
+            peer_id=item.peer_id,
+            timestamp=timestamp,
+        )
+    if isinstance(item, ReceivedVideo):
+        return Video(frame=item.frame, peer_id=item.peer_id, timestamp=timestamp)
+    if isinstance(item, ReceivedData):
+        if isinstance(item.data, str):
+            return Text(text=item.data, peer_id=item.peer_id, timestamp=timestamp)
+        return Binary(data=item.data, peer_id=item.peer_id, timestamp=timestamp)
+    raise TypeError(f"unknown received item {type(item).__name__}")
+
+
+class SessionRouter:
+    """Moves data between one session's peers and its pipeline stream."""
+
+    def __init__(self, session: StreamSession, stream: PipelineStream) -> None:
+        self.session = session
+        self.stream = stream
+        self._origin: float | None = None
+        self._last_slot: dict[str, int] = {}
+        #: Items per peer that reached the pipeline / that the router sent to the peer.
+        self.frames_in: dict[str, int] = {}
+        self.frames_out: dict[str, int] = {}
+        self.send_errors = 0
+        self._drained: trio.Event | None = None
+
+    async def wait_drained(self) -> None:
+        """Return once no output taken from the pipeline is still on its way to a peer."""
+        while self.session.pending_outputs:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    def grid_timestamp(self, peer_id: str, local_time: float) -> float:
+        """Snap ``local_time`` onto the session grid, strictly increasing per peer."""
+        if self._origin is None:
+            self._origin = local_time
+        slot = round((local_time - self._origin) / GRID_SECONDS)
+        last = self._last_slot.get(peer_id)
+        if last is not None and slot <= last:
+            slot = last + 1
+        self._last_slot[peer_id] = slot
+        return self._origin + slot * GRID_SECONDS
+
+    def convert(self, item: ReceivedMedia) -> RuntimeData:
+        if isinstance(item, ReceivedAudio):
+            return to_runtime(item, self.grid_timestamp(item.peer_id, item.local_time))
+        return to_runtime(item, item.local_time)
+
+    async def accept(
+        self, item: ReceivedMedia, inputs: trio.MemorySendChannel[RuntimeData]
+    ) -> bool:
+        """Feed one item unless the session is not Active (then it is counted as dropped)."""
+        session = self.session
+        if not session.accepts_inputs or item.peer_id not in session.peers:
+            session.inputs_dropped += 1
+            return False
+        data = self.convert(item)
+        await inputs.send(data)
+        session.input_seq += 1
+        self.frames_in[item.peer_id] = self.frames_in.get(item.peer_id, 0) + 1
+        return True
+
+    async def route_to_pipeline(self, received: trio.abc.ReceiveChannel[ReceivedMedia]) -> None:
+        """One task per peer: until ``received`` ends, feed its items into the pipeline."""
+        inputs = self.stream.inputs.clone()
+        async with inputs:
+            async for item in received:
+                try:
+                    await self.accept(item, inputs)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+    async def deliver(self, data: RuntimeData) -> None:
+        """Send one pipeline output to its peer (``to_peer``) or to every peer (``None``)."""
+        session = self.session
+        session.output_seq += 1
+        session.pending_outputs += 1
+        try:
+            if data.to_peer is None:
+                targets = list(session.peers.values())
+            else:
+                peer = session.peers.get(data.to_peer)
+                if peer is None:
+                    session.outputs_unroutable += 1
+                    return
+                targets = [peer]
+            for peer in targets:
+                try:
+                    await _send(peer, data)
+                except Exception as exc:  # noqa: BLE001  (one peer's failure must not stop others)
+                    self.send_errors += 1
+                    logger.debug(
+                        "session %s: send to %s failed: %r", session.session_id, peer.peer_id, exc
+                    )
+                    continue
+                self.frames_out[peer.peer_id] = self.frames_out.get(peer.peer_id, 0) + 1
+        finally:
+            session.pending_outputs -= 1
+            if session.pending_outputs == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def route_to_peers(self) -> None:
+        """Consume the pipeline's outputs until the pipeline ends."""
+        async for data in self.stream.outputs:
+            await self.deliver(data)
+
+
+async def _send(peer: SessionPeer, data: RuntimeData) -> None:
+    if isinstance(data, Audio):
+        await peer.send_audio(data.frames_view())
+    elif isinstance(data, Video):
+        frame: Any = data.frame
+        await peer.send_video(frame)
+    elif isinstance(data, Text):
+        await peer.send_data(data.text)
+    elif isinstance(data, Binary):
+        await peer.send_data(bytes(data.data))
+    elif isinstance(data, Json):
+        await peer.send_data(data.value)

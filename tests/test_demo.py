@@ -1,0 +1,100 @@
+"""End to end: a transport running the default manifest for 3 synthetic peers, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import trio
+
+from meshrtc.demo import RATE, run_demo, tone_frequency
+
+
+def _sockets() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+def _level(pcm: np.ndarray, freq: float) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm)) / max(1, pcm.size)
+    freqs = np.fft.rfftfreq(pcm.size, 1 / RATE)
+    band = (freqs > freq - 10) & (freqs < freq + 10)
+    return float(spectrum[band].max())
+
+
+async def test_three_peers_hear_each_other_not_themselves() -> None:
+    threads_before = {t.ident for t in threading.enumerate()}
+    sockets_before = _sockets()
+    with trio.fail_after(60):
+        result = await run_demo(peers=3, seconds=3.0, keep_audio=True, tick=0.5)
+    assert set(result.peers) == {"peer1", "peer2", "peer3"}
+    for index, (pid, fig) in enumerate(sorted(result.peers.items())):
+        pcm = result.audio[pid]
+        assert pcm.size > RATE, f"{pid} got {pcm.size} samples back"
+        own = _level(pcm, tone_frequency(index))
+        others = [_level(pcm, tone_frequency(i)) for i in range(3) if i != index]
+        assert min(others) > 10 * own, (pid, own, others)
+        assert fig.data_sent > 0
+        assert fig.data_echoed > 0
+        assert fig.data_echoed <= fig.data_sent
+        assert fig.video_received > 0
+        assert fig.frames_out > 0
+        assert 0 < fig.frames_in <= fig.audio_sent + fig.data_sent + 200  # audio + data + video
+    assert result.latency(50) is not None
+    assert result.teardown_ms < 1000
+    # Teardown leaves nothing behind: no new thread, no new socket.
+    leftover = [t.name for t in threading.enumerate() if t.ident not in threads_before]
+    assert leftover == []
+    assert _sockets() - sockets_before == set()
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshrtc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_cli_demo_json_last_line() -> None:
+    proc = _cli("demo", "--peers", "1", "--seconds", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(figures["peers"]) == {"peer1"}
+    assert figures["peers"]["peer1"]["audio_sent"] > 0
+    for key in ("connect_ms", "latency_p50_ms", "latency_p95_ms", "teardown_ms"):
+        assert key in figures
+
+
+def test_cli_bad_arguments_and_manifest(tmp_path: os.PathLike[str]) -> None:
+    bad = os.path.join(tmp_path, "bad.json")
+    with open(bad, "w") as f:
+        f.write('{"version": "v9", "nodes": []}')
+    for args in (
+        ("demo", "--peers", "0"),
+        ("demo", "--seconds", "-1"),
+        ("demo", "--manifest", bad),
+        ("serve", "--port", "70000"),
+        ("serve", "--manifest", bad),
+    ):
+        proc = _cli(*args, timeout=30)
+        assert proc.returncode != 0, args
+        lines = [line for line in proc.stderr.splitlines() if ": error: " in line]
+        assert len(lines) == 1, (args, proc.stderr)
+    for cmd in ("demo", "serve"):
+        proc = _cli(cmd, "--help", timeout=30)
+        assert proc.returncode == 0
+        assert cmd in proc.stdout
