@@ -333,3 +333,29 @@ def test_sctp_fragments_data_channel_messages_itself() -> None:
     assert rtcsctptransport.SCTP_MAX_PACKET_LENGTH <= 1200
     assert rtcsctptransport.LOCAL_MAX_MESSAGE_SIZE == 262_144
     assert "Cannot send message of" in _source(rtcsctptransport.RTCSctpTransport._data_channel_send)
+
+
+def test_aioice_nominated_pair_shape() -> None:
+    """selected_candidate_pair reads aioice Connection._nominated[component] → CandidatePair."""
+    import aioice.ice
+    from aiortc.rtcicetransport import RTCIceGatherer
+
+    connection = RTCIceGatherer()._connection
+    nominated = getattr(connection, adapter.ICE_NOMINATED)
+    assert isinstance(nominated, dict)
+    assert "self._nominated[pair.component] = pair" in _source(aioice.ice.Connection.check_complete)
+    pair_properties = {"local_candidate", "component"}
+    for name in pair_properties:
+        assert isinstance(inspect.getattr_static(aioice.ice.CandidatePair, name), property), name
+    candidate = aioice.Candidate(
+        foundation="1",
+        component=1,
+        transport="udp",
+        priority=1,
+        host="127.0.0.1",
+        port=9,
+        type="relay",
+    )
+    for name in ("type", "host", "port"):
+        assert hasattr(candidate, name), f"aioice.Candidate.{name}"
+    assert "self.remote_candidate = remote_candidate" in _source(aioice.ice.CandidatePair.__init__)

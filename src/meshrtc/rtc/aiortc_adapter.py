@@ -72,6 +72,7 @@ __all__ = [
     "AdapterError",
     "AudioDecoder",
     "BitrateOpusEncoder",
+    "CandidatePairInfo",
     "Impairment",
     "ImpairmentConfig",
     "PathControl",
@@ -84,6 +85,7 @@ __all__ = [
     "VideoDecoder",
     "ice_transports",
     "install_encoder_patches",
+    "selected_candidate_pair",
     "tap_peer_connection",
 ]
 
@@ -103,6 +105,9 @@ GET_ENCODER: Final = "get_encoder"
 #: ``StunProtocol`` per local candidate socket): where :class:`PathControl` sits.
 ICE_CONNECTION: Final = "_connection"
 ICE_PROTOCOLS: Final = "_protocols"
+#: aioice ``Connection._nominated``: component → the ``CandidatePair`` ICE selected (what
+#: :func:`selected_candidate_pair` reports; aiortc has no public view of it).
+ICE_NOMINATED: Final = "_nominated"
 
 #: What the sink answers aiortc: no picture loss to report, no frame for its decoder.
 _NOTHING: Final[tuple[bool, None]] = (False, None)
@@ -338,6 +343,36 @@ def _stun_protocols(pc: RTCPeerConnection) -> list[Any]:
         connection = getattr(ice, ICE_CONNECTION)
         protocols.extend(getattr(connection, ICE_PROTOCOLS))
     return protocols
+
+
+@attrs.frozen
+class CandidatePairInfo:
+    """The ICE candidate pair a connection sends and receives on (``type`` is host/srflx/prflx/relay).
+
+    With ``ice_transport_policy="relay"`` both types must be ``relay``: that is how a test or an
+    operator sees that media really goes through the TURN server, not merely that it was configured.
+    """
+
+    local_type: str
+    local_address: tuple[str, int]
+    remote_type: str
+    remote_address: tuple[str, int]
+
+
+def selected_candidate_pair(pc: RTCPeerConnection) -> CandidatePairInfo | None:
+    """The pair ICE nominated for ``pc``'s (bundled) transport, None before there is one.
+
+    Call it on the loop thread. Component 1 only: meshrtc negotiates rtcp-mux and max-bundle.
+    """
+    for ice in ice_transports(pc):
+        connection = getattr(ice, ICE_CONNECTION)
+        pair = getattr(connection, ICE_NOMINATED).get(1)
+        if pair is not None:
+            local, remote = pair.local_candidate, pair.remote_candidate
+            return CandidatePairInfo(
+                local.type, (local.host, local.port), remote.type, (remote.host, remote.port)
+            )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

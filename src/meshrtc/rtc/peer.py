@@ -66,12 +66,14 @@ from meshrtc.media.rtcp import NTP_EPOCH_OFFSET, ReceptionReport, SenderReport
 from meshrtc.media.sync import AlignedItem, SyncManager
 from meshrtc.rtc.aiortc_adapter import (
     AudioDecoder,
+    CandidatePairInfo,
     ImpairmentConfig,
     PathControl,
     PeerTap,
     RembReport,
     TapEvent,
     VideoDecoder,
+    selected_candidate_pair,
     tap_peer_connection,
 )
 from meshrtc.rtc.bridge import Bridge, ToTrio
@@ -539,6 +541,16 @@ class PeerConnection(StatefulModel):
         if self._metrics is None:
             return self.quality.snapshot(time.monotonic())
         return self._metrics
+
+    async def candidate_pair(self) -> CandidatePairInfo | None:
+        """The ICE candidate pair the current connection uses; None before ICE selected one.
+
+        Shows whether media is direct (host/srflx) or relayed by the TURN server (relay).
+        """
+        link = self._link
+        if link is None:
+            return None
+        return await self.bridge.call(selected_candidate_pair, link.pc)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
