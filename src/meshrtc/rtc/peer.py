@@ -50,7 +50,7 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
 
-from meshrtc.config import DataChannelMode, TransportConfig
+from meshrtc.config import DataChannelMode, IceTransportPolicy, TransportConfig
 from meshrtc.errors import ConfigError, MeshRtcError
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.jitter import AudioPacket, Gap, InsertResult, KeyframeRequest, VideoFrame
@@ -687,6 +687,7 @@ class PeerConnection(StatefulModel):
         await self._signal(
             "offer", {"sdp": _with_session_attribute(sdp, ATTEMPT_ATTRIBUTE, link.offer_tag)}
         )
+        await self._fail_without_candidates()
 
     async def _on_offer(self, sdp: str) -> None:
         link = self._link
@@ -724,6 +725,7 @@ class PeerConnection(StatefulModel):
         if tag is not None:
             answer = _with_session_attribute(answer, ATTEMPT_ATTRIBUTE, tag)
         await self._signal("answer", {"sdp": answer})
+        await self._fail_without_candidates()
 
     async def _on_answer(self, sdp: str) -> None:
         reason = refusal_reason(sdp)
@@ -859,6 +861,23 @@ class PeerConnection(StatefulModel):
             self.options.reconnect_timeout if self._ever_connected else self.options.connect_timeout
         )
         self._attempt_deadline = link.started_at + limit
+
+    async def _fail_without_candidates(self) -> None:
+        """A link that gathered no candidate can never connect: fail it now, saying why, instead
+        of at its deadline. Only after signaling, so the remote's connection moves on too."""
+        if not self.local_candidates:
+            await self._link_failed(self._no_candidates_reason())
+
+    def _no_candidates_reason(self) -> str:
+        if self.config.ice_transport_policy is IceTransportPolicy.RELAY:
+            if not self.config.turn_servers:
+                return "no relay candidate: ice_transport_policy is relay but no TURN server is set"
+            # aiortc uses the first TURN server only and does not say why an allocation failed.
+            return (
+                f"no relay candidate: {self.config.turn_servers[0].url} gave no TURN allocation "
+                "(wrong username/credential, or the server is unreachable)"
+            )
+        return "no local ICE candidate (no usable host address)"
 
     def _set_local(self, sdp: str) -> None:
         self.local_sdp = sdp
