@@ -206,7 +206,7 @@ async def test_a_wrong_credential_fails_the_connection_with_a_reason(tmp_path: P
                 ]
                 assert peer.history[-1][1] == "Failed"
                 assert "Connected" not in [state for _, state in peer.history]
-            # coturn refused every allocation: the credential check failed, nothing was allocated.
+            # coturn checked the credential and refused: nothing was allocated.
             assert turn.log.matching(r"user <meshrtc>: .*error 401")
             assert not turn.log.matching(r"ALLOCATE processed, success")
             await alice.manager.aclose()
