@@ -60,7 +60,8 @@ I, P, L, F, B, E, V, Z = (0x80 >> k for k in range(8))  # noqa: E741 (the RFC's 
         (bytes([B]), True),  # first packet of a multi-packet keyframe
         (bytes([E]), False),  # last packet (B clear): not a frame start
         (bytes([P | B | E]), False),  # inter-predicted
-        (bytes([I | B | V, 0x12, 0xAA]), True),  # 7-bit PictureID, then scalability structure
+        (bytes([I | B | V, 0x12, 0x00]), True),  # 7-bit PictureID, then a one-layer SS
+        (bytes([I | B | V, 0x12, 0xAA]), False),  # SS says G=1 but N_G is missing: malformed
         (bytes([I | B, 0x81, 0x23]), True),  # 15-bit PictureID
         (bytes([I | P | B, 0x81, 0x23]), False),
         (bytes([I | L | B, 0x81, 0x23, 0b000_0_000_0, 0x00]), True),  # SID 0

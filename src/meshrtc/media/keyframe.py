@@ -8,6 +8,10 @@ cannot prove is a keyframe is not one), and accept ``bytes`` or ``memoryview`` w
 
 A detector answers for the *first packet of a frame*: each one also requires the codec's
 "start of frame" signal, so a fragment from the middle of a keyframe is not mistaken for its start.
+
+The VP9 detector is :func:`meshrtc.media.vp9.is_keyframe`: it uses the RFC 9628 descriptor parser
+the depayloader uses, so "keyframe" means the same thing to the jitter buffer and the decoder (a
+descriptor that does not parse is not a keyframe to either).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable
 
 from meshrtc.errors import ConfigError
 from meshrtc.media.frame import MediaFrame
+from meshrtc.media.vp9 import is_keyframe as vp9_is_keyframe
 
 __all__ = [
     "h264_is_keyframe",
@@ -61,34 +66,6 @@ def vp8_is_keyframe(payload: bytes | memoryview) -> bool:
     if size <= pos:
         return False
     return not payload[pos] & 0x01  # P bit: 0 = key frame
-
-
-def vp9_is_keyframe(payload: bytes | memoryview) -> bool:
-    """RFC 9628: the first packet of a picture (B=1) that is not inter-predicted (P=0).
-
-    Descriptor byte 0 is ``|I|P|L|F|B|E|V|Z|``. When layer indices are present (L) the picture must
-    also be the base spatial layer (SID 0), because a keyframe starts there; higher layers of a key
-    picture are predicted from it.
-    """
-    size = len(payload)
-    if size < 1:
-        return False
-    b0 = payload[0]
-    if b0 & 0x40 or not b0 & 0x08:  # P set (inter-predicted) or B clear (not a frame start)
-        return False
-    pos = 1
-    if b0 & 0x80:  # I: PictureID, 7 or 15 bits
-        if size <= pos:
-            return False
-        pos += 2 if payload[pos] & 0x80 else 1
-        if size < pos:
-            return False
-    if not b0 & 0x20:  # no layer indices: base layer by definition
-        return True
-    if size <= pos:
-        return False
-    # Layer indices: |TID(3)|U|SID(3)|D|
-    return (payload[pos] >> 1) & 0x07 == 0
 
 
 def h264_is_keyframe(payload: bytes | memoryview) -> bool:
