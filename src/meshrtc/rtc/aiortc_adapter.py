@@ -19,6 +19,10 @@ with the RTP router):
   ``get_encoder``.
 * **Decode.** :class:`AudioDecoder` / :class:`VideoDecoder` turn our jitter buffer's packets into
   PCM and pictures with aiortc's own depayloaders and PyAV decoders.
+* **VP9.** aiortc 1.16 has none; :func:`install_vp9` (run when this module is imported) adds it to
+  aiortc's codec list (``video/VP9``, ``profile-id=0``), teaches its negotiation to refuse other VP9
+  profiles, and its sender/receiver to build :class:`~meshrtc.rtc.vp9_codec.Vp9Encoder` /
+  :class:`~meshrtc.rtc.vp9_codec.Vp9Decoder` and strip RFC 9628 descriptors. See the VP9 section.
 * **Test hooks.** :class:`Impairment` drops, duplicates, reorders and delays packets between the tap
   and our jitter buffer, seeded, counting what it did. :class:`PathControl` works one level lower,
   on the ICE datagrams of a connection: it kills the path both ways (and restores it), or drops a
@@ -44,6 +48,9 @@ import av
 import numpy as np
 import numpy.typing as npt
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import codecs as _aiortc_codecs
+from aiortc import rtcpeerconnection as _aiortc_pc_module
+from aiortc import rtcrtpreceiver as _aiortc_receiver_module
 from aiortc import rtcrtpsender as _aiortc_sender_module
 from aiortc.codecs import depayload, get_decoder, is_rtx
 from aiortc.codecs import h264 as _aiortc_h264
@@ -51,7 +58,12 @@ from aiortc.codecs import vpx as _aiortc_vpx
 from aiortc.codecs.opus import SAMPLE_RATE as OPUS_SAMPLE_RATE
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+)
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     AnyRtcpPacket,
@@ -67,6 +79,8 @@ from av.frame import Frame
 from meshrtc.errors import MeshRtcError
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.rtcp import ReceptionReport, SenderReport
+from meshrtc.media.vp9 import Vp9Depayloader, Vp9PayloadError, parse_descriptor
+from meshrtc.rtc import vp9_codec
 
 __all__ = [
     "AdapterError",
@@ -85,6 +99,8 @@ __all__ = [
     "VideoDecoder",
     "ice_transports",
     "install_encoder_patches",
+    "install_vp9",
+    "is_vp9",
     "selected_candidate_pair",
     "tap_peer_connection",
 ]
@@ -101,6 +117,11 @@ RECEIVER_DECODER_THREAD: Final = "_RTCRtpReceiver__decoder_thread"
 SENDER_ENCODER: Final = "_RTCRtpSender__encoder"
 #: Module global of ``aiortc.rtcrtpsender`` that builds a sender's encoder at its first frame.
 GET_ENCODER: Final = "get_encoder"
+#: Module globals of ``aiortc.rtcrtpreceiver`` (its RTP path and decoder thread call them) and of
+#: ``aiortc.rtcpeerconnection`` (its codec negotiation calls it), wrapped for VP9 by install_vp9().
+GET_DECODER: Final = "get_decoder"
+DEPAYLOAD: Final = "depayload"
+IS_CODEC_COMPATIBLE: Final = "is_codec_compatible"
 #: ``RTCIceTransport._connection`` (the aioice Connection) and its ``_protocols`` (one
 #: ``StunProtocol`` per local candidate socket): where :class:`PathControl` sits.
 ICE_CONNECTION: Final = "_connection"
@@ -630,10 +651,12 @@ _patched_get_encoder: Callable[[RTCRtpCodecParameters], Any] | None = None
 
 
 def install_encoder_patches() -> None:
-    """Make aiortc's senders build :class:`BitrateOpusEncoder` for Opus (idempotent, process-wide).
+    """Make aiortc's senders build :class:`BitrateOpusEncoder` for Opus and
+    :class:`~meshrtc.rtc.vp9_codec.Vp9Encoder` for VP9 (idempotent, process-wide).
 
     ``RTCRtpSender`` looks ``get_encoder`` up in its own module at the first frame; the wrapper
-    delegates every other codec to whatever was installed before it (aiortc's, or a later VP9 patch).
+    delegates every other codec to whatever was installed before it (aiortc's). The rest of VP9
+    (codec list, negotiation, receive path) is :func:`install_vp9`, which calls this.
     """
     global _patched_get_encoder
     if (
@@ -644,8 +667,11 @@ def install_encoder_patches() -> None:
     previous: Callable[[RTCRtpCodecParameters], Any] = getattr(_aiortc_sender_module, GET_ENCODER)
 
     def get_encoder(codec: RTCRtpCodecParameters) -> Any:
-        if codec.mimeType.lower() == "audio/opus":
+        mime = codec.mimeType.lower()
+        if mime == "audio/opus":
             return BitrateOpusEncoder()
+        if mime == VP9_MIME_LOWER:
+            return vp9_codec.Vp9Encoder()
         return previous(codec)
 
     _patched_get_encoder = get_encoder
@@ -660,6 +686,8 @@ def bitrate_limits(encoder: object) -> tuple[int, int] | None:
         return _aiortc_vpx.MIN_BITRATE, _aiortc_vpx.MAX_BITRATE
     if isinstance(encoder, _aiortc_h264.H264Encoder):
         return _aiortc_h264.MIN_BITRATE, _aiortc_h264.MAX_BITRATE
+    if isinstance(encoder, vp9_codec.Vp9Encoder):
+        return vp9_codec.MIN_BITRATE, vp9_codec.MAX_BITRATE
     return None
 
 
@@ -957,15 +985,23 @@ class VideoDecoder:
     """The packets of one video frame (same RTP timestamp, in sequence order) → ``av.VideoFrame``s.
 
     Depayloads each packet with aiortc's depayloader for the negotiated codec and decodes the
-    concatenation with aiortc's decoder (libvpx / FFmpeg h264 via PyAV). A decode failure returns
-    no frames and sets :attr:`keyframe_needed` (send a PLI, then wait for a keyframe).
+    concatenation with aiortc's decoder (libvpx / FFmpeg h264 via PyAV); VP9 goes through
+    :class:`~meshrtc.media.vp9.Vp9Depayloader` (a frame must run B … E) and
+    :class:`~meshrtc.rtc.vp9_codec.Vp9Decoder`. A malformed or incomplete frame or a decode failure
+    returns no frames and sets :attr:`keyframe_needed` (send a PLI, then wait for a keyframe).
     """
 
     def __init__(self, codec: RTCRtpCodecParameters) -> None:
         if not codec.mimeType.lower().startswith("video/"):
             raise AdapterError(f"VideoDecoder decodes video, not {codec.mimeType}")
         self.codec = codec
-        self._decoder = get_decoder(codec)
+        #: VP9 only: the RFC 9628 reassembly (its ``stats`` count malformed and incomplete frames).
+        self.vp9: Vp9Depayloader | None = None
+        if is_vp9(codec):
+            self.vp9 = Vp9Depayloader()
+            self._decoder: Any = vp9_codec.Vp9Decoder()
+        else:
+            self._decoder = get_decoder(codec)
         self.errors = 0
         self.keyframe_needed = False
 
@@ -974,7 +1010,12 @@ class VideoDecoder:
             return []
         codec = self.codec
         try:
-            data = b"".join(depayload(codec, bytes(p.payload)) for p in packets if len(p.payload))
+            if self.vp9 is not None:
+                data = _vp9_frame_data(self.vp9, packets)
+            else:
+                data = b"".join(
+                    depayload(codec, bytes(p.payload)) for p in packets if len(p.payload)
+                )
             decoded = self._decoder.decode(JitterFrame(data, packets[0].rtp_timestamp))
             frames = cast(list[av.VideoFrame], decoded)
         except (ValueError, av.FFmpegError):
@@ -984,3 +1025,155 @@ class VideoDecoder:
         if frames:
             self.keyframe_needed = False
         return frames
+
+
+# ---------------------------------------------------------------------------------------------
+# VP9 (RFC 9628): registration with aiortc. Everything VP9 that touches aiortc is in this section;
+# the payload format is meshrtc.media.vp9, the PyAV encoder/decoder meshrtc.rtc.vp9_codec.
+
+VP9_MIME: Final = "video/VP9"
+VP9_MIME_LOWER: Final = "video/vp9"
+#: RFC 9628 section 6: profile 0 (8-bit 4:2:0) is what libvpx-vp9 makes from yuv420p and what every
+#: WebRTC endpoint decodes. A VP9 offer without ``profile-id`` means profile 0.
+VP9_PROFILE_ID: Final = 0
+
+
+def is_vp9(codec: RTCRtpCodecParameters | RTCRtpCodecCapability) -> bool:
+    return codec.mimeType.lower() == VP9_MIME_LOWER
+
+
+def vp9_profile(codec: RTCRtpCodecParameters | RTCRtpCodecCapability) -> int | None:
+    """The codec's VP9 ``profile-id`` (0 when absent), None when it is not a number."""
+    value = codec.parameters.get("profile-id", VP9_PROFILE_ID)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _vp9_frame_data(depayloader: Vp9Depayloader, packets: Sequence[MediaFrame]) -> bytes:
+    """The VP9 frame (all its layer frames) carried by ``packets``; raises Vp9PayloadError."""
+    parts: list[bytes] = []
+    for packet in packets:
+        frame = depayloader.push(
+            packet.payload, sequence_number=packet.sequence_number, timestamp=packet.rtp_timestamp
+        )
+        if frame is not None:
+            parts.append(frame.data)
+    if depayloader.pending or not parts:
+        depayloader.reset()
+        raise Vp9PayloadError("incomplete VP9 frame (no B … E run)")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_vp9_patches: dict[str, Callable[..., Any]] = {}
+
+
+def _vp9_codec_parameters(payload_type: int) -> RTCRtpCodecParameters:
+    return RTCRtpCodecParameters(
+        mimeType=VP9_MIME,
+        clockRate=90_000,
+        payloadType=payload_type,
+        rtcpFeedback=[
+            RTCRtcpFeedback(type="nack"),
+            RTCRtcpFeedback(type="nack", parameter="pli"),
+            RTCRtcpFeedback(type="ccm", parameter="fir"),
+            RTCRtcpFeedback(type="goog-remb"),
+        ],
+        parameters={"profile-id": str(VP9_PROFILE_ID)},
+    )
+
+
+def _install_vp9_codec() -> None:
+    """Append VP9 (and its RTX) to aiortc's video codecs, after VP8 and H.264.
+
+    Appended, not prepended: a plain aiortc connection keeps preferring VP8 as before; meshrtc's
+    PeerConnection puts VP9 first with ``setCodecPreferences`` (``config.video_codec``). aiortc
+    reads this one list object for offers, answers and ``getCapabilities``.
+    """
+    codecs = _aiortc_codecs.CODECS
+    video = codecs["video"]
+    if any(is_vp9(c) for c in video):
+        return
+    used = [c.payloadType for kind in codecs.values() for c in kind if c.payloadType is not None]
+    payload_type = max(used) + 1
+    if payload_type + 1 > 127:
+        raise AdapterError("no dynamic RTP payload type left for VP9")
+    video.append(_vp9_codec_parameters(payload_type))
+    video.append(
+        RTCRtpCodecParameters(
+            mimeType="video/rtx",
+            clockRate=90_000,
+            payloadType=payload_type + 1,
+            parameters={"apt": payload_type},
+        )
+    )
+
+
+def _wrap(module: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replace ``module.name`` with ``make(current)`` unless our wrapper is already there."""
+    key = f"{module.__name__}.{name}"
+    current = getattr(module, name)
+    if _vp9_patches.get(key) is current:
+        return
+    wrapper = make(current)
+    _vp9_patches[key] = wrapper
+    setattr(module, name, wrapper)
+
+
+def install_vp9() -> None:
+    """Teach aiortc VP9 (idempotent, process-wide; run when this module is imported).
+
+    * codec list: ``video/VP9`` with ``profile-id=0`` and RTX, so offers, answers and
+      ``RTCRtpSender.getCapabilities("video")`` (hence ``setCodecPreferences``) include it;
+    * negotiation: ``is_codec_compatible`` matches VP9 only at the same profile, so a remote that
+      offers only profile 2 (10-bit) gets no VP9: another common codec is picked, or, with nothing
+      in common, aiortc refuses the description (``OperationError``) and the link fails cleanly;
+    * receive: ``get_decoder`` / ``depayload`` as ``aiortc.rtcrtpreceiver`` calls them (for plain
+      aiortc receivers; meshrtc's tapped receivers decode with :class:`VideoDecoder`);
+    * send: :func:`install_encoder_patches` builds the encoder.
+    """
+    _install_vp9_codec()
+
+    def compatible(previous: Callable[..., Any]) -> Callable[..., Any]:
+        def is_codec_compatible(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
+            if is_vp9(a) and is_vp9(b):
+                if a.clockRate != b.clockRate:
+                    return False
+                ours, theirs = vp9_profile(a), vp9_profile(b)
+                if ours is None or ours != theirs:
+                    log.info(
+                        "not negotiating VP9 profile-id=%s: meshrtc sends and decodes profile %s",
+                        b.parameters.get("profile-id"),
+                        VP9_PROFILE_ID,
+                    )
+                    return False
+                return True
+            return bool(previous(a, b))
+
+        return is_codec_compatible
+
+    def decoder(previous: Callable[..., Any]) -> Callable[..., Any]:
+        def get_decoder(codec: RTCRtpCodecParameters) -> Any:
+            if is_vp9(codec):
+                return vp9_codec.Vp9Decoder()
+            return previous(codec)
+
+        return get_decoder
+
+    def depayloader(previous: Callable[..., Any]) -> Callable[..., Any]:
+        def depayload(codec: RTCRtpCodecParameters, payload: bytes) -> bytes:
+            if is_vp9(codec):
+                _, offset = parse_descriptor(payload)  # Vp9PayloadError is a ValueError
+                return payload[offset:]
+            return bytes(previous(codec, payload))
+
+        return depayload
+
+    _wrap(_aiortc_pc_module, IS_CODEC_COMPATIBLE, compatible)
+    _wrap(_aiortc_receiver_module, GET_DECODER, decoder)
+    _wrap(_aiortc_receiver_module, DEPAYLOAD, depayloader)
+    install_encoder_patches()
+
+
+install_vp9()
