@@ -219,6 +219,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from meshrtc.rtc.stun import StunServer
     from meshrtc.signaling.server import SignalingServer
     from meshrtc.transport import WebRtcTransport
+    from meshrtc.web import static_handler
 
     manifest = _manifest(args.manifest)
     logging.basicConfig(
@@ -231,7 +232,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 try:
-                    server = await nursery.start(SignalingServer(args.host, args.port).run)
+                    server = await nursery.start(
+                        SignalingServer(args.host, args.port, http_handler=static_handler()).run
+                    )
                     stun = await nursery.start(StunServer(host=args.host).run)
                 except OSError as exc:
                     failure.append(exc)
@@ -252,6 +255,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         f"session {args.session!r}",
                         flush=True,
                     )
+                    page = server.url.removesuffix("/ws").replace("ws://", "http://", 1)
+                    print(f"meshrtc serve: browser page at {page}/", flush=True)
                     async for _ in signals:
                         break
                     nursery.cancel_scope.cancel()
@@ -352,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run a signaling server, a STUN responder and one transport in a session",
-        description="Signaling (WebSocket at /ws) plus one transport running the manifest for "
-        "every peer of the session, until Ctrl-C.",
+        description="Signaling (WebSocket at /ws), the browser page (at /) and one transport "
+        "running the manifest for every peer of the session, until Ctrl-C. docs/browser.md.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument(
