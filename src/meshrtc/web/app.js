@@ -702,8 +702,9 @@
       t.stat("loss").textContent = loss.length ? `${fmt(Math.max(...loss), 1)} %` : "-";
       t.stat("jitter").textContent = s.audioIn ? fmt(s.audioIn.jitterMs, 1, " ms") : "-";
       t.stat("video").textContent = s.videoIn
-        ? `${s.videoIn.frameWidth}x${s.videoIn.frameHeight} ${fmt(s.videoIn.framesPerSecond)} fps, ${s.videoIn.framesDecoded} frames`
+        ? `${s.videoIn.frameWidth}x${s.videoIn.frameHeight}, ${s.videoIn.framesDecoded} frames decoded`
         : "-";
+      t.stat("fps").textContent = s.videoIn ? fmt(s.videoIn.framesPerSecond) : "-";
       t.stat("audio").textContent = s.audioIn ? `${(s.audioIn.totalSamplesReceived / 48000).toFixed(1)} s` : "-";
     }
   }
@@ -809,7 +810,8 @@
     api.sessionId = result.session_id;
     api.sessionPeers = result.peers.slice();
     setState("joined");
-    setStatus(`Joined session ${api.sessionId} as ${api.peerId}`, "joined");
+    const receiveOnly = api.media.audio || api.media.video ? "" : " (receive only: no camera or microphone)";
+    setStatus(`Joined session ${api.sessionId} as ${api.peerId}${receiveOnly}`, "joined");
     note(`joined ${api.sessionId} as ${api.peerId}; ${result.peers.length} other peer(s)`);
     // The newcomer offers to everyone already there.
     for (const info of result.peers) {
