@@ -183,11 +183,12 @@ async def test_taps_deliver_opus_and_vp8_frames_and_sender_reports() -> None:
         # Media is ours alone: aiortc's decoder threads never started.
         assert _decoder_threads() == []
 
-        # Opus: one packet per 20 ms frame, contiguous, timestamps 960 apart, paced in real time.
+        # Opus: one packet per 20 ms frame, contiguous, timestamps 960 apart, paced in real time (a
+        # stall of the loop over 100 ms skips whole frames: their timestamps, never their packets).
         assert _contiguous([f.sequence_number for f in audio])
-        assert {
-            ts_diff(b.rtp_timestamp, a.rtp_timestamp) for a, b in itertools.pairwise(audio)
-        } == {960}
+        steps = [ts_diff(b.rtp_timestamp, a.rtp_timestamp) for a, b in itertools.pairwise(audio)]
+        assert all(step > 0 and step % 960 == 0 for step in steps), steps
+        assert steps.count(960) >= 0.9 * len(steps), steps
         assert len({f.ssrc for f in audio}) == 1
         opus = link.b_tap.codec(audio[0])
         assert opus is not None
@@ -252,20 +253,23 @@ async def test_outgoing_tracks_pace_and_stamp_pts() -> None:
             frames = [await audio.recv() for _ in range(n)]
             return time.monotonic() - start, frames
 
+        # Nothing fed yet: nothing is sent (an idle mesh link encodes no Opus). The bridge cancels
+        # the asyncio side when the trio scope ends.
+        with trio.move_on_after(0.1) as waited:
+            await bridge.run(audio.recv)
+        assert waited.cancelled_caught
+        assert audio.sent == 0
+
+        audio.put(tone(0.05))  # 2.5 frames: two whole frames go out, the half waits for more
         elapsed, frames = await bridge.run(pull_audio, 26)
         assert [f.pts for f in frames] == [i * 960 for i in range(26)]
         assert all(
             f.samples == 960 and f.sample_rate == 48_000 and f.format.name == "s16" for f in frames
         )
         assert frames[0].time_base == frames[0].time_base.__class__(1, 48_000)
-        assert audio.silent == 26  # nothing fed: silence, at the same pace
+        assert [bool(np.any(f.to_ndarray())) for f in frames[:3]] == [True, True, False]
+        assert audio.silent == 24  # once started, gaps are silence, at the same pace
         assert elapsed >= 0.45, f"26 frames in {elapsed:.3f} s: not paced at 20 ms"
-        assert not np.any(frames[-1].to_ndarray())
-
-        audio.put(tone(0.05))  # 2.5 frames: two whole frames go out, the half waits for more
-        elapsed, frames = await bridge.run(pull_audio, 3)
-        assert [bool(np.any(f.to_ndarray())) for f in frames] == [True, True, False]
-        assert frames[0].pts == 26 * 960
 
         video.put(picture())
 

@@ -195,8 +195,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
     p50, p95 = result.latency(50), result.latency(95)
     console.print(
-        f"connect {result.connect_ms:.0f} ms, audio latency p50 {_fmt(p50)} ms / p95 {_fmt(p95)} ms,"
-        f" teardown {result.teardown_ms:.1f} ms"
+        f"connect {result.connect_ms:.0f} ms, audio latency p50 {_fmt(p50)} ms / p95 {_fmt(p95)} ms"
+        f" (transport adds p50 {_fmt(result.added_latency(50))} ms / p95"
+        f" {_fmt(result.added_latency(95))} ms), teardown {result.teardown_ms:.1f} ms"
     )
     for pid, f in result.peers.items():
         console.print(

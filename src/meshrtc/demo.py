@@ -7,10 +7,15 @@ peers each sending a gated tone at its own frequency, a moving test pattern and 
 Latency method (``latency_*_ms``): every tone is gated, on for ``GATE_ON`` seconds out of every
 ``GATE_PERIOD``. A peer records the monotonic time at which it queued the first 20 ms chunk of each
 on-period (capture). Each receiving peer runs a Goertzel detector per 20 ms frame for every other
-peer's frequency over what comes back from the transport (the MixMinus mix); a rising edge is an
-onset and its latency is the receive time minus that peer's latest capture onset. This spans capture
+peer's frequency over what comes back from the transport (the MixMinus mix); a rising edge after at
+least ``MIN_OFF_FRAMES`` silent frames is an onset (a dropout inside a tone is not) and its latency is
+the receive time minus that peer's latest capture onset. This spans capture
 pacing, Opus encode, the network, the transport's jitter buffer and decode, the pipeline, re-encode,
 the peer's jitter buffer and decode.
+
+``added_*_ms`` is the transport's share alone: from a packet's arrival at the transport to the mix
+of its 20 ms slot leaving for a peer (jitter buffer, decode, pipeline, routing; see
+``meshrtc.session.router``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from meshrtc.config import TransportConfig
 from meshrtc.pipeline.manifest import Manifest, default_manifest
 from meshrtc.rtc.bridge import Bridge, open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedVideo
-from meshrtc.rtc.peer import PeerConnection, PeerOptions
+from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerConnection, PeerOptions
 from meshrtc.rtc.peers import PeerManager
 from meshrtc.rtc.stun import StunServer
 from meshrtc.session.manager import RunningSession
@@ -45,6 +50,8 @@ RATE = 48_000
 CHUNK = 960  # 20 ms
 GATE_PERIOD = 1.0
 GATE_ON = 0.5
+#: Silent frames that must precede a rising edge for it to count as an onset (200 ms).
+MIN_OFF_FRAMES = 10
 AMPLITUDE = 0.1
 TRANSPORT_ID = "transport"
 
@@ -88,10 +95,15 @@ class DemoResult:
     seconds: float
     #: Per peer, the decoded audio it got back (only with ``keep_audio``).
     audio: dict[str, npt.NDArray[np.float32]] = attrs.Factory(dict)
+    #: The transport's added latency samples (ms; see the module docstring).
+    added_ms: list[float] = attrs.Factory(list)
 
     def latency(self, q: float) -> float | None:
         values = [v for p in self.peers.values() for v in p.latencies_ms]
         return float(np.percentile(values, q)) if values else None
+
+    def added_latency(self, q: float) -> float | None:
+        return float(np.percentile(self.added_ms, q)) if self.added_ms else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +125,8 @@ class DemoResult:
             "connect_ms": round(self.connect_ms, 1),
             "latency_p50_ms": _round(self.latency(50)),
             "latency_p95_ms": _round(self.latency(95)),
+            "added_p50_ms": _round(self.added_latency(50)),
+            "added_p95_ms": _round(self.added_latency(95)),
             "teardown_ms": round(self.teardown_ms, 1),
             "seconds": self.seconds,
         }
@@ -196,7 +210,7 @@ class SyntheticPeer:
         peer = self.link()
         assert peer is not None
         figures = self.figures
-        above: dict[str, bool] = {}
+        off: dict[str, int] = {}
         async for item in peer.received:
             if isinstance(item, ReceivedAudio):
                 figures.audio_received += 1
@@ -211,11 +225,11 @@ class SyntheticPeer:
                     on = level > AMPLITUDE * 0.3
                     if on:
                         figures.heard[pid] = max(figures.heard.get(pid, 0.0), level)
-                    if on and not above.get(pid, False):
+                    if on and off.get(pid, 0) >= MIN_OFF_FRAMES:
                         captured = all_onsets(pid)
                         if captured is not None and 0 <= now - captured < GATE_ON:
                             figures.latencies_ms.append(1000.0 * (now - captured))
-                    above[pid] = on
+                    off[pid] = 0 if on else off.get(pid, 0) + 1
                 own = goertzel(mono, figures.frequency)
                 if own > AMPLITUDE * 0.3:
                     figures.heard[figures.peer_id] = max(figures.heard.get(figures.peer_id, 0), own)
@@ -262,7 +276,9 @@ async def run_demo(
 ) -> DemoResult:
     """Run the demo workload; returns the figures after a complete teardown."""
     manifest = manifest or default_manifest()
-    options = options or PeerOptions(video_fps=10.0, quality_interval=1.0)
+    options = options or PeerOptions(
+        video_fps=10.0, quality_interval=1.0, audio_send_queue=REALTIME_SEND_QUEUE
+    )
     async with trio.open_nursery() as servers:
         stun: StunServer = await servers.start(StunServer().run)
         server: SignalingServer = await servers.start(SignalingServer(port=0).run)
@@ -323,6 +339,7 @@ async def run_demo(
                         if on_tick is not None:
                             on_tick(transport, running, synthetic, connect_ms)
                         await trio.sleep(min(tick, max(0.0, end - trio.current_time())))
+                    added_ms = [1000.0 * v for v in running.router.added_latency]
                     for s in synthetic:
                         s.figures.frames_in = running.router.frames_in.get(s.figures.peer_id, 0)
                         s.figures.frames_out = running.router.frames_out.get(s.figures.peer_id, 0)
@@ -342,6 +359,7 @@ async def run_demo(
         teardown_ms=teardown,
         seconds=seconds,
         audio=audio,
+        added_ms=added_ms,
     )
 
 

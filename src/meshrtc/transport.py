@@ -22,7 +22,7 @@ from meshrtc.pipeline.manifest import Manifest
 from meshrtc.pipeline.runner import PipelineRunner
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.host_candidates import set_host_addresses
-from meshrtc.rtc.peer import PeerOptions
+from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerOptions
 from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
 from meshrtc.session.manager import RunningSession, SessionManager
 from meshrtc.signaling.client import SignalingClient
@@ -78,7 +78,8 @@ class WebRtcTransport(StatefulModel):
         runner: PipelineRunner | None = None,
     ) -> None:
         self.config = config
-        self.options = options
+        #: The pipeline's output is real time: no send backlog (see ``PeerOptions.audio_send_queue``).
+        self.options = options or PeerOptions(audio_send_queue=REALTIME_SEND_QUEUE)
         self.sessions = SessionManager(runner)
         self.signaling: SignalingClient | None = None
         self.peers: PeerManager | None = None

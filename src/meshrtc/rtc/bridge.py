@@ -14,6 +14,12 @@ on Python 3.14 (docs/rtc-bridge.md, design section 2). So:
 * :func:`open_bridge` starts the thread and stops it: registered aiortc objects are closed, leftover
   tasks cancelled, the default executor (aiortc encodes in it) shut down, and the thread joined, each
   step bounded in time.
+* The GIL: while a bridge is open the interpreter's switch interval is lowered (default 5 ms to
+  :data:`SWITCH_INTERVAL`). Trio's thread releases the GIL on every I/O poll and then waits for it
+  behind the encoder and asyncio threads; with the default interval each wait can cost 5 ms, and an
+  item crossing a pipeline takes several such steps. Measured on the 3-peer demo: the pipeline's
+  per-item wait went from ~18 ms to ~1 ms and its throughput from ~50 to ~200 items/s
+  (docs/transport.md). The previous value comes back when the last bridge closes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import collections
 import contextlib
 import logging
 import math
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple
@@ -343,6 +350,31 @@ def _loop_thread(
             token.run_sync_soon(finished.set)
 
 
+#: The interpreter switch interval (seconds) while any bridge is open; see the module docstring.
+SWITCH_INTERVAL = 0.001
+_switch_lock = threading.Lock()
+_open_bridges = 0
+_saved_switch_interval: float | None = None
+
+
+def _lower_switch_interval() -> None:
+    global _open_bridges, _saved_switch_interval
+    with _switch_lock:
+        _open_bridges += 1
+        if _open_bridges == 1:
+            _saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(_saved_switch_interval, SWITCH_INTERVAL))
+
+
+def _restore_switch_interval() -> None:
+    global _open_bridges, _saved_switch_interval
+    with _switch_lock:
+        _open_bridges -= 1
+        if _open_bridges == 0 and _saved_switch_interval is not None:
+            sys.setswitchinterval(_saved_switch_interval)
+            _saved_switch_interval = None
+
+
 @contextlib.asynccontextmanager
 async def open_bridge(
     *, close_timeout: float = CLOSE_TIMEOUT, name: str = "meshrtc-asyncio"
@@ -365,6 +397,7 @@ async def open_bridge(
         daemon=True,
     )
     loop.set_exception_handler(bridge._exception_handler)
+    _lower_switch_interval()
     thread.start()
     try:
         with trio.CancelScope(shield=True), trio.fail_after(close_timeout):
@@ -372,7 +405,10 @@ async def open_bridge(
         yield bridge
     finally:
         with trio.CancelScope(shield=True):
-            await _close(bridge, thread, finished, close_timeout)
+            try:
+                await _close(bridge, thread, finished, close_timeout)
+            finally:
+                _restore_switch_interval()
 
 
 async def _close(

@@ -33,6 +33,9 @@ class ReceivedAudio:
     concealed: bool = False
     #: The RTP timestamp the samples start at (the sender's 48 kHz clock); for ordering checks.
     rtp_timestamp: int | None = None
+    #: When its packet arrived here (monotonic seconds; ``None`` when concealed): with the time an
+    #: output leaves, it gives the delay this process adds, jitter buffer included.
+    received_at: float | None = None
 
 
 @attrs.frozen(eq=False)

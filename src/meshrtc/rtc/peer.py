@@ -86,6 +86,7 @@ from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stu
 
 __all__ = [
     "PEER_CONNECTION_MACHINE",
+    "REALTIME_SEND_QUEUE",
     "PeerConnection",
     "PeerError",
     "PeerOptions",
@@ -129,6 +130,8 @@ REFUSAL_ATTRIBUTE: Final = "x-meshrtc-refused"
 
 _CODEC_MIME = {"H264": "video/H264", "VP8": "video/VP8", "VP9": "video/VP9"}
 _MEDIA_KINDS = frozenset({"audio", "video", "data"})
+#: ``PeerOptions.audio_send_queue`` for real-time producers (a pipeline, a microphone): 100 ms.
+REALTIME_SEND_QUEUE = 0.1
 #: Keyframe requests (PLI) for one link are at least this far apart.
 _PLI_INTERVAL = 0.3
 #: While a requested keyframe has not been decoded, the request is repeated this often: the jitter
@@ -180,6 +183,12 @@ class PeerOptions:
     #: Opus bitrate range for the controller (kb/s); it starts at the top (aiortc's 96 kb/s).
     audio_kbps: tuple[float, float] = (16.0, 96.0)
     video_fps: float = attrs.field(default=30.0, validator=_positive)
+    #: Most audio :meth:`PeerConnection.send_audio` keeps queued ahead of the sender (seconds);
+    #: beyond it the oldest is dropped (counted on the track). The default lets a caller hand over a
+    #: clip (a file, TTS) in one call; a real-time producer wants :data:`REALTIME_SEND_QUEUE`, so a
+    #: stall it catches up on in a burst does not add its length to every later frame (the
+    #: transport uses that).
+    audio_send_queue: float = attrs.field(default=2.0, validator=_positive)
     #: Items :attr:`PeerConnection.received` holds before newer ones are dropped (and counted).
     max_received: int = attrs.field(default=1000, validator=_positive)
     #: How long :meth:`PeerConnection.send_data` waits for an open data channel.
@@ -479,6 +488,8 @@ class PeerConnection(StatefulModel):
         self._control_pipe: ToTrio[_Control] = bridge.to_trio(self._control_send)
         self._link: _Link | None = None
         self._last_picture: av.VideoFrame | npt.NDArray[np.uint8] | None = None
+        #: Audio was sent once: a rebuilt link's track starts at once (silence until fed).
+        self._audio_started = False
         self._nursery: trio.Nursery | None = None
         self._cancel = trio.CancelScope()
         self._started = False
@@ -905,10 +916,16 @@ class PeerConnection(StatefulModel):
         self.sender_reports.clear()
         media_pipe: ToTrio[_MediaEvent]
         media_pipe, media = self.bridge.open_channel(4096)
-        audio_track = AudioOutputTrack(channels=2, max_queued=2.0) if self.audio else None
+        audio_track = (
+            AudioOutputTrack(channels=2, max_queued=self.options.audio_send_queue)
+            if self.audio
+            else None
+        )
         video_track = VideoOutputTrack(fps=self.options.video_fps) if self.video else None
         if video_track is not None and self._last_picture is not None:
             video_track.put(self._last_picture)
+        if audio_track is not None and self._audio_started:
+            audio_track.start()
         if self.config.ice_host_addresses is not None:
             set_host_addresses(self.config.ice_host_addresses)
         pc, tap = await self.bridge.call(
@@ -1151,6 +1168,7 @@ class PeerConnection(StatefulModel):
                         when,
                         False,
                         item.frame.rtp_timestamp,
+                        item.frame.received_at,
                     )
                 )
         elif isinstance(item, Gap):
@@ -1290,6 +1308,7 @@ class PeerConnection(StatefulModel):
         or int16); the track paces them out as 20 ms Opus packets. Dropped while reconnecting."""
         if not self.audio:
             raise PeerError(f"peer {self.peer_id}: audio is not negotiated")
+        self._audio_started = True
         link = self._link
         if link is not None and link.audio_track is not None:
             link.audio_track.put(samples)

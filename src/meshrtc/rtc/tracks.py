@@ -21,6 +21,7 @@ import collections
 import fractions
 import logging
 import math
+import threading
 import time
 from typing import Final
 
@@ -57,7 +58,10 @@ class TrackInputError(MeshRtcError, ValueError):
 
 
 class _Pacer:
-    """Frame ``n`` is due at ``start + n * interval`` on the loop clock; a stall skips, not bursts."""
+    """Frame ``n`` is due at ``start + n * interval`` on the loop clock; a stall skips, not bursts.
+
+    ``skipped`` counts the slots a stall cost; a track drops as many queued frames (their time passed).
+    """
 
     __slots__ = ("index", "interval", "skipped", "start")
 
@@ -87,6 +91,9 @@ class AudioOutputTrack(MediaStreamTrack):
 
     Feed it from any thread with :meth:`put` (float32 in [-1, 1] or int16; shape ``(n,)`` or
     ``(n, channels)``; any length, re-chunked to 20 ms). ``max_queued`` bounds the queue in seconds.
+    Before the first :meth:`put` it sends nothing (an idle mesh link costs no Opus encoding, the
+    most expensive per-link work); from then on gaps are filled with silence so the remote jitter
+    buffer sees one continuous stream.
     """
 
     kind = "audio"
@@ -103,10 +110,11 @@ class AudioOutputTrack(MediaStreamTrack):
         self._partial: npt.NDArray[np.int16] = np.zeros((0, channels), dtype=np.int16)
         self._silence = np.zeros((1, AUDIO_FRAME_SAMPLES * channels), dtype=np.int16)
         self._pacer = _Pacer(AUDIO_PTIME)
+        self._started = threading.Event()
         #: Frames handed to the sender, of which silence (nothing was queued).
         self.sent = 0
         self.silent = 0
-        #: Frames dropped because the queue was full (oldest first).
+        #: Frames dropped because the queue was full (oldest first) or their slot passed in a stall.
         self.dropped = 0
 
     @property
@@ -125,13 +133,27 @@ class AudioOutputTrack(MediaStreamTrack):
                 self.dropped += 1
             frames.append(pcm[start : start + AUDIO_FRAME_SAMPLES].reshape(1, -1))
         self._partial = pcm[whole:]
+        self._started.set()
+
+    def start(self) -> None:
+        """Send from now on, silence until fed (a rebuilt link continues a started stream)."""
+        self._started.set()
 
     async def recv(self) -> av.AudioFrame:
+        while not self._started.is_set():
+            if self.readyState != "live":
+                raise MediaStreamError
+            await asyncio.sleep(AUDIO_PTIME)
         if self.readyState != "live":
             raise MediaStreamError
+        skipped = self._pacer.skipped
         index = await self._pacer.wait_next()
         if self.readyState != "live":
             raise MediaStreamError
+        for _ in range(min(self._pacer.skipped - skipped, len(self._frames))):
+            # Their slots passed during a stall: sending them late would delay everything after.
+            self._frames.popleft()
+            self.dropped += 1
         try:
             data = self._frames.popleft()
         except IndexError:

@@ -9,13 +9,20 @@ increasing (a frame presented a little early never collides with its predecessor
 the items come already presented and decoded from ``PeerConnection.received``, so the grid does the
 same job on the timeline they carry without re-buffering them.
 
+Added latency: for every grid slot the router remembers the earliest packet arrival among the audio
+frames snapped onto it; when an output stamped with that slot leaves for a peer, ``now - arrival``
+is what this process added (jitter buffer, decode, pipeline, routing). ``added_latency`` keeps the
+recent values (seconds) for metrics and the benchmark.
+
 Isolation: a router belongs to exactly one session and one pipeline stream; it clones the stream's
 input per peer and never shares a channel with another session.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -32,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 #: The session's audio grid: one Opus frame.
 GRID_SECONDS = 0.020
+#: Grid slots whose arrival time is remembered (10 s): older ones are forgotten unmatched.
+_ARRIVAL_SLOTS = 500
+#: Added-latency samples kept.
+_LATENCY_SAMPLES = 5000
 
 
 def to_runtime(item: ReceivedMedia, timestamp: float) -> RuntimeData:
@@ -69,6 +80,9 @@ class SessionRouter:
         self.frames_out: dict[str, int] = {}
         self.send_errors = 0
         self._drained: trio.Event | None = None
+        self._arrivals: collections.OrderedDict[float, float] = collections.OrderedDict()
+        #: Seconds from a packet's arrival to the output of its slot leaving (audio; see module doc).
+        self.added_latency: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
 
     async def wait_drained(self) -> None:
         """Return once no output taken from the pipeline is still on its way to a peer."""
@@ -89,7 +103,15 @@ class SessionRouter:
 
     def convert(self, item: ReceivedMedia) -> RuntimeData:
         if isinstance(item, ReceivedAudio):
-            return to_runtime(item, self.grid_timestamp(item.peer_id, item.local_time))
+            ts = self.grid_timestamp(item.peer_id, item.local_time)
+            if item.received_at is not None:
+                arrivals = self._arrivals
+                first = arrivals.get(ts)
+                if first is None or item.received_at < first:
+                    arrivals[ts] = item.received_at
+                while len(arrivals) > _ARRIVAL_SLOTS:
+                    arrivals.popitem(last=False)
+            return to_runtime(item, ts)
         return to_runtime(item, item.local_time)
 
     async def accept(
@@ -140,6 +162,10 @@ class SessionRouter:
                     )
                     continue
                 self.frames_out[peer.peer_id] = self.frames_out.get(peer.peer_id, 0) + 1
+            if isinstance(data, Audio):
+                arrival = self._arrivals.get(data.timestamp)
+                if arrival is not None:
+                    self.added_latency.append(time.monotonic() - arrival)
         finally:
             session.pending_outputs -= 1
             if session.pending_outputs == 0 and self._drained is not None:
