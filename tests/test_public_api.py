@@ -5,9 +5,20 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
+
 import meshrtc
 
-PUBLIC = sorted(name for name in vars(meshrtc) if not name.startswith("_") and name[0].isupper())
+PUBLIC = sorted(name for name in meshrtc.__all__ if name[0].isupper())
+
+
+def test_all_lists_every_exported_name() -> None:
+    eager = {n for n in vars(meshrtc) if not n.startswith("_") and n[0].isupper()}
+    assert eager <= set(meshrtc.__all__)
+    for name in meshrtc.__all__:
+        assert getattr(meshrtc, name) is not None
+    with pytest.raises(AttributeError, match="NoSuchName"):
+        meshrtc.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_package_is_typed() -> None:
