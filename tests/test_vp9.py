@@ -44,10 +44,12 @@ from meshrtc.media.vp9 import (
 )
 from meshrtc.rtc import aiortc_adapter as adapter
 from meshrtc.rtc import vp9_codec
-from meshrtc.rtc.bridge import open_bridge
+from meshrtc.rtc.aiortc_adapter import ImpairmentConfig, TapEvent, tap_peer_connection
+from meshrtc.rtc.bridge import ToTrio, open_bridge
 from meshrtc.rtc.events import ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.peer import PeerConnection, PeerOptions
 from meshrtc.rtc.stun import StunServer
+from meshrtc.rtc.tracks import VideoOutputTrack
 
 I, P, L, F, B, E, V, Z = (0x80 >> k for k in range(8))  # noqa: E741 (the RFC's names)
 
@@ -699,6 +701,86 @@ def test_other_vp9_profiles_with_nothing_else_in_common_are_refused_cleanly() ->
         _negotiate(lambda sdp: sdp.replace("profile-id=0", "profile-id=2"), True)
 
 
+# --- the send side on live aiortc connections: bitrate control and PLI -----------------------------
+
+
+async def _offer_answer(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+
+
+async def test_sender_control_steers_vp9_and_a_pli_brings_a_keyframe() -> None:
+    async with open_bridge() as bridge:
+        config = RTCConfiguration(iceServers=[])
+        a = await bridge.call(RTCPeerConnection, config)
+        bridge.register(a)
+        b = await bridge.call(RTCPeerConnection, config)
+        bridge.register(b)
+        track = VideoOutputTrack(fps=30)
+
+        def add_vp9_sender() -> None:
+            transceiver = a.addTransceiver(track, direction="sendonly")
+            capabilities = RTCRtpSender.getCapabilities("video")
+            assert capabilities is not None
+            transceiver.setCodecPreferences(
+                [c for c in capabilities.codecs if c.mimeType in ("video/VP9", "video/rtx")]
+            )
+
+        await bridge.call(add_vp9_sender)
+        a_pipe: ToTrio[TapEvent]
+        a_pipe, _a_events = bridge.open_channel()
+        b_pipe: ToTrio[TapEvent]
+        b_pipe, b_events = bridge.open_channel()
+        a_tap = await bridge.call(tap_peer_connection, a, a_pipe.send)
+        b_tap = await bridge.call(tap_peer_connection, b, b_pipe.send)
+        await bridge.run(_offer_answer, a, b)
+        track.put(moving_picture(0).to_ndarray(format="rgb24"))
+        control = a_tap.sender(FrameType.VIDEO)
+        assert control is not None
+        received: list[MediaFrame] = []
+
+        async def until(done: Callable[[], bool]) -> None:
+            with trio.fail_after(15):
+                while not done():
+                    event = await b_events.receive()
+                    if isinstance(event, MediaFrame):
+                        received.append(event)
+
+        def keyframes() -> int:
+            return sum(is_keyframe(f.payload) for f in received)
+
+        await until(lambda: len({f.rtp_timestamp for f in received}) >= 10)
+        codec = b_tap.codec(received[0])
+        assert codec is not None
+        assert codec.mimeType == "video/VP9"
+        # The quality controller's cap reaches the VP9 encoder, within its limits (a cap also
+        # keeps REMB from moving the target, so the keyframes below are the PLI's).
+        assert await bridge.call(lambda: control.limits) == (
+            vp9_codec.MIN_BITRATE,
+            vp9_codec.MAX_BITRATE,
+        )
+        assert await bridge.call(control.set_bitrate, 300_000) == 300_000
+        encoder = await bridge.call(lambda: control.encoder)
+        assert isinstance(encoder, vp9_codec.Vp9Encoder)
+        await until(lambda: encoder.codec is not None and encoder.codec.bit_rate == 300_000)
+        # The receiver's PLI makes the sender's next frame a keyframe (not a new encoder).
+        recreated, before = encoder.recreated, keyframes()
+        assert await bridge.run(b_tap.request_keyframe)
+        await until(lambda: keyframes() > before)
+        assert encoder.recreated == recreated
+        assert await bridge.call(control.set_bitrate, 10_000) == vp9_codec.MIN_BITRATE
+        # Everything b received decodes.
+        decoder = adapter.VideoDecoder(codec)
+        by_ts: dict[int, list[MediaFrame]] = {}
+        for f in received:
+            by_ts.setdefault(f.rtp_timestamp, []).append(f)
+        pictures = [p for group in list(by_ts.values())[:-1] for p in decoder.decode(group)]
+        assert len(pictures) == len(by_ts) - 1
+        assert decoder.errors == 0
+
+
 # --- two meshrtc peers over loopback ----------------------------------------------------------------
 
 PW, PH = 160, 120
@@ -782,3 +864,63 @@ async def test_two_peers_negotiate_vp9_and_decode_video_both_ways() -> None:
 def test_default_max_payload_size_fits_a_1280_byte_path() -> None:
     # RTP header 12 + header extensions (mid, abs-send-time) 12 + SRTP tag 16 + UDP 8 + IPv6 40.
     assert DEFAULT_MAX_PAYLOAD_SIZE + 12 + 12 + 16 + 8 + 40 <= 1280
+
+
+async def test_vp9_recovers_from_loss_with_keyframe_requests() -> None:
+    """15 % of bob's incoming video packets dropped: the jitter buffer (VP9 keyframe detector)
+    drops what cannot be decoded, asks for keyframes, and decoding resumes without errors."""
+    impair = {FrameType.VIDEO: ImpairmentConfig(seed=5, drop=0.15)}
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        config = TransportConfig(stun_servers=[stun.url])
+        options = PeerOptions(video_fps=15.0)
+        async with open_bridge() as bridge:
+            peers: dict[str, PeerConnection] = {}
+
+            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
+                async def send(method: str, params: dict[str, Any]) -> None:
+                    nursery.start_soon(peers[to].handle_signal, method, params)
+
+                return send
+
+            a = PeerConnection(
+                "bob",
+                bridge,
+                config,
+                wire("b"),
+                local_id="alice",
+                media=("video",),
+                options=options,
+            )
+            b = PeerConnection(
+                "alice",
+                bridge,
+                config,
+                wire("a"),
+                local_id="bob",
+                media=("video",),
+                options=options,
+                impairments=impair,
+            )
+            peers.update(a=a, b=b)
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.offer()
+            with trio.fail_after(15):
+                await b.wait_state("Connected")
+            video: list[ReceivedVideo] = []
+            at_first_request: int | None = None
+            with trio.fail_after(30):
+                while at_first_request is None or len(video) < at_first_request + 5:
+                    await a.send_video(moving_picture(len(video)).to_ndarray(format="rgb24"))
+                    item = await b.received.receive()
+                    if isinstance(item, ReceivedVideo):
+                        video.append(item)
+                    if at_first_request is None and b.stats.keyframe_requests >= 1:
+                        at_first_request = len(video)
+            assert b.codecs == {FrameType.VIDEO: "video/VP9"}
+            assert all((v.frame.width, v.frame.height) == (320, 240) for v in video)
+            assert b.stats.video_decode_errors == 0
+            await a.aclose()
+            await b.aclose()
+        nursery.cancel_scope.cancel()
