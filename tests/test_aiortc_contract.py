@@ -359,3 +359,80 @@ def test_aioice_nominated_pair_shape() -> None:
     for name in ("type", "host", "port"):
         assert hasattr(candidate, name), f"aioice.Candidate.{name}"
     assert "self.remote_candidate = remote_candidate" in _source(aioice.ice.CandidatePair.__init__)
+
+
+# --- VP9 (the adapter's "VP9 (RFC 9628)" section and meshrtc.rtc.vp9_codec) ----------------------
+
+
+def test_codec_list_is_one_shared_object_read_at_negotiation_time() -> None:
+    """install_vp9 appends VP9 to aiortc.codecs.CODECS["video"] in place; every reader must see it."""
+    from aiortc import rtcpeerconnection as pc_module
+
+    assert pc_module.CODECS is aiortc_codecs.CODECS
+    assert "for params in CODECS[kind]:" in _source(aiortc_codecs.get_capabilities)
+    assert "CODECS[transceiver.kind][:]" in _source(RTCPeerConnection.createOffer)
+    assert "find_common_codecs(CODECS[media.kind], media.rtp.codecs)" in _source(
+        RTCPeerConnection.setRemoteDescription
+    )
+    # setCodecPreferences (peer.py's VP9 preference) matches codecs by MIME type and parameters.
+    assert "codec.parameters == pref.parameters" in _source(pc_module.filter_preferred_codecs)
+
+
+def test_negotiation_calls_the_module_is_codec_compatible() -> None:
+    """install_vp9 wraps rtcpeerconnection.is_codec_compatible to match VP9 by profile-id."""
+    from aiortc import rtcpeerconnection as pc_module
+
+    assert callable(getattr(pc_module, adapter.IS_CODEC_COMPATIBLE))
+    assert "if is_codec_compatible(codec, c):" in _source(pc_module.find_common_codecs)
+    assert (
+        "def is_codec_compatible(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:"
+        in inspect.getsource(pc_module)
+    )
+    # With nothing in common aiortc refuses the description (what a VP9 profile 2 offer meets).
+    assert "Failed to set remote {} description send parameters" in _source(
+        RTCPeerConnection.setRemoteDescription
+    )
+
+
+def test_receiver_module_globals_for_vp9_decoding() -> None:
+    """install_vp9 wraps rtcrtpreceiver.get_decoder / depayload (plain aiortc receivers)."""
+    from aiortc import rtcrtpreceiver as receiver_module
+
+    for name in (adapter.GET_DECODER, adapter.DEPAYLOAD):
+        assert callable(getattr(receiver_module, name)), f"aiortc.rtcrtpreceiver.{name}"
+    assert "decoder = get_decoder(codec)" in _source(receiver_module.decoder_worker)
+    rtp_path = _source(RTCRtpReceiver._handle_rtp_packet)
+    assert "packet._data = depayload(codec, packet.payload)" in rtp_path
+    assert (
+        "except ValueError as exc:" in rtp_path
+    )  # Vp9PayloadError is a ValueError: packet dropped
+
+
+def test_sender_forces_a_keyframe_on_pli_and_fir() -> None:
+    handler = _source(RTCRtpSender._handle_rtcp_packet)
+    assert "RTCP_PSFB_FIR" in handler
+    assert "RTCP_PSFB_PLI" in handler
+    assert "self._send_keyframe()" in handler
+    next_frame = _source(RTCRtpSender._next_encoded_frame)
+    assert "self.__encoder.encode, data, force_keyframe" in next_frame
+    assert "self.__encoder.pack(data)" in next_frame
+
+
+def test_codec_base_classes_and_helpers_vp9_codec_uses() -> None:
+    from aiortc import mediastreams, sdp
+    from aiortc.codecs import base
+
+    assert base.Encoder.__abstractmethods__ == frozenset({"encode", "pack"})
+    assert _params(base.Encoder.encode) == ["self", "frame", "force_keyframe"]
+    assert _params(base.Encoder.pack) == ["self", "packet"]
+    assert base.Decoder.__abstractmethods__ == frozenset({"decode"})
+    assert _params(base.Decoder.decode) == ["self", "encoded_frame"]
+    assert _params(vpx.number_of_threads) == ["pixels", "cpus"]
+    assert (mediastreams.VIDEO_TIME_BASE.numerator, mediastreams.VIDEO_TIME_BASE.denominator) == (
+        1,
+        90_000,
+    )
+    assert _params(mediastreams.convert_timebase) == ["pts", "from_base", "to_base"]
+    # VP9's fmtp goes out and comes back as text: "profile-id=0" <-> {"profile-id": "0"}.
+    assert sdp.parameters_to_sdp({"profile-id": "0"}) == "profile-id=0"
+    assert sdp.parameters_from_sdp("profile-id=0") == {"profile-id": "0"}
