@@ -63,7 +63,7 @@ RECREATE_THRESHOLD: Final = 0.1
 #: Frame rate hint for the rate controller; the real rate comes from the frames' timestamps.
 FRAME_RATE: Final = 30
 ENCODER_NAME: Final = "libvpx-vp9"
-#: FFmpeg's own VP9 decoder: faster than libvpx's and FFmpeg's default for VP9.
+#: FFmpeg's own VP9 decoder (FFmpeg's default for VP9); single-threaded it is as fast as libvpx's.
 DECODER_NAME: Final = "vp9"
 
 
