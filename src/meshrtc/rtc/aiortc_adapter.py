@@ -1033,8 +1033,8 @@ class VideoDecoder:
 
 VP9_MIME: Final = "video/VP9"
 VP9_MIME_LOWER: Final = "video/vp9"
-#: RFC 9628 section 6: profile 0 (8-bit 4:2:0) is what libvpx-vp9 makes from yuv420p and what every
-#: WebRTC endpoint decodes. A VP9 offer without ``profile-id`` means profile 0.
+#: The VP9 profile meshrtc negotiates: profile 0 (8-bit 4:2:0) is what libvpx-vp9 makes from yuv420p
+#: and what every WebRTC endpoint decodes. A VP9 offer without ``profile-id`` means profile 0 (RFC 9628).
 VP9_PROFILE_ID: Final = 0
 
 
