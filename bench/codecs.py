@@ -1,6 +1,6 @@
 """Video codec cost: VP8, VP9 and H.264 encode and decode at 320x240, 640x480 and 1280x720.
 
-Run: ``.venv/bin/python bench/codecs.py`` (about 30 s; ``--quick`` for a smoke run).
+Run: ``.venv/bin/python bench/codecs.py`` (15-30 s; ``--quick`` for a smoke run).
 
 Each codec runs exactly as meshrtc runs it: the encoder object ``aiortc.rtcrtpsender`` builds once
 :mod:`meshrtc.rtc.aiortc_adapter` is imported (aiortc's ``Vp8Encoder`` and ``H264Encoder``,
