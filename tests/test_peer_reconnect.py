@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from meshrtc.config import TransportConfig
@@ -271,3 +272,23 @@ async def test_glare_the_lower_id_keeps_its_offer_the_other_rolls_back() -> None
             assert bridge.registered == []
         assert bridge.leftover_tasks == []
         nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_link_is_not_taken_for_a_dead_one() -> None:
+    """Two peers that send no media: their links carry only RTCP (zero-NTP Sender Reports), which
+    must keep them alive past ``media_timeout``, not rebuild them over and over."""
+    async with open_bridge() as bridge, open_session(shared_bridge=bridge) as s:
+        # aiortc sends RTCP every 0.5-1.5 s, so an idle link needs media_timeout above 1.5 s.
+        idle = attrs.evolve(FAST, media_timeout=2.0)
+        alice = await s.join("alice", options=idle)
+        bob = await s.join("bob", options=idle)
+        await s.until(s.all_connected, within=15)
+        histories = [list(alice.peer("bob").history), list(bob.peer("alice").history)]
+        # Two media timeouts of silence: a link judged on RTP alone would have failed.
+        await trio.sleep(2 * idle.media_timeout)
+        for node, other, history in ((alice, "bob", histories[0]), (bob, "alice", histories[1])):
+            peer = node.peer(other)
+            assert peer.state == "Connected"
+            assert peer.history == history
+            assert (peer.stats.links, peer.stats.reconnects) == (1, 0)
+            assert peer.stats.audio_packets == 0  # nothing was sent: the link really was idle

@@ -93,6 +93,7 @@ __all__ = [
     "PeerTap",
     "ReceiverTap",
     "RembReport",
+    "RtcpActivity",
     "SenderControl",
     "TapEvent",
     "TapStats",
@@ -152,8 +153,20 @@ class RembReport:
     received_at: float
 
 
+@attrs.frozen(slots=True)
+class RtcpActivity:
+    """RTCP that carries nothing to use but shows the path is alive.
+
+    aiortc sends Sender Reports from the start, with a zero NTP time until its first RTP packet: a
+    remote that sends no media yet (an idle mesh link) is heard from only through them.
+    """
+
+    ssrc: int
+    received_at: float
+
+
 #: Everything a :class:`PeerTap` emits; one callback (typically a ``ToTrio.send``) takes them all.
-TapEvent = MediaFrame | SenderReport | ReceptionReport | RembReport
+TapEvent = MediaFrame | SenderReport | ReceptionReport | RembReport | RtcpActivity
 
 
 class EventSink(Protocol):
@@ -517,6 +530,7 @@ class ReceiverTap:
                 return
             if info.ntp_timestamp == 0:
                 self.stats.zero_ntp_reports += 1
+                self.emit(RtcpActivity(ssrc=packet.ssrc, received_at=time.monotonic()))
                 return
             self.stats.sender_reports += 1
             self.emit(

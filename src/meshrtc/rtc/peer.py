@@ -71,6 +71,7 @@ from meshrtc.rtc.aiortc_adapter import (
     PathControl,
     PeerTap,
     RembReport,
+    RtcpActivity,
     TapEvent,
     VideoDecoder,
     selected_candidate_pair,
@@ -171,6 +172,8 @@ class PeerOptions:
     #: From a rebuilt connection's offer or answer until Connected.
     reconnect_timeout: float = attrs.field(default=2.5, validator=_positive)
     #: Connected with audio or video negotiated, but no RTP or RTCP for this long: the path is lost.
+    #: A link that carries no media yet is heard from only through RTCP, which aiortc sends every
+    #: 0.5-1.5 s: keep this above 1.5 s unless media always flows.
     media_timeout: float = attrs.field(default=3.0, validator=_positive)
     reconnect: Backoff = attrs.field(
         factory=lambda: Backoff(tries=8, initial=0.25, factor=2.0, maximum=1.0, jitter=0.25)
@@ -1131,7 +1134,7 @@ class PeerConnection(StatefulModel):
             link.last_activity = max(link.last_activity, event.received_at)
             stats.reception_reports += 1
             self.quality.on_reception_report(event, arrival_ntp=_ntp_now_at(event.received_at))
-        elif isinstance(event, RembReport):
+        elif isinstance(event, RembReport | RtcpActivity):
             link.last_activity = max(link.last_activity, event.received_at)
 
     def _deliver(self, item: ReceivedMedia) -> None:
