@@ -21,6 +21,7 @@ from meshrtc.config import TurnServer as TurnServer
 from meshrtc.config import VideoCodec as VideoCodec
 from meshrtc.errors import ConfigError as ConfigError
 from meshrtc.errors import MeshRtcError as MeshRtcError
+from meshrtc.media.vp9 import Vp9PayloadError as Vp9PayloadError
 from meshrtc.pipeline import Audio as Audio
 from meshrtc.pipeline import Binary as Binary
 from meshrtc.pipeline import Json as Json
@@ -102,6 +103,7 @@ __all__ = sorted(
         "TurnServer",
         "Video",
         "VideoCodec",
+        "Vp9PayloadError",
         "default_manifest",
         *_LAZY,
     ]
