@@ -16,13 +16,26 @@ the peer's jitter buffer and decode.
 ``added_*_ms`` is the transport's share alone: from a packet's arrival at the transport to the mix
 of its 20 ms slot leaving for a peer (jitter buffer, decode, pipeline, routing; see
 ``meshrtc.session.router``).
+
+Split mode (``run_demo(split=True)``): the synthetic peers run in one child process
+(:mod:`meshrtc.demo_peers`), the signaling server, STUN responder and transport in this one. With the
+GIL, in-process peers compete with the transport for one interpreter; split, this process's CPU time
+is the transport's own (``transport_cpu_pct``) and the peers' is reported apart (``peers_cpu_pct``).
+Onsets are still captured and detected in one process (the child), so latency uses one clock.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import logging
+import os
+import pickle
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -31,6 +44,7 @@ import numpy.typing as npt
 import trio
 
 from meshrtc.config import TransportConfig
+from meshrtc.errors import MeshRtcError
 from meshrtc.pipeline.manifest import Manifest, default_manifest
 from meshrtc.rtc.bridge import Bridge, open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedVideo
@@ -42,7 +56,14 @@ from meshrtc.signaling.client import SignalingClient
 from meshrtc.signaling.server import SignalingServer
 from meshrtc.transport import WebRtcTransport
 
-__all__ = ["DemoResult", "PeerFigures", "run_demo", "tone_frequency"]
+__all__ = [
+    "DemoChildError",
+    "DemoResult",
+    "PeerFigures",
+    "RemotePeer",
+    "run_demo",
+    "tone_frequency",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +75,18 @@ GATE_ON = 0.5
 MIN_OFF_FRAMES = 10
 AMPLITUDE = 0.1
 TRANSPORT_ID = "transport"
+#: How long the synthetic peers' process gets to exit on its own before it is killed.
+CHILD_EXIT_TIMEOUT = 10.0
+#: Bound on the child's start (interpreter, aiortc import, bridge) before it reports ready.
+CHILD_READY_TIMEOUT = 30.0
+
+
+#: Where ``meshrtc`` is imported from, so the child imports the same code.
+_SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class DemoChildError(MeshRtcError):
+    """The synthetic peers' process (split mode) ended early or broke the protocol."""
 
 
 def tone_frequency(index: int) -> float:
@@ -97,6 +130,13 @@ class DemoResult:
     audio: dict[str, npt.NDArray[np.float32]] = attrs.Factory(dict)
     #: The transport's added latency samples (ms; see the module docstring).
     added_ms: list[float] = attrs.Factory(list)
+    #: CPU time of the process running the transport over the traffic window, as a share of all
+    #: cores (%). In-process mode it includes the synthetic peers; split, it is the transport's own.
+    transport_cpu_pct: float | None = None
+    #: Split mode: the synthetic peers' process's CPU over its traffic window (% of all cores).
+    peers_cpu_pct: float | None = None
+    #: Split mode: the peers' own teardown in their process (ms), after the transport's.
+    peers_teardown_ms: float | None = None
 
     def latency(self, q: float) -> float | None:
         values = [v for p in self.peers.values() for v in p.latencies_ms]
@@ -128,6 +168,9 @@ class DemoResult:
             "added_p50_ms": _round(self.added_latency(50)),
             "added_p95_ms": _round(self.added_latency(95)),
             "teardown_ms": round(self.teardown_ms, 1),
+            "transport_cpu_pct": _round(self.transport_cpu_pct),
+            "peers_cpu_pct": _round(self.peers_cpu_pct),
+            "peers_teardown_ms": _round(self.peers_teardown_ms),
             "seconds": self.seconds,
         }
 
@@ -259,6 +302,136 @@ async def _discard(peer: PeerConnection) -> None:
         pass
 
 
+class RemotePeer(SyntheticPeer):
+    """Split mode: this process's view of a peer running in the child — its figures only.
+
+    ``on_tick`` callbacks get these in place of live peers; the figures are filled from the child's
+    report at the end of the traffic window, and there is no local link.
+    """
+
+    def __init__(self, index: int, figures: PeerFigures) -> None:
+        self.index = index
+        self.figures = figures
+        self.onsets = {}
+        self.others = {}
+        self.keep_audio = False
+        self.audio = []
+
+    def link(self) -> PeerConnection | None:
+        return None
+
+
+class _Child:
+    """The parent's end of the synthetic peers' process: JSON events in, words out."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self._send, self._events = trio.open_memory_channel[dict[str, Any]](16)
+
+    async def pump(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        async with self._send:
+            while chunk := await self.process.stdout.receive_some(65536):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, _, buffer = buffer.partition(b"\n")
+                    try:
+                        message = json.loads(line)
+                    except ValueError:
+                        log.warning("synthetic peers' process wrote %r", line[:200])
+                        continue
+                    await self._send.send(message)
+
+    async def expect(self, event: str) -> dict[str, Any]:
+        async for message in self._events:
+            if message.get("event") == event:
+                return message
+            log.warning("unexpected event from the synthetic peers' process: %r", message)
+        raise DemoChildError(
+            f"the synthetic peers' process ended before {event!r} (exit code {self.process.poll()})"
+        )
+
+    async def tell(self, word: str) -> None:
+        assert self.process.stdin is not None
+        try:
+            await self.process.stdin.send_all(f"{word}\n".encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise DemoChildError(f"the synthetic peers' process is gone ({word!r})") from exc
+
+
+@contextlib.asynccontextmanager
+async def _open_child(argv: list[str], nursery: trio.Nursery) -> AsyncIterator[_Child]:
+    """Start the child; on every way out close its stdin, wait (bounded), kill if needed, reap."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH")) if p)
+    process = await trio.lowlevel.open_process(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    child = _Child(process)
+    pump_scope = trio.CancelScope()
+
+    async def pump() -> None:
+        with pump_scope:
+            await child.pump()
+
+    nursery.start_soon(pump)
+    try:
+        yield child
+    finally:
+        with trio.CancelScope(shield=True):
+            assert process.stdin is not None
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await process.stdin.aclose()
+            with trio.move_on_after(CHILD_EXIT_TIMEOUT):
+                await process.wait()
+            if process.returncode is None:
+                log.warning("the synthetic peers' process did not exit: killing it")
+                process.kill()
+                await process.wait()
+            pump_scope.cancel()
+            assert process.stdout is not None
+            await process.stdout.aclose()
+
+
+def _child_argv(
+    signaling_url: str,
+    stun_url: str,
+    peers: int,
+    seconds: float,
+    video: tuple[int, int] | None,
+    options: PeerOptions,
+    connect_timeout: float,
+) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "meshrtc.demo_peers",
+        "--signaling",
+        signaling_url,
+        "--stun",
+        stun_url,
+        "--peers",
+        str(peers),
+        "--seconds",
+        repr(seconds),
+        "--options",
+        base64.b64encode(pickle.dumps(options)).decode("ascii"),
+        "--connect-timeout",
+        repr(connect_timeout),
+        # Its whole life: start, connect, traffic, both teardowns, with a generous margin.
+        "--deadline",
+        repr(CHILD_READY_TIMEOUT + connect_timeout + seconds + 60.0),
+    ]
+    if video is not None:
+        argv += ["--video", f"{video[0]}x{video[1]}"]
+    return argv
+
+
+def _cpu_pct(cpu: float, wall: float) -> float:
+    return 100.0 * cpu / max(wall, 1e-9) / (os.cpu_count() or 1)
+
+
 Tick = Callable[[WebRtcTransport, RunningSession, list[SyntheticPeer], float], None]
 
 
@@ -273,12 +446,21 @@ async def run_demo(
     tick: float = 0.5,
     connect_timeout: float = 30.0,
     keep_audio: bool = False,
+    split: bool = False,
 ) -> DemoResult:
-    """Run the demo workload; returns the figures after a complete teardown."""
+    """Run the demo workload; returns the figures after a complete teardown.
+
+    ``split`` runs the synthetic peers in a child process (module docstring); ``on_tick`` then gets
+    :class:`RemotePeer` views, and ``keep_audio`` is not available.
+    """
+    if split and keep_audio:
+        raise ValueError("keep_audio needs the in-process mode (split=False)")
     manifest = manifest or default_manifest()
     options = options or PeerOptions(
         video_fps=10.0, quality_interval=1.0, audio_send_queue=REALTIME_SEND_QUEUE
     )
+    peers_cpu_pct: float | None = None
+    peers_teardown_ms: float | None = None
     async with trio.open_nursery() as servers:
         stun: StunServer = await servers.start(StunServer().run)
         server: SignalingServer = await servers.start(SignalingServer(port=0).run)
@@ -292,62 +474,123 @@ async def run_demo(
                 ice_host_addresses=("127.0.0.1",),
             )
 
-        synthetic: list[SyntheticPeer] = []
-        transport = WebRtcTransport(config(TRANSPORT_ID), options=options)
-        teardown = 0.0
-        async with open_bridge(name="meshrtc-demo-peers") as bridge:
-            async with transport:
-                async with trio.open_nursery() as nursery:
-                    running: RunningSession = await nursery.start(transport.run_session, manifest)
-                    started = time.monotonic()
-                    for i in range(peers):
-                        joined = await _join(
-                            nursery, config(f"peer{i + 1}"), bridge, options, i, video
-                        )
-                        synthetic.append(joined)
-                    for s in synthetic:
-                        s.keep_audio = keep_audio
-                        s.others = {
-                            o.figures.peer_id: o.figures.frequency for o in synthetic if o is not s
-                        }
-                    names = {s.figures.peer_id for s in synthetic}
-
-                    def all_connected() -> bool:
-                        links = [s.link() for s in synthetic]
-                        return set(running.session.peers) == names and all(
-                            link is not None and link.state == "Connected" for link in links
+        async with contextlib.AsyncExitStack() as stack:
+            child: _Child | None = None
+            if split:
+                argv = _child_argv(
+                    server.url, stun.url, peers, seconds, video, options, connect_timeout
+                )
+                child = await stack.enter_async_context(_open_child(argv, servers))
+            synthetic: list[SyntheticPeer] = []
+            transport = WebRtcTransport(config(TRANSPORT_ID), options=options)
+            teardown = 0.0
+            async with open_bridge(name="meshrtc-demo-peers") as bridge:
+                async with transport:
+                    async with trio.open_nursery() as nursery:
+                        running: RunningSession = await nursery.start(
+                            transport.run_session, manifest
                         )
 
-                    # A 5 ms poll gives connect_ms its resolution; bounded by fail_after.
-                    with trio.fail_after(connect_timeout):
-                        while not all_connected():  # noqa: ASYNC110
-                            await trio.sleep(0.005)
-                    connect_ms = 1000.0 * (time.monotonic() - started)
+                        async def ticks(until: float) -> None:
+                            while trio.current_time() < until:
+                                if on_tick is not None:
+                                    on_tick(transport, running, synthetic, connect_ms)
+                                await trio.sleep(min(tick, max(0.0, until - trio.current_time())))
 
-                    def onset(pid: str) -> float | None:
+                        if child is None:
+                            started = time.monotonic()
+                            for i in range(peers):
+                                joined = await _join(
+                                    nursery, config(f"peer{i + 1}"), bridge, options, i, video
+                                )
+                                synthetic.append(joined)
+                            for s in synthetic:
+                                s.keep_audio = keep_audio
+                                s.others = {
+                                    o.figures.peer_id: o.figures.frequency
+                                    for o in synthetic
+                                    if o is not s
+                                }
+                            names = {s.figures.peer_id for s in synthetic}
+
+                            def all_connected() -> bool:
+                                links = [s.link() for s in synthetic]
+                                return set(running.session.peers) == names and all(
+                                    link is not None and link.state == "Connected" for link in links
+                                )
+
+                            # A 5 ms poll gives connect_ms its resolution; bounded by fail_after.
+                            with trio.fail_after(connect_timeout):
+                                while not all_connected():  # noqa: ASYNC110
+                                    await trio.sleep(0.005)
+                            connect_ms = 1000.0 * (time.monotonic() - started)
+
+                            def onset(pid: str) -> float | None:
+                                for s in synthetic:
+                                    if s.figures.peer_id == pid:
+                                        return s.onsets.get(pid)
+                                return None
+
+                            cpu0, wall0 = time.process_time(), time.monotonic()
+                            for s in synthetic:
+                                nursery.start_soon(s.collect, onset)
+                                nursery.start_soon(s.send, seconds, started)
+                                nursery.start_soon(s.chat, seconds)
+                            await ticks(trio.current_time() + seconds + 0.5)
+                        else:
+                            synthetic = [
+                                RemotePeer(i, PeerFigures(f"peer{i + 1}", tone_frequency(i)))
+                                for i in range(peers)
+                            ]
+                            names = {s.figures.peer_id for s in synthetic}
+                            assert transport.peers is not None
+                            manager = transport.peers
+
+                            def transport_connected() -> bool:
+                                links = [manager.get_peer(pid) for pid in names]
+                                return set(running.session.peers) == names and all(
+                                    link is not None and link.state == "Connected" for link in links
+                                )
+
+                            with trio.fail_after(CHILD_READY_TIMEOUT):
+                                await child.expect("ready")
+                            started = time.monotonic()
+                            await child.tell("join")
+                            with trio.fail_after(connect_timeout):
+                                child_t = float((await child.expect("connected"))["t"])
+                                done = child_t
+                                while not transport_connected():
+                                    await trio.sleep(0.005)
+                                    done = time.monotonic()
+                            connect_ms = 1000.0 * (done - started)
+                            cpu0, wall0 = time.process_time(), time.monotonic()
+                            await child.tell("go")
+                            async with trio.open_nursery() as ticking:
+                                ticking.start_soon(ticks, float("inf"))
+                                with trio.fail_after(seconds + CHILD_EXIT_TIMEOUT + 10.0):
+                                    report = await child.expect("figures")
+                                ticking.cancel_scope.cancel()
+                            for s in synthetic:
+                                got = report["peers"][s.figures.peer_id]
+                                s.figures = PeerFigures(**got)
+                            peers_cpu_pct = _cpu_pct(report["cpu_s"], report["wall_s"])
+                        transport_cpu_pct = _cpu_pct(
+                            time.process_time() - cpu0, time.monotonic() - wall0
+                        )
+                        added_ms = [1000.0 * v for v in running.router.added_latency]
                         for s in synthetic:
-                            if s.figures.peer_id == pid:
-                                return s.onsets.get(pid)
-                        return None
-
-                    for s in synthetic:
-                        nursery.start_soon(s.collect, onset)
-                        nursery.start_soon(s.send, seconds, started)
-                        nursery.start_soon(s.chat, seconds)
-                    end = trio.current_time() + seconds + 0.5
-                    while trio.current_time() < end:
+                            pid = s.figures.peer_id
+                            s.figures.frames_in = running.router.frames_in.get(pid, 0)
+                            s.figures.frames_out = running.router.frames_out.get(pid, 0)
                         if on_tick is not None:
                             on_tick(transport, running, synthetic, connect_ms)
-                        await trio.sleep(min(tick, max(0.0, end - trio.current_time())))
-                    added_ms = [1000.0 * v for v in running.router.added_latency]
-                    for s in synthetic:
-                        s.figures.frames_in = running.router.frames_in.get(s.figures.peer_id, 0)
-                        s.figures.frames_out = running.router.frames_out.get(s.figures.peer_id, 0)
-                    if on_tick is not None:
-                        on_tick(transport, running, synthetic, connect_ms)
-                    nursery.cancel_scope.cancel()
-                t_exit = time.monotonic()
-            teardown = 1000.0 * (time.monotonic() - t_exit)
+                        nursery.cancel_scope.cancel()
+                    t_exit = time.monotonic()
+                teardown = 1000.0 * (time.monotonic() - t_exit)
+            if child is not None:
+                with trio.fail_after(CHILD_EXIT_TIMEOUT):
+                    await child.tell("stop")
+                    peers_teardown_ms = float((await child.expect("closed"))["teardown_ms"])
         servers.cancel_scope.cancel()
     audio = {
         s.figures.peer_id: np.concatenate(s.audio) if s.audio else np.zeros(0, np.float32)
@@ -360,6 +603,9 @@ async def run_demo(
         seconds=seconds,
         audio=audio,
         added_ms=added_ms,
+        transport_cpu_pct=transport_cpu_pct,
+        peers_cpu_pct=peers_cpu_pct,
+        peers_teardown_ms=peers_teardown_ms,
     )
 
 
