@@ -9,6 +9,7 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 import trio
 
 from meshrtc.demo import RATE, run_demo, tone_frequency
@@ -23,6 +24,18 @@ def _sockets() -> set[str]:
             continue
         if target.startswith("socket:"):
             out.add(target)
+    return out
+
+
+def _children() -> set[int]:
+    """This process's child pids (zombies included: an unreaped child still shows here)."""
+    out: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                out.update(int(pid) for pid in f.read().split())
+        except OSError:
+            continue
     return out
 
 
@@ -57,6 +70,42 @@ async def test_three_peers_hear_each_other_not_themselves() -> None:
     leftover = [t.name for t in threading.enumerate() if t.ident not in threads_before]
     assert leftover == []
     assert _sockets() - sockets_before == set()
+
+
+async def test_split_mode_reports_the_childs_figures_and_reaps_it() -> None:
+    children_before = _children()
+    sockets_before = _sockets()
+    with trio.fail_after(60):
+        result = await run_demo(peers=2, seconds=2.0, split=True, video=None)
+    assert set(result.peers) == {"peer1", "peer2"}
+    for index, (pid, fig) in enumerate(sorted(result.peers.items())):
+        assert fig.frequency == tone_frequency(index)
+        assert fig.audio_sent > 0
+        assert fig.audio_received > 0
+        assert fig.data_echoed > 0
+        # Each hears the other through the mix, not itself (figures measured in the child).
+        assert set(fig.heard) == {"peer1", "peer2"} - {pid}, fig.heard
+        assert fig.frames_in > 0
+        assert fig.frames_out > 0
+    assert result.latency(50) is not None
+    assert result.added_ms
+    assert result.transport_cpu_pct is not None
+    assert result.transport_cpu_pct > 0
+    assert result.peers_cpu_pct is not None
+    assert result.peers_cpu_pct > 0
+    assert result.peers_teardown_ms is not None
+    assert result.connect_ms > 0
+    # No child process left, not even a zombie; no socket left.
+    assert _children() - children_before == set()
+    assert _sockets() - sockets_before == set()
+
+
+async def test_split_mode_kills_the_child_when_the_parent_gives_up() -> None:
+    children_before = _children()
+    # Far too short to connect: run_demo fails, and the child must still be gone.
+    with trio.fail_after(60), pytest.RaisesGroup(trio.TooSlowError, flatten_subgroups=True):
+        await run_demo(peers=1, seconds=1.0, split=True, video=None, connect_timeout=0.001)
+    assert _children() - children_before == set()
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
