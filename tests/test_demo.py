@@ -83,6 +83,8 @@ async def test_split_mode_reports_the_childs_figures_and_reaps_it() -> None:
         assert fig.audio_sent > 0
         assert fig.audio_received > 0
         assert fig.data_echoed > 0
+        assert fig.connect_ms is not None
+        assert 0 < fig.connect_ms <= result.connect_ms + 1000
         # Each hears the other through the mix, not itself (figures measured in the child).
         assert set(fig.heard) == {"peer1", "peer2"} - {pid}, fig.heard
         assert fig.frames_in > 0

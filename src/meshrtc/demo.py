@@ -115,6 +115,9 @@ class PeerFigures:
     data_echoed: int = 0
     heard: dict[str, float] = attrs.Factory(dict)
     latencies_ms: list[float] = attrs.Factory(list)
+    #: From this peer being on the signaling server to its link with the transport Connected, as the
+    #: peer sees it (5 ms resolution).
+    connect_ms: float | None = None
     #: Transport-side figures for this peer's connection (filled by the live table / at the end).
     frames_in: int = 0
     frames_out: int = 0
@@ -138,6 +141,20 @@ class DemoResult:
     #: Split mode: the peers' own teardown in their process (ms), after the transport's.
     peers_teardown_ms: float | None = None
 
+    def onsets(self) -> tuple[int, int]:
+        """Tone onsets detected, and expected (every peer hears every other's on-periods).
+
+        Onsets later than ``GATE_ON`` after their capture are not counted, so a shortfall here is
+        latency the percentiles do not show.
+        """
+        n = len(self.peers)
+        detected = sum(len(p.latencies_ms) for p in self.peers.values())
+        return detected, n * (n - 1) * int(np.ceil(self.seconds / GATE_PERIOD))
+
+    def link_connect(self, q: float) -> float | None:
+        values = [p.connect_ms for p in self.peers.values() if p.connect_ms is not None]
+        return float(np.percentile(values, q)) if values else None
+
     def latency(self, q: float) -> float | None:
         values = [v for p in self.peers.values() for v in p.latencies_ms]
         return float(np.percentile(values, q)) if values else None
@@ -159,10 +176,14 @@ class DemoResult:
                     "frames_out": p.frames_out,
                     "heard": sorted(p.heard),
                     "latency_p50_ms": _pct(p.latencies_ms, 50),
+                    "connect_ms": _round(p.connect_ms),
                 }
                 for pid, p in self.peers.items()
             },
             "connect_ms": round(self.connect_ms, 1),
+            "link_connect_p50_ms": _round(self.link_connect(50)),
+            "link_connect_max_ms": _round(self.link_connect(100)),
+            "onsets": list(self.onsets()),
             "latency_p50_ms": _round(self.latency(50)),
             "latency_p95_ms": _round(self.latency(95)),
             "added_p50_ms": _round(self.added_latency(50)),
@@ -205,6 +226,16 @@ class SyntheticPeer:
         self.others: dict[str, float] = {}
         self.keep_audio = False
         self.audio: list[npt.NDArray[np.float32]] = []
+        self.joined_at = time.monotonic()
+
+    def note_connected(self) -> bool:
+        """Record the link's connect time once it is Connected; true once it is."""
+        if self.figures.connect_ms is None:
+            link = self.link()
+            if link is None or link.state != "Connected":
+                return False
+            self.figures.connect_ms = 1000.0 * (time.monotonic() - self.joined_at)
+        return True
 
     def link(self) -> PeerConnection | None:
         return self.manager.get_peer(TRANSPORT_ID)
@@ -316,6 +347,7 @@ class RemotePeer(SyntheticPeer):
         self.others = {}
         self.keep_audio = False
         self.audio = []
+        self.joined_at = 0.0
 
     def link(self) -> PeerConnection | None:
         return None

@@ -130,11 +130,13 @@ async def run_peers(
                     s.others = {
                         o.figures.peer_id: o.figures.frequency for o in synthetic if o is not s
                     }
+
+                def all_connected() -> bool:
+                    noted = [s.note_connected() for s in synthetic]  # every link, no short cut
+                    return all(noted)
+
                 with trio.fail_after(connect_timeout):
-                    while not all(  # noqa: ASYNC110 - 5 ms poll: connect_ms's resolution
-                        (link := s.link()) is not None and link.state == "Connected"
-                        for s in synthetic
-                    ):
+                    while not all_connected():  # noqa: ASYNC110 - 5 ms: connect_ms's resolution
                         await trio.sleep(0.005)
                 await emit({"event": "connected", "t": time.monotonic()})
                 await parent.expect("go")
