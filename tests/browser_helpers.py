@@ -68,7 +68,8 @@ CHROMIUM_FLAGS: tuple[str, ...] = (
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",
     "--disable-backgrounding-occluded-windows",
-    "--mute-audio",
+    # No sound card here: play remote audio into a null sink instead of failing ALSA opens.
+    "--disable-audio-output",
     "--disable-dev-shm-usage",
     "--password-store=basic",
     "--window-size=1280,860",
@@ -150,6 +151,8 @@ class Page:
         #: Console messages and uncaught exceptions, for failure messages.
         self.console: collections.deque[str] = collections.deque(maxlen=300)
         self._loaded = trio.Event()
+        #: The last value :meth:`wait_for` saw (what a timed-out wait was looking at).
+        self.last_waited: Any = None
         cdp.handlers.append(self._on_event)
 
     def _on_event(self, method: str, params: dict[str, Any], session_id: str | None) -> None:
@@ -196,7 +199,7 @@ class Page:
         Unbounded on purpose: callers bound it with ``trio.fail_after``.
         """
         while True:
-            value = await self.evaluate(expression)
+            value = self.last_waited = await self.evaluate(expression)
             if predicate(value):
                 return value
             await trio.sleep(poll)
@@ -405,12 +408,15 @@ async def meshrtc_serve(*args: str, start_timeout: float = 20.0) -> AsyncIterato
                 if match:
                     page.append(match.group(1).decode())
                     ready.set()
+        ready.set()  # it exited before printing the page line: fail now, not at the timeout
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read)
         try:
             with trio.fail_after(start_timeout):
                 await ready.wait()
+            if not page:
+                raise RuntimeError("meshrtc serve exited before printing its page URL")
             yield ServeProcess(page[0], process)
         except BaseException:
             print("--- meshrtc serve output ---\n" + "\n".join(output))
