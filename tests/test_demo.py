@@ -89,7 +89,9 @@ async def test_split_mode_reports_the_childs_figures_and_reaps_it() -> None:
         assert set(fig.heard) == {"peer1", "peer2"} - {pid}, fig.heard
         assert fig.frames_in > 0
         assert fig.frames_out > 0
-    assert result.latency(50) is not None
+    # Latencies themselves depend on the machine's load (an onset > 0.5 s late is not counted);
+    # the expected count and the transport's own samples do not.
+    assert result.onsets()[1] == 2 * 1 * 2
     assert result.added_ms
     assert result.transport_cpu_pct is not None
     assert result.transport_cpu_pct > 0

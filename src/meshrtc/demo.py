@@ -127,6 +127,8 @@ class PeerFigures:
 class DemoResult:
     peers: dict[str, PeerFigures]
     connect_ms: float
+    #: From cancelling the running session to the transport and its bridge closed; in-process, the
+    #: synthetic peers close in that time too.
     teardown_ms: float
     seconds: float
     #: Per peer, the decoded audio it got back (only with ``keep_audio``).
@@ -517,108 +519,103 @@ async def run_demo(
             transport = WebRtcTransport(config(TRANSPORT_ID), options=options)
             teardown = 0.0
             async with open_bridge(name="meshrtc-demo-peers") as bridge:
-                async with transport:
-                    async with trio.open_nursery() as nursery:
-                        running: RunningSession = await nursery.start(
-                            transport.run_session, manifest
-                        )
+                async with transport, trio.open_nursery() as nursery:
+                    running: RunningSession = await nursery.start(transport.run_session, manifest)
 
-                        async def ticks(until: float) -> None:
-                            while trio.current_time() < until:
-                                if on_tick is not None:
-                                    on_tick(transport, running, synthetic, connect_ms)
-                                await trio.sleep(min(tick, max(0.0, until - trio.current_time())))
+                    async def ticks(until: float) -> None:
+                        while trio.current_time() < until:
+                            if on_tick is not None:
+                                on_tick(transport, running, synthetic, connect_ms)
+                            await trio.sleep(min(tick, max(0.0, until - trio.current_time())))
 
-                        if child is None:
-                            started = time.monotonic()
-                            for i in range(peers):
-                                joined = await _join(
-                                    nursery, config(f"peer{i + 1}"), bridge, options, i, video
-                                )
-                                synthetic.append(joined)
-                            for s in synthetic:
-                                s.keep_audio = keep_audio
-                                s.others = {
-                                    o.figures.peer_id: o.figures.frequency
-                                    for o in synthetic
-                                    if o is not s
-                                }
-                            names = {s.figures.peer_id for s in synthetic}
-
-                            def all_connected() -> bool:
-                                links = [s.link() for s in synthetic]
-                                return set(running.session.peers) == names and all(
-                                    link is not None and link.state == "Connected" for link in links
-                                )
-
-                            # A 5 ms poll gives connect_ms its resolution; bounded by fail_after.
-                            with trio.fail_after(connect_timeout):
-                                while not all_connected():  # noqa: ASYNC110
-                                    await trio.sleep(0.005)
-                            connect_ms = 1000.0 * (time.monotonic() - started)
-
-                            def onset(pid: str) -> float | None:
-                                for s in synthetic:
-                                    if s.figures.peer_id == pid:
-                                        return s.onsets.get(pid)
-                                return None
-
-                            cpu0, wall0 = time.process_time(), time.monotonic()
-                            for s in synthetic:
-                                nursery.start_soon(s.collect, onset)
-                                nursery.start_soon(s.send, seconds, started)
-                                nursery.start_soon(s.chat, seconds)
-                            await ticks(trio.current_time() + seconds + 0.5)
-                        else:
-                            synthetic = [
-                                RemotePeer(i, PeerFigures(f"peer{i + 1}", tone_frequency(i)))
-                                for i in range(peers)
-                            ]
-                            names = {s.figures.peer_id for s in synthetic}
-                            assert transport.peers is not None
-                            manager = transport.peers
-
-                            def transport_connected() -> bool:
-                                links = [manager.get_peer(pid) for pid in names]
-                                return set(running.session.peers) == names and all(
-                                    link is not None and link.state == "Connected" for link in links
-                                )
-
-                            with trio.fail_after(CHILD_READY_TIMEOUT):
-                                await child.expect("ready")
-                            started = time.monotonic()
-                            await child.tell("join")
-                            with trio.fail_after(connect_timeout):
-                                child_t = float((await child.expect("connected"))["t"])
-                                done = child_t
-                                while not transport_connected():
-                                    await trio.sleep(0.005)
-                                    done = time.monotonic()
-                            connect_ms = 1000.0 * (done - started)
-                            cpu0, wall0 = time.process_time(), time.monotonic()
-                            await child.tell("go")
-                            async with trio.open_nursery() as ticking:
-                                ticking.start_soon(ticks, float("inf"))
-                                with trio.fail_after(seconds + CHILD_EXIT_TIMEOUT + 10.0):
-                                    report = await child.expect("figures")
-                                ticking.cancel_scope.cancel()
-                            for s in synthetic:
-                                got = report["peers"][s.figures.peer_id]
-                                s.figures = PeerFigures(**got)
-                            peers_cpu_pct = _cpu_pct(report["cpu_s"], report["wall_s"])
-                        transport_cpu_pct = _cpu_pct(
-                            time.process_time() - cpu0, time.monotonic() - wall0
-                        )
-                        added_ms = [1000.0 * v for v in running.router.added_latency]
+                    if child is None:
+                        started = time.monotonic()
+                        for i in range(peers):
+                            joined = await _join(
+                                nursery, config(f"peer{i + 1}"), bridge, options, i, video
+                            )
+                            synthetic.append(joined)
                         for s in synthetic:
-                            pid = s.figures.peer_id
-                            s.figures.frames_in = running.router.frames_in.get(pid, 0)
-                            s.figures.frames_out = running.router.frames_out.get(pid, 0)
-                        if on_tick is not None:
-                            on_tick(transport, running, synthetic, connect_ms)
-                        nursery.cancel_scope.cancel()
-                    t_exit = time.monotonic()
-                teardown = 1000.0 * (time.monotonic() - t_exit)
+                            s.keep_audio = keep_audio
+                            s.others = {
+                                o.figures.peer_id: o.figures.frequency
+                                for o in synthetic
+                                if o is not s
+                            }
+                        names = {s.figures.peer_id for s in synthetic}
+
+                        def all_connected() -> bool:
+                            noted = [s.note_connected() for s in synthetic]  # no short cut
+                            return set(running.session.peers) == names and all(noted)
+
+                        # A 5 ms poll gives connect_ms its resolution; bounded by fail_after.
+                        with trio.fail_after(connect_timeout):
+                            while not all_connected():  # noqa: ASYNC110
+                                await trio.sleep(0.005)
+                        connect_ms = 1000.0 * (time.monotonic() - started)
+
+                        def onset(pid: str) -> float | None:
+                            for s in synthetic:
+                                if s.figures.peer_id == pid:
+                                    return s.onsets.get(pid)
+                            return None
+
+                        cpu0, wall0 = time.process_time(), time.monotonic()
+                        for s in synthetic:
+                            nursery.start_soon(s.collect, onset)
+                            nursery.start_soon(s.send, seconds, started)
+                            nursery.start_soon(s.chat, seconds)
+                        await ticks(trio.current_time() + seconds + 0.5)
+                    else:
+                        synthetic = [
+                            RemotePeer(i, PeerFigures(f"peer{i + 1}", tone_frequency(i)))
+                            for i in range(peers)
+                        ]
+                        names = {s.figures.peer_id for s in synthetic}
+                        assert transport.peers is not None
+                        manager = transport.peers
+
+                        def transport_connected() -> bool:
+                            links = [manager.get_peer(pid) for pid in names]
+                            return set(running.session.peers) == names and all(
+                                link is not None and link.state == "Connected" for link in links
+                            )
+
+                        with trio.fail_after(CHILD_READY_TIMEOUT):
+                            await child.expect("ready")
+                        started = time.monotonic()
+                        await child.tell("join")
+                        with trio.fail_after(connect_timeout):
+                            child_t = float((await child.expect("connected"))["t"])
+                            done = child_t
+                            while not transport_connected():
+                                await trio.sleep(0.005)
+                                done = time.monotonic()
+                        connect_ms = 1000.0 * (done - started)
+                        cpu0, wall0 = time.process_time(), time.monotonic()
+                        await child.tell("go")
+                        async with trio.open_nursery() as ticking:
+                            ticking.start_soon(ticks, float("inf"))
+                            with trio.fail_after(seconds + CHILD_EXIT_TIMEOUT + 10.0):
+                                report = await child.expect("figures")
+                            ticking.cancel_scope.cancel()
+                        for s in synthetic:
+                            got = report["peers"][s.figures.peer_id]
+                            s.figures = PeerFigures(**got)
+                        peers_cpu_pct = _cpu_pct(report["cpu_s"], report["wall_s"])
+                    transport_cpu_pct = _cpu_pct(
+                        time.process_time() - cpu0, time.monotonic() - wall0
+                    )
+                    added_ms = [1000.0 * v for v in running.router.added_latency]
+                    for s in synthetic:
+                        pid = s.figures.peer_id
+                        s.figures.frames_in = running.router.frames_in.get(pid, 0)
+                        s.figures.frames_out = running.router.frames_out.get(pid, 0)
+                    if on_tick is not None:
+                        on_tick(transport, running, synthetic, connect_ms)
+                    t_cancel = time.monotonic()
+                    nursery.cancel_scope.cancel()
+                teardown = 1000.0 * (time.monotonic() - t_cancel)
             if child is not None:
                 with trio.fail_after(CHILD_EXIT_TIMEOUT):
                     await child.tell("stop")
