@@ -262,6 +262,7 @@ async def test_two_browsers_mesh_with_meshrtc_serve() -> None:
             except BaseException:
                 await _fail_with([one, two])
                 raise
+    assert serve.process.returncode == 0  # SIGINT: a graceful stop
 
 
 def _encode(q: dict[str, str]) -> str:
