@@ -1,0 +1,81 @@
+"""Video is decoded on the link's own thread (``meshrtc-video-<peer>``), started by the first frame
+and joined when the connection closes; pictures still arrive in order with non-decreasing local
+times across all of a peer's items."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from meshrtc.config import TransportConfig
+from meshrtc.rtc.bridge import open_bridge
+from meshrtc.rtc.events import ReceivedMedia, ReceivedVideo
+from meshrtc.rtc.peer import PeerConnection
+from meshrtc.rtc.stun import StunServer
+
+from .peer_helpers import TEST_OPTIONS, picture, tone
+
+
+def _video_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("meshrtc-video-")}
+
+
+async def test_video_decodes_on_a_per_link_thread_that_closing_joins() -> None:
+    assert _video_threads() == set()
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        config = TransportConfig(stun_servers=[stun.url], video_codec="H264")
+        async with open_bridge() as bridge:
+            peers: dict[str, PeerConnection] = {}
+
+            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
+                async def send(method: str, params: dict[str, Any]) -> None:
+                    nursery.start_soon(peers[to].handle_signal, method, params)
+
+                return send
+
+            a = PeerConnection(
+                "bob", bridge, config, wire("b"), local_id="alice", options=TEST_OPTIONS
+            )
+            b = PeerConnection(
+                "alice", bridge, config, wire("a"), local_id="bob", options=TEST_OPTIONS
+            )
+            peers.update(a=a, b=b)
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.offer()
+            with trio.fail_after(15):
+                await a.wait_state("Connected")
+                await b.wait_state("Connected")
+            await a.send_audio(tone(2.0))
+            assert _video_threads() == set()  # nothing decoded yet: no thread
+            await b.send_video(picture(80))
+
+            got: list[ReceivedMedia] = []
+            with trio.fail_after(15):
+                while sum(isinstance(x, ReceivedVideo) for x in got) < 8:
+                    got.append(await a.received.receive())
+                # The pictures alice receives from bob were decoded on the thread named for bob.
+                assert "meshrtc-video-bob" in _video_threads()
+            video = [x for x in got if isinstance(x, ReceivedVideo)]
+            assert all(y.frame.pts > x.frame.pts for x, y in itertools.pairwise(video))  # type: ignore[operator]
+            # One timeline for the whole peer, although video is delivered from another task.
+            assert all(y.local_time >= x.local_time for x, y in itertools.pairwise(got))
+            assert a.stats.video_frames >= len(video)
+            assert a.stats.video_frames_dropped == 0
+            link = a._link
+            assert link is not None
+            worker = link.video_worker
+            assert worker is not None
+            assert worker.submitted >= len(video)
+
+            await a.aclose()
+            assert not worker.alive
+            assert "meshrtc-video-bob" not in _video_threads()
+            await b.aclose()
+        nursery.cancel_scope.cancel()
+    assert _video_threads() == set()
