@@ -14,7 +14,11 @@ One task, :meth:`PeerConnection._supervise`, makes every negotiation and state d
 single control channel (signals from the remote, aiortc state changes, timers), so there is no
 interleaving to reason about. Per link, one media task feeds the tap's packets and Sender Reports
 into the :class:`~meshrtc.media.sync.SyncManager`, sleeps until its ``next_due()`` (or the next
-packet), decodes what is due and hands it to :attr:`PeerConnection.received`.
+packet), decodes what is due and hands it to :attr:`PeerConnection.received`. Audio (cheap Opus)
+is decoded in that task; video goes to the link's own decode thread (a
+:class:`~meshrtc.rtc.decode_worker.DecodeWorker` named ``meshrtc-video-<peer>``, started by the first
+frame, joined when the link is dropped), so a slow decode never blocks trio, and a second task
+delivers its pictures in order.
 
 The state mirrors aiortc's connection state (invariant 8): Connected is entered on aiortc's
 ``connected`` (never without a remote SDP: the transition is guarded), and left the moment aiortc
@@ -297,7 +301,7 @@ class _Decoded:
     keyframe_needed: bool
 
 
-def _decode_video(decoder: VideoDecoder, job: _VideoJob) -> _Decoded:
+def _decode_on_worker(decoder: VideoDecoder, job: _VideoJob) -> _Decoded:
     """On the link's decode thread: the only place ``decoder`` is used once it has a thread."""
     errors = decoder.errors
     pictures = decoder.decode(job.frame.packets)
@@ -1257,7 +1261,7 @@ class PeerConnection(StatefulModel):
             decoder = link.video_decoder = VideoDecoder(codec)
             worker = link.video_worker = DecodeWorker(
                 f"meshrtc-video-{self.peer_id}",
-                functools.partial(_decode_video, decoder),
+                functools.partial(_decode_on_worker, decoder),
                 max_pending=_VIDEO_BACKLOG,
                 close_timeout=self.options.close_timeout,
             )
