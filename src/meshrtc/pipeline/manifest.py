@@ -72,7 +72,7 @@ DEFAULT_MANIFEST: Mapping[str, Any] = {
         {
             "id": "audio_mix",
             "node_type": "MixMinus",
-            "params": {"window_timeout_ms": 20, "peer_timeout_ms": 200, "limiter": "clip"},
+            "params": {"window_timeout_ms": 60, "peer_timeout_ms": 200, "limiter": "clip"},
         },
         {"id": "video", "node_type": "VideoPassThrough", "params": {"target": "sender"}},
         {"id": "data_echo", "node_type": "DataEcho", "params": {}},

@@ -7,13 +7,16 @@ to it (``to_peer``). A peer never receives its own signal.
 
 When is a window complete? When every peer that was *active* when it opened has contributed, where
 active means it sent a frame within the last ``peer_timeout_ms`` of media time; the steady state
-therefore adds no waiting. A peer whose frame is missing (loss, a late packet, a peer that just left)
-does not stall the others: the window is mixed without it when a frame of a newer window arrives, or
-``window_timeout_ms`` after the window opened, whichever is first. Such a peer still receives the
-others' mix, so its output stays continuous. The very first window has no known peers and so waits for
-one of those two events (or the end of the input). A peer that joins later may see its first frame
-arrive after its window was already complete: that frame is dropped (counted as late), and from then
-on the peer is waited for.
+therefore adds no waiting. Several windows stay open at once, so a peer whose frames reach the mixer
+a window or two behind the others' (its jitter buffer releases later, its feeding task ran later) is
+still mixed in: a newer window's frames never close an older window. A peer whose frame is missing
+(loss, a peer that just left) does not stall the others: its window is mixed without it
+``window_timeout_ms`` after it opened, or when more than ``max_windows`` are open. Such a peer still
+receives the others' mix, so its output stays continuous. Windows are mixed oldest first, so every
+peer's output stays in time order. The very first window has no known peers: it is mixed when a newer
+one opens, on its timeout, or at the end of the input. A peer that joins later may see its first
+frame arrive after its window was already mixed: that frame is dropped (counted as late), and from
+then on the peer is waited for.
 
 Frames of one window may differ in length: shorter ones are zero-padded to the longest. A frame whose
 sample rate or channel count differs from the window's is dropped and counted (put a Resample node in
@@ -85,21 +88,34 @@ def mix_minus(
 
 
 @attrs.define
+class _Window:
+    """One instant being collected: its frames by peer, format, and when it must be mixed by."""
+
+    ts: float
+    rate_channels: tuple[int, int]
+    deadline: float
+    #: Peers active when the window opened: once all of them contributed, it need not wait.
+    expected: frozenset[str]
+    frames: dict[str, Audio] = attrs.Factory(dict)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.expected) and self.expected <= self.frames.keys()
+
+
+@attrs.define
 class MixMinusMixer:
     """Windows aligned frames across peers and mixes each window (sans-IO; ``now`` in seconds)."""
 
-    window_timeout: float = 0.02
+    window_timeout: float = 0.06
     peer_timeout: float = 0.2
     tolerance: float = 0.001
     limiter: str = "clip"
+    #: Windows that may be open at once; opening one more mixes the oldest.
+    max_windows: int = 5
 
-    #: The open window: its timestamp, format, frames by peer and the ``now`` it must close by.
-    _window_ts: float | None = attrs.field(default=None, init=False)
-    _format: tuple[int, int] = attrs.field(default=(0, 0), init=False)
-    _frames: dict[str, Audio] = attrs.field(factory=dict, init=False)
-    _deadline: float | None = attrs.field(default=None, init=False)
-    #: Peers active when the window opened: once all of them contributed, it need not wait.
-    _expected: frozenset[str] = attrs.field(default=frozenset(), init=False)
+    #: Open windows, oldest first.
+    _open: list[_Window] = attrs.field(factory=list, init=False)
     #: Media time each peer was last heard at, and the newest window already mixed.
     _last_seen: dict[str, float] = attrs.field(factory=dict, init=False)
     _last_mixed: float = attrs.field(default=-math.inf, init=False)
@@ -113,39 +129,28 @@ class MixMinusMixer:
     @property
     def deadline(self) -> float | None:
         """When :meth:`expire` should be called if nothing arrives (``None``: no open window)."""
-        return self._deadline
+        return self._open[0].deadline if self._open else None
 
     def active_peers(self, at: float) -> set[str]:
         return {p for p, seen in self._last_seen.items() if seen >= at - self.peer_timeout}
 
     def push(self, frame: Audio, now: float) -> list[Audio]:
-        """Add one peer's frame; returns the mixes of any window this closed."""
+        """Add one peer's frame; returns the mixes of any windows this completed, oldest first."""
         peer = frame.peer_id
         if peer is None:
             self.anonymous += 1
             return []
         ts = frame.timestamp
+        seen = max(ts, self._last_seen.get(peer, -math.inf))
         if ts <= self._last_mixed + self.tolerance:
-            # Too late for its window, but the peer is alive: wait for it from the next one on.
+            # Too late for its window, but the peer is alive: it is waited for from the next one on.
+            self._last_seen[peer] = seen
             self.late += 1
-            self._last_seen[peer] = max(ts, self._last_seen.get(peer, -math.inf))
             return []
         out: list[Audio] = []
-        if self._window_ts is not None:
-            if ts < self._window_ts - self.tolerance:
-                self.late += 1
-                return out
-            if ts > self._window_ts + self.tolerance:
-                out.extend(self.flush())
-            elif peer in self._frames:
-                self.duplicates += 1
-                return out
-        if self._window_ts is None:
-            self._window_ts = ts
-            self._format = (frame.sample_rate, frame.channels)
-            self._deadline = now + self.window_timeout
-            self._expected = frozenset(self.active_peers(ts))
-        if (frame.sample_rate, frame.channels) != self._format:
+        window = self._window_for(ts, frame, now, out)
+        self._last_seen[peer] = seen  # after: a window never waits for the peer that opened it
+        if (frame.sample_rate, frame.channels) != window.rate_channels:
             if self.mismatched == 0:
                 logger.warning(
                     "MixMinus: peer %r sends %d Hz x%d, the window is %d Hz x%d: dropping "
@@ -153,32 +158,65 @@ class MixMinusMixer:
                     peer,
                     frame.sample_rate,
                     frame.channels,
-                    *self._format,
+                    *window.rate_channels,
                 )
             self.mismatched += 1
-            return out
-        self._frames[peer] = frame
-        self._last_seen[peer] = max(ts, self._last_seen.get(peer, -math.inf))
-        if self._expected and self._expected <= self._frames.keys():
+        elif peer in window.frames:
+            self.duplicates += 1
+        else:
+            window.frames[peer] = frame
+        out.extend(self._close_ready(now))
+        return out
+
+    def _window_for(self, ts: float, frame: Audio, now: float, out: list[Audio]) -> _Window:
+        """The open window at ``ts``, or a new one (in order; the oldest mixed if too many)."""
+        index = 0
+        for index, window in enumerate(self._open):  # noqa: B007 - the insertion point is used
+            if abs(ts - window.ts) <= self.tolerance:
+                return window
+            if ts < window.ts:
+                break
+        else:
+            index = len(self._open)
+        # Nobody known yet: a window with nothing to wait for closes once a newer one opens.
+        if index == len(self._open) and self._open and not self._open[-1].expected:
             out.extend(self.flush())
+            index = 0
+        window = _Window(
+            ts,
+            (frame.sample_rate, frame.channels),
+            now + self.window_timeout,
+            frozenset(self.active_peers(ts)),
+        )
+        self._open.insert(min(index, len(self._open)), window)
+        while len(self._open) > self.max_windows:
+            out.extend(self._mix(self._open.pop(0)))
+        return window
+
+    def _close_ready(self, now: float) -> list[Audio]:
+        """Mix from the oldest on while windows are complete or due: outputs stay in time order."""
+        out: list[Audio] = []
+        while self._open and (self._open[0].complete or now >= self._open[0].deadline):
+            out.extend(self._mix(self._open.pop(0)))
         return out
 
     def expire(self, now: float) -> list[Audio]:
-        """Mix the open window if its deadline passed."""
-        if self._deadline is not None and now >= self._deadline:
-            return self.flush()
-        return []
+        """Mix every window whose deadline passed (and the complete ones behind it)."""
+        return self._close_ready(now)
 
     def flush(self) -> list[Audio]:
-        """Mix the open window now (also at the end of the input)."""
-        ts = self._window_ts
-        if ts is None:
-            return []
-        frames = {peer: f.samples for peer, f in self._frames.items()}
+        """Mix every open window now (also at the end of the input)."""
+        out: list[Audio] = []
+        while self._open:
+            out.extend(self._mix(self._open.pop(0)))
+        return out
+
+    def _mix(self, window: _Window) -> list[Audio]:
+        ts = window.ts
+        frames = {peer: f.samples for peer, f in window.frames.items()}
         receivers = sorted(self.active_peers(ts) | frames.keys())
-        rate, channels = self._format
-        self._window_ts, self._deadline, self._frames = None, None, {}
-        self._last_mixed = ts
+        rate, channels = window.rate_channels
+        self._last_mixed = max(self._last_mixed, ts)
         self.windows += 1
         for peer in [p for p, seen in self._last_seen.items() if seen < ts - self.peer_timeout]:
             del self._last_seen[peer]
@@ -207,12 +245,14 @@ class MixMinus(Node):
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> Mapping[str, Any]:
         p = Params(params)
-        window = p.number("window_timeout_ms", 20.0, minimum=0.0, maximum=1_000.0)
+        window = p.number("window_timeout_ms", 60.0, minimum=0.0, maximum=1_000.0)
         peer = p.number("peer_timeout_ms", 200.0, minimum=0.0, maximum=60_000.0)
         tolerance = p.number("align_tolerance_ms", 1.0, minimum=0.0, maximum=100.0)
         limiter = p.choice("limiter", LIMITERS, "clip")
+        max_windows = p.integer("max_windows", 5, minimum=1, maximum=50)
         p.finish()
         return {
+            "max_windows": max_windows,
             "window_timeout_ms": window,
             "peer_timeout_ms": peer,
             "align_tolerance_ms": tolerance,
@@ -226,6 +266,7 @@ class MixMinus(Node):
             peer_timeout=params["peer_timeout_ms"] / 1000.0,
             tolerance=params["align_tolerance_ms"] / 1000.0,
             limiter=params["limiter"],
+            max_windows=params["max_windows"],
         )
 
     async def run(self, inputs: trio.abc.ReceiveChannel[RuntimeData], emit: Emit) -> None:
