@@ -246,7 +246,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     stun_servers=[stun.url],
                     peer_id="meshrtc-server",
                     session_id=args.session,
-                    video_codec="H264",
+                    video_codec=args.video_codec,
                     ice_host_addresses=(args.host,),
                 )
                 async with WebRtcTransport(config) as transport:
@@ -370,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--manifest", metavar="FILE", help="pipeline manifest (default: the demo's)")
     serve.add_argument("--session", default="default", help="session id (default: %(default)s)")
+    serve.add_argument(
+        "--video-codec",
+        choices=("VP9", "H264", "VP8"),
+        default="VP9",
+        help="the transport's video codec; browsers get it with the transport (default: %(default)s)",
+    )
     serve.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
