@@ -64,7 +64,10 @@ async def test_three_peers_hear_each_other_not_themselves() -> None:
         assert fig.video_received > 0
         assert fig.frames_out > 0
         assert 0 < fig.frames_in <= fig.audio_sent + fig.data_sent + 200  # audio + data + video
-    assert result.latency(50) is not None
+    # The transport measured its added latency on the audio it mixed (how much is load-bound; the
+    # e2e onset method needs clean 0.5 s tone edges, which a loaded machine may not deliver).
+    assert result.added_ms
+    assert all(v >= 0 for v in result.added_ms)
     assert result.teardown_ms < 1000
     # Teardown leaves nothing behind: no new thread, no new socket.
     leftover = [t.name for t in threading.enumerate() if t.ident not in threads_before]

@@ -190,7 +190,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with live:
         result = trio.run(
             lambda: run_demo(
-                peers=args.peers, seconds=args.seconds, manifest=manifest, on_tick=table
+                peers=args.peers,
+                seconds=args.seconds,
+                manifest=manifest,
+                on_tick=table,
+                split=args.split,
             )
         )
     p50, p95 = result.latency(50), result.latency(95)
@@ -352,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--manifest", metavar="FILE", help="pipeline manifest (JSON or YAML)")
     demo.add_argument(
         "--json", action="store_true", help="print the figures as one JSON object, last line"
+    )
+    demo.add_argument(
+        "--split",
+        action="store_true",
+        help="run the synthetic peers in a child process, so the transport has this one to itself",
     )
     demo.set_defaults(handler=_cmd_demo)
 

@@ -504,7 +504,7 @@ async def run_demo(
                 signaling_url=server.url,
                 stun_servers=[stun.url],
                 peer_id=peer_id,
-                video_codec="H264",
+                video_codec="VP9",
                 ice_host_addresses=("127.0.0.1",),
             )
 

@@ -111,7 +111,7 @@ async def run_peers(
             signaling_url=signaling_url,
             stun_servers=[stun_url],
             peer_id=peer_id,
-            video_codec="H264",
+            video_codec="VP9",
             ice_host_addresses=("127.0.0.1",),
         )
 
