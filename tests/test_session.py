@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -117,9 +118,10 @@ async def test_manager_runs_mixminus_and_data_echo() -> None:
             assert [s.session_id for s in manager.list_active()] == ["s1"]
             for p, peer in peers.items():
                 running.add_peer(peer, feeds[p][1])
+            base = time.monotonic()  # presented now: the session manager drops stale media
             for i in range(10):
                 for p in peers:
-                    await feeds[p][0].send(_audio(p, 5.0 + i * GRID_SECONDS))
+                    await feeds[p][0].send(_audio(p, base + i * GRID_SECONDS))
             await feeds["a"][0].send(ReceivedData(peer_id="a", data="hello", local_time=5.0))
             # Polling bounded by fail_after: outputs arrive asynchronously through the pipeline.
             while not (peers["a"].data and all(len(x.audio) >= 5 for x in peers.values())):  # noqa: ASYNC110
@@ -239,3 +241,21 @@ class SessionsMachine(RuleBasedStateMachine):
 
 TestSessionsMachine = SessionsMachine.TestCase
 TestSessionsMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+async def test_stale_media_is_dropped_data_never() -> None:
+    """After a stall, media presented longer ago than max_input_age is dropped (real time), not fed
+    late; data messages always go through."""
+    stream, recv_in = _stream()
+    session = StreamSession(default_manifest())
+    session.activate()
+    session.add_peer(FakePeer("a"))
+    now = [10.0]
+    router = SessionRouter(session, stream, max_input_age=0.25, clock=lambda: now[0])
+    assert await router.accept(_audio("a", 9.8), stream.inputs)  # 200 ms old: fed
+    assert not await router.accept(_audio("a", 9.7), stream.inputs)  # 300 ms old: stale
+    assert await router.accept(ReceivedData(peer_id="a", data="hi", local_time=1.0), stream.inputs)
+    assert router.stale_dropped == {"a": 1}
+    assert router.frames_in == {"a": 2}
+    fed = [recv_in.receive_nowait() for _ in range(2)]
+    assert [type(x).__name__ for x in fed] == ["Audio", "Text"]

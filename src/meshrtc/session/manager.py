@@ -15,7 +15,7 @@ import trio
 from meshrtc.pipeline.manifest import Manifest
 from meshrtc.pipeline.runner import PipelineRunner
 from meshrtc.rtc.events import ReceivedMedia
-from meshrtc.session.router import SessionRouter
+from meshrtc.session.router import MAX_INPUT_AGE, SessionRouter
 from meshrtc.session.stream import SessionError, SessionPeer, StreamSession
 
 __all__ = ["RunningSession", "SessionManager"]
@@ -79,7 +79,7 @@ class SessionManager:
             raise SessionError(f"session {session.session_id} already exists")
         try:
             async with self.runner.execute_streaming(manifest) as stream:
-                router = SessionRouter(session, stream)
+                router = SessionRouter(session, stream, max_input_age=MAX_INPUT_AGE)
                 async with trio.open_nursery() as nursery:
                     running = RunningSession(session, router, nursery)
                     self._sessions[session.session_id] = running

@@ -14,6 +14,13 @@ frames snapped onto it; when an output stamped with that slot leaves for a peer,
 is what this process added (jitter buffer, decode, pipeline, routing). ``added_latency`` keeps the
 recent values (seconds) for metrics and the benchmark.
 
+Staleness: media is real time. After a stall (a busy process, a slow node) the peers' items queue
+up in front of the pipeline, and since they keep arriving at the rate the pipeline can take, such a
+backlog never drains: every later frame would carry the stall. With ``max_input_age`` set (the
+session manager sets :data:`MAX_INPUT_AGE`), audio and video presented longer ago than that are
+dropped and counted in ``stale_dropped`` instead; MixMinus then mixes without them and the session
+is back to real time. Data messages are never dropped.
+
 Isolation: a router belongs to exactly one session and one pipeline stream; it clones the stream's
 input per peer and never shares a channel with another session.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,12 +41,14 @@ from meshrtc.pipeline.runner import PipelineStream
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
 from meshrtc.session.stream import SessionPeer, StreamSession
 
-__all__ = ["GRID_SECONDS", "SessionRouter", "to_runtime"]
+__all__ = ["GRID_SECONDS", "MAX_INPUT_AGE", "SessionRouter", "to_runtime"]
 
 logger = logging.getLogger(__name__)
 
 #: The session's audio grid: one Opus frame.
 GRID_SECONDS = 0.020
+#: Audio or video presented longer ago than this (seconds) is stale (module docstring).
+MAX_INPUT_AGE = 0.25
 #: Grid slots whose arrival time is remembered (10 s): older ones are forgotten unmatched.
 _ARRIVAL_SLOTS = 500
 #: Added-latency samples kept.
@@ -70,9 +80,20 @@ def to_runtime(item: ReceivedMedia, timestamp: float) -> RuntimeData:
 class SessionRouter:
     """Moves data between one session's peers and its pipeline stream."""
 
-    def __init__(self, session: StreamSession, stream: PipelineStream) -> None:
+    def __init__(
+        self,
+        session: StreamSession,
+        stream: PipelineStream,
+        *,
+        max_input_age: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.session = session
         self.stream = stream
+        self.max_input_age = max_input_age
+        self._clock = clock
+        #: Audio/video items per peer dropped as stale (see the module docstring).
+        self.stale_dropped: dict[str, int] = {}
         self._origin: float | None = None
         self._last_slot: dict[str, int] = {}
         #: Items per peer that reached the pipeline / that the router sent to the peer.
@@ -121,6 +142,13 @@ class SessionRouter:
         session = self.session
         if not session.accepts_inputs or item.peer_id not in session.peers:
             session.inputs_dropped += 1
+            return False
+        if (
+            self.max_input_age is not None
+            and not isinstance(item, ReceivedData)
+            and self._clock() - item.local_time > self.max_input_age
+        ):
+            self.stale_dropped[item.peer_id] = self.stale_dropped.get(item.peer_id, 0) + 1
             return False
         data = self.convert(item)
         await inputs.send(data)
