@@ -97,15 +97,7 @@ def _cmd_signal(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()
 
     trio.run(serve)
-    if failure:
-        reason = failure[0].strerror or str(failure[0])
-        print(
-            f"meshrtc signal: error: cannot listen on {args.host}:{args.port}: {reason}",
-            file=sys.stderr,
-        )
-        return 2
-    print("meshrtc signal: stopped", file=sys.stderr)
-    return 0
+    return _listen_outcome("signal", args, failure)
 
 
 def _manifest(path: str | None) -> Any:
@@ -267,14 +259,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     nursery.cancel_scope.cancel()
 
     trio.run(serve)
+    return _listen_outcome("serve", args, failure)
+
+
+def _listen_outcome(command: str, args: argparse.Namespace, failure: list[OSError]) -> int:
+    """Exit status of a server command: 2 with one line if it could not listen, else 0."""
     if failure:
         reason = failure[0].strerror or str(failure[0])
         print(
-            f"meshrtc serve: error: cannot listen on {args.host}:{args.port}: {reason}",
+            f"meshrtc {command}: error: cannot listen on {args.host}:{args.port}: {reason}",
             file=sys.stderr,
         )
         return 2
-    print("meshrtc serve: stopped", file=sys.stderr)
+    print(f"meshrtc {command}: stopped", file=sys.stderr)
     return 0
 
 
