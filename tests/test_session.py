@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from meshrtc.pipeline import Audio, Json, RunStats, default_manifest
+from meshrtc.pipeline import Audio, Json, RunStats, Text, default_manifest
 from meshrtc.pipeline.data import RuntimeData
 from meshrtc.pipeline.runner import PipelineStream
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData
@@ -259,3 +259,49 @@ async def test_stale_media_is_dropped_data_never() -> None:
     assert router.frames_in == {"a": 2}
     fed = [recv_in.receive_nowait() for _ in range(2)]
     assert [type(x).__name__ for x in fed] == ["Audio", "Text"]
+
+
+class StuckPeer(FakePeer):
+    """A peer whose data channel is reopening: ``send_data`` waits until ``reopen`` is set."""
+
+    def __init__(self, peer_id: str) -> None:
+        super().__init__(peer_id)
+        self.reopen = trio.Event()
+
+    async def send_data(self, data: Any) -> None:
+        await self.reopen.wait()
+        await super().send_data(data)
+
+
+async def test_a_peer_waiting_for_its_data_channel_holds_back_nobody() -> None:
+    send_out, recv_out = trio.open_memory_channel[RuntimeData](math.inf)
+    send_in, _recv_in = trio.open_memory_channel[RuntimeData](math.inf)
+    stream = PipelineStream(
+        inputs=send_in, outputs=recv_out, stats=RunStats(), manifest=default_manifest()
+    )
+    session = StreamSession(default_manifest())
+    session.activate()
+    stuck, fine = StuckPeer("stuck"), FakePeer("fine")
+    session.add_peer(stuck)
+    session.add_peer(fine)
+    router = SessionRouter(session, stream)
+    samples = np.zeros(960, np.float32)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(router.route_to_peers)
+            for i in range(3):
+                await send_out.send(Text(text=f"m{i}", to_peer="stuck"))
+            await send_out.send(Text(text="hello", to_peer="fine"))
+            await send_out.send(Audio(samples=samples, to_peer=None, timestamp=0.0))
+            # Everything but the stuck peer's messages arrives while they wait.
+            while not (fine.data and len(fine.audio) == 1 and len(stuck.audio) == 1):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert fine.data == ["hello"]
+            assert stuck.data == []
+            assert session.pending_outputs == 3
+            stuck.reopen.set()
+            send_out.close()
+        # The channel reopened: its messages went out, in order, and nothing is pending.
+    assert stuck.data == ["m0", "m1", "m2"]
+    assert session.pending_outputs == 0
+    assert router.frames_out == {"stuck": 4, "fine": 2}

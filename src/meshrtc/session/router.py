@@ -51,6 +51,8 @@ GRID_SECONDS = 0.020
 MAX_INPUT_AGE = 0.25
 #: Grid slots whose arrival time is remembered (10 s): older ones are forgotten unmatched.
 _ARRIVAL_SLOTS = 500
+#: Data messages that may wait for one peer (its channel reopening) before more are dropped.
+DATA_QUEUE = 256
 #: Added-latency samples kept.
 _LATENCY_SAMPLES = 5000
 
@@ -172,14 +174,7 @@ class SessionRouter:
         session.output_seq += 1
         session.pending_outputs += 1
         try:
-            if data.to_peer is None:
-                targets = list(session.peers.values())
-            else:
-                peer = session.peers.get(data.to_peer)
-                if peer is None:
-                    session.outputs_unroutable += 1
-                    return
-                targets = [peer]
+            targets = self._targets(data)
             for peer in targets:
                 try:
                     await _send(peer, data)
@@ -190,7 +185,7 @@ class SessionRouter:
                     )
                     continue
                 self.frames_out[peer.peer_id] = self.frames_out.get(peer.peer_id, 0) + 1
-            if isinstance(data, Audio):
+            if targets and isinstance(data, Audio):
                 arrival = self._arrivals.get(data.timestamp)
                 if arrival is not None:
                     self.added_latency.append(time.monotonic() - arrival)
@@ -200,9 +195,83 @@ class SessionRouter:
                 self._drained.set()
 
     async def route_to_peers(self) -> None:
-        """Consume the pipeline's outputs until the pipeline ends."""
-        async for data in self.stream.outputs:
-            await self.deliver(data)
+        """Consume the pipeline's outputs until the pipeline ends.
+
+        Media goes out at once (``send_audio``/``send_video`` only queue on the peer's track). A data
+        message can wait: ``send_data`` waits for an open channel, up to ``data_open_timeout``
+        (10 s), while its peer reconnects. So data goes through one ordered queue per peer, sent by
+        that peer's own task, and one peer's wait never holds back anyone's media or data.
+        """
+        queues: dict[str, tuple[SessionPeer, trio.MemorySendChannel[RuntimeData]]] = {}
+        async with trio.open_nursery() as nursery:
+            async for data in self.stream.outputs:
+                if isinstance(data, Audio | Video):
+                    await self.deliver(data)
+                else:
+                    self._queue_data(nursery, queues, data)
+            for _peer, queue in queues.values():
+                queue.close()
+
+    def _queue_data(
+        self,
+        nursery: trio.Nursery,
+        queues: dict[str, tuple[SessionPeer, trio.MemorySendChannel[RuntimeData]]],
+        data: RuntimeData,
+    ) -> None:
+        session = self.session
+        session.output_seq += 1
+        targets = self._targets(data)
+        for peer in targets:
+            entry = queues.get(peer.peer_id)
+            if entry is None or entry[0] is not peer:  # first message, or the peer rejoined
+                if entry is not None:
+                    entry[1].close()
+                send, receive = trio.open_memory_channel[RuntimeData](DATA_QUEUE)
+                entry = queues[peer.peer_id] = (peer, send)
+                nursery.start_soon(self._send_data_in_order, peer, receive)
+            try:
+                entry[1].send_nowait(data)
+            except trio.WouldBlock:
+                self.send_errors += 1
+                logger.warning(
+                    "session %s: %d data messages already wait for %s; dropping one",
+                    session.session_id,
+                    DATA_QUEUE,
+                    peer.peer_id,
+                )
+                continue
+            session.pending_outputs += 1
+
+    async def _send_data_in_order(
+        self, peer: SessionPeer, queue: trio.MemoryReceiveChannel[RuntimeData]
+    ) -> None:
+        session = self.session
+        async with queue:
+            async for data in queue:
+                try:
+                    await _send(peer, data)
+                except Exception as exc:  # noqa: BLE001  (counted; the next message is tried)
+                    self.send_errors += 1
+                    logger.debug(
+                        "session %s: send to %s failed: %r", session.session_id, peer.peer_id, exc
+                    )
+                else:
+                    self.frames_out[peer.peer_id] = self.frames_out.get(peer.peer_id, 0) + 1
+                finally:
+                    session.pending_outputs -= 1
+                    if session.pending_outputs == 0 and self._drained is not None:
+                        self._drained.set()
+
+    def _targets(self, data: RuntimeData) -> list[SessionPeer]:
+        """``to_peer``'s peer, or every peer for a broadcast; an unknown peer is counted."""
+        session = self.session
+        if data.to_peer is None:
+            return list(session.peers.values())
+        peer = session.peers.get(data.to_peer)
+        if peer is None:
+            session.outputs_unroutable += 1
+            return []
+        return [peer]
 
 
 async def _send(peer: SessionPeer, data: RuntimeData) -> None:
