@@ -188,7 +188,7 @@ class SessionRouter:
             if targets and isinstance(data, Audio):
                 arrival = self._arrivals.get(data.timestamp)
                 if arrival is not None:
-                    self.added_latency.append(time.monotonic() - arrival)
+                    self.added_latency.append(self._clock() - arrival)
         finally:
             session.pending_outputs -= 1
             if session.pending_outputs == 0 and self._drained is not None:
