@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import numpy as np
@@ -21,7 +22,7 @@ import trio
 from meshrtc.config import TransportConfig
 from meshrtc.media.frame import FrameType
 from meshrtc.rtc.aiortc_adapter import ImpairmentConfig
-from meshrtc.rtc.bridge import Bridge
+from meshrtc.rtc.bridge import Bridge, open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.peer import PeerConnection, PeerOptions
 from meshrtc.rtc.peers import PeerAdded, PeerEvent, PeerManager
@@ -214,3 +215,57 @@ async def feed_media(node: Node, seconds: float, *, freq: float, shade: int) -> 
         peer = node.peer(remote)
         await peer.send_audio(tone(seconds, freq))
         await peer.send_video(picture(shade))
+
+
+@attrs.define
+class WiredPair:
+    """Two PeerConnections whose signaling is wired directly (no server), not started yet."""
+
+    nursery: trio.Nursery
+    bridge: Bridge
+    #: Alice's connection to bob, and bob's to alice (``peer_id`` names the remote).
+    a: PeerConnection
+    b: PeerConnection
+
+
+@asynccontextmanager
+async def wired_pair(
+    *,
+    config: TransportConfig | None = None,
+    media: tuple[str, ...] = ("audio", "video", "data"),
+    options: PeerOptions | None = None,
+    b_impairments: dict[FrameType, ImpairmentConfig] | None = None,
+) -> AsyncIterator[WiredPair]:
+    """An embedded STUN responder, one bridge, and alice ↔ bob handing signals to each other.
+
+    ``config`` gets the STUN URL filled in (default: H.264). Everything is cancelled on exit.
+    """
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        base = config or TransportConfig(video_codec="H264")
+        config = attrs.evolve(base, stun_servers=[stun.url])
+        async with open_bridge() as bridge:
+            peers: dict[str, PeerConnection] = {}
+
+            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
+                async def send(method: str, params: dict[str, Any]) -> None:
+                    nursery.start_soon(peers[to].handle_signal, method, params)
+
+                return send
+
+            a = PeerConnection(
+                "bob", bridge, config, wire("b"), local_id="alice", media=media, options=options
+            )
+            b = PeerConnection(
+                "alice",
+                bridge,
+                config,
+                wire("a"),
+                local_id="bob",
+                media=media,
+                options=options,
+                impairments=b_impairments,
+            )
+            peers.update(a=a, b=b)
+            yield WiredPair(nursery, bridge, a, b)
+        nursery.cancel_scope.cancel()

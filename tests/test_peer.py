@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import trio
 
@@ -23,23 +21,7 @@ from meshrtc.signaling.client import SignalingClient
 from meshrtc.signaling.protocol import AnnounceResult, Answer, IceCandidate, Offer, validate_sdp
 from meshrtc.signaling.server import SignalingServer
 
-WIDTH, HEIGHT = 160, 120
-
-
-def tone(seconds: float, freq: float = 440.0) -> npt.NDArray[np.float32]:
-    t = np.arange(int(48_000 * seconds), dtype=np.float32) / 48_000
-    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def picture(shade: int) -> npt.NDArray[np.uint8]:
-    rgb = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
-    rgb[..., 0] = shade
-    rgb[..., 1] = np.linspace(0, 255, WIDTH, dtype=np.uint8)
-    return rgb
-
-
-def _decoder_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.endswith("-decoder")]
+from .peer_helpers import HEIGHT, WIDTH, decoder_threads, picture, tone, wired_pair
 
 
 async def _collect(
@@ -98,7 +80,7 @@ async def _exchange(a: PeerConnection, b: PeerConnection, a_id: str, b_id: str) 
     for peer in (a, b):
         assert peer.codecs == {FrameType.AUDIO: "audio/opus", FrameType.VIDEO: "video/H264"}
         assert peer.stats.received_dropped == 0
-    assert _decoder_threads() == []
+    assert decoder_threads() == []
     await a.aclose()
     await b.aclose()
     assert a.state == "Closed"
@@ -106,31 +88,16 @@ async def _exchange(a: PeerConnection, b: PeerConnection, a_id: str, b_id: str) 
 
 
 async def test_two_peers_wired_directly_exchange_audio_video_and_data() -> None:
-    async with trio.open_nursery() as nursery:
-        stun: StunServer = await nursery.start(StunServer().run)
-        config = TransportConfig(stun_servers=[stun.url], video_codec="H264")
-        async with open_bridge() as bridge:
-            peers: dict[str, PeerConnection] = {}
-
-            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
-                async def send(method: str, params: dict[str, Any]) -> None:
-                    nursery.start_soon(peers[to].handle_signal, method, params)
-
-                return send
-
-            # peer_id names the remote peer: ``a`` is alice's connection to bob.
-            a = PeerConnection("bob", bridge, config, wire("b"), local_id="alice")
-            b = PeerConnection("alice", bridge, config, wire("a"), local_id="bob")
-            peers.update(a=a, b=b)
-            assert a.state == "New"
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.offer()
-            await _exchange(a, b, "alice", "bob")
-            assert bridge.registered == []
-        assert bridge.leftover_tasks == []  # aclose ended every aiortc task of both connections
-        nursery.cancel_scope.cancel()
-    assert _decoder_threads() == []
+    async with wired_pair() as pair:
+        a, b = pair.a, pair.b
+        assert a.state == "New"
+        await pair.nursery.start(a.run)
+        await pair.nursery.start(b.run)
+        await a.offer()
+        await _exchange(a, b, "alice", "bob")
+        assert pair.bridge.registered == []
+    assert pair.bridge.leftover_tasks == []  # aclose ended every aiortc task of both connections
+    assert decoder_threads() == []
 
 
 async def _route(client: SignalingClient, peers: dict[str, PeerConnection]) -> None:
@@ -192,7 +159,7 @@ async def test_two_peers_negotiate_through_the_signaling_server() -> None:
             await alice.aclose()
             await bob.aclose()
         nursery.cancel_scope.cancel()
-    assert _decoder_threads() == []
+    assert decoder_threads() == []
 
 
 async def test_loss_is_concealed_and_video_recovers_with_keyframes() -> None:
@@ -201,50 +168,34 @@ async def test_loss_is_concealed_and_video_recovers_with_keyframes() -> None:
         FrameType.AUDIO: ImpairmentConfig(seed=3, drop=0.1),
         FrameType.VIDEO: ImpairmentConfig(seed=4, drop=0.1),
     }
-    async with trio.open_nursery() as nursery:
-        stun: StunServer = await nursery.start(StunServer().run)
-        config = TransportConfig(stun_servers=[stun.url], video_codec="H264")
-        async with open_bridge() as bridge:
-            peers: dict[str, PeerConnection] = {}
+    async with wired_pair(b_impairments=impair) as pair:
+        nursery, a, b = pair.nursery, pair.a, pair.b
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await a.offer()
+        with trio.fail_after(15):
+            await b.wait_state("Connected")
+        await a.send_audio(tone(4.0))
+        await a.send_video(picture(100))
 
-            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
-                async def send(method: str, params: dict[str, Any]) -> None:
-                    nursery.start_soon(peers[to].handle_signal, method, params)
+        def enough(items: list[ReceivedMedia]) -> bool:
+            concealed = [x for x in items if isinstance(x, ReceivedAudio) and x.concealed]
+            video = [x for x in items if isinstance(x, ReceivedVideo)]
+            return len(concealed) >= 3 and len(video) >= 20 and b.stats.keyframe_requests >= 1
 
-                return send
-
-            a = PeerConnection("bob", bridge, config, wire("b"), local_id="alice")
-            b = PeerConnection(
-                "alice", bridge, config, wire("a"), local_id="bob", impairments=impair
-            )
-            peers.update(a=a, b=b)
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.offer()
-            with trio.fail_after(15):
-                await b.wait_state("Connected")
-            await a.send_audio(tone(4.0))
-            await a.send_video(picture(100))
-
-            def enough(items: list[ReceivedMedia]) -> bool:
-                concealed = [x for x in items if isinstance(x, ReceivedAudio) and x.concealed]
-                video = [x for x in items if isinstance(x, ReceivedVideo)]
-                return len(concealed) >= 3 and len(video) >= 20 and b.stats.keyframe_requests >= 1
-
-            got: list[ReceivedMedia] = []
-            await _collect(b, got, enough)
-            audio = [x for x in got if isinstance(x, ReceivedAudio)]
-            decoded = [x for x in audio if not x.concealed]
-            # Concealment stands in for the lost packets: most audio is still decoded.
-            assert len(decoded) > 4 * (len(audio) - len(decoded))
-            assert all(x.samples.shape[1] == 2 for x in audio)
-            video = [x for x in got if isinstance(x, ReceivedVideo)]
-            assert all((v.frame.width, v.frame.height) == (WIDTH, HEIGHT) for v in video)
-            await a.aclose()
-            await b.aclose()
-        assert bridge.leftover_tasks == []
-        nursery.cancel_scope.cancel()
-    assert _decoder_threads() == []
+        got: list[ReceivedMedia] = []
+        await _collect(b, got, enough)
+        audio = [x for x in got if isinstance(x, ReceivedAudio)]
+        decoded = [x for x in audio if not x.concealed]
+        # Concealment stands in for the lost packets: most audio is still decoded.
+        assert len(decoded) > 4 * (len(audio) - len(decoded))
+        assert all(x.samples.shape[1] == 2 for x in audio)
+        video = [x for x in got if isinstance(x, ReceivedVideo)]
+        assert all((v.frame.width, v.frame.height) == (WIDTH, HEIGHT) for v in video)
+        await a.aclose()
+        await b.aclose()
+    assert pair.bridge.leftover_tasks == []
+    assert decoder_threads() == []
 
 
 async def test_aclose_without_run_closes_and_run_cannot_restart() -> None:

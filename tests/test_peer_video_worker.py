@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
-from meshrtc.config import TransportConfig
 from meshrtc.rtc import peer as peer_module
-from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.events import ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.peer import PeerConnection
-from meshrtc.rtc.stun import StunServer
 
-from .peer_helpers import TEST_OPTIONS, picture, tone
+from .peer_helpers import TEST_OPTIONS, picture, tone, wired_pair
 
 
 def _video_threads() -> set[str]:
@@ -31,37 +28,19 @@ def _video_threads() -> set[str]:
 @asynccontextmanager
 async def _pair() -> AsyncIterator[tuple[PeerConnection, PeerConnection]]:
     """Alice's connection to bob (``a``) and bob's to alice (``b``), connected, wired directly."""
-    async with trio.open_nursery() as nursery:
-        stun: StunServer = await nursery.start(StunServer().run)
-        config = TransportConfig(stun_servers=[stun.url], video_codec="H264")
-        async with open_bridge() as bridge:
-            peers: dict[str, PeerConnection] = {}
-
-            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
-                async def send(method: str, params: dict[str, Any]) -> None:
-                    nursery.start_soon(peers[to].handle_signal, method, params)
-
-                return send
-
-            a = PeerConnection(
-                "bob", bridge, config, wire("b"), local_id="alice", options=TEST_OPTIONS
-            )
-            b = PeerConnection(
-                "alice", bridge, config, wire("a"), local_id="bob", options=TEST_OPTIONS
-            )
-            peers.update(a=a, b=b)
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.offer()
-            with trio.fail_after(15):
-                await a.wait_state("Connected")
-                await b.wait_state("Connected")
-            try:
-                yield a, b
-            finally:
-                await a.aclose()
-                await b.aclose()
-        nursery.cancel_scope.cancel()
+    async with wired_pair(options=TEST_OPTIONS) as pair:
+        a, b = pair.a, pair.b
+        await pair.nursery.start(a.run)
+        await pair.nursery.start(b.run)
+        await a.offer()
+        with trio.fail_after(15):
+            await a.wait_state("Connected")
+            await b.wait_state("Connected")
+        try:
+            yield a, b
+        finally:
+            await a.aclose()
+            await b.aclose()
 
 
 async def test_video_decodes_on_a_per_link_thread_that_closing_joins() -> None:

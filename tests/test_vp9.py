@@ -8,7 +8,6 @@ import asyncio
 import fractions
 import random
 from collections.abc import Callable
-from typing import Any
 
 import av
 import numpy as np
@@ -48,8 +47,9 @@ from meshrtc.rtc.aiortc_adapter import ImpairmentConfig, TapEvent, tap_peer_conn
 from meshrtc.rtc.bridge import ToTrio, open_bridge
 from meshrtc.rtc.events import ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.peer import PeerConnection, PeerOptions
-from meshrtc.rtc.stun import StunServer
 from meshrtc.rtc.tracks import VideoOutputTrack
+
+from .peer_helpers import wired_pair
 
 I, P, L, F, B, E, V, Z = (0x80 >> k for k in range(8))  # noqa: E741 (the RFC's names)
 
@@ -794,71 +794,42 @@ def shade_picture(shade: int) -> npt.NDArray[np.uint8]:
 
 
 async def test_two_peers_negotiate_vp9_and_decode_video_both_ways() -> None:
-    async with trio.open_nursery() as nursery:
-        stun: StunServer = await nursery.start(StunServer().run)
-        config = TransportConfig(stun_servers=[stun.url])  # VP9 is the default video codec
-        assert config.video_codec is VideoCodec.VP9
-        options = PeerOptions(video_fps=15.0)
-        async with open_bridge() as bridge:
-            peers: dict[str, PeerConnection] = {}
+    config = TransportConfig()  # VP9 is the default video codec
+    assert config.video_codec is VideoCodec.VP9
+    options = PeerOptions(video_fps=15.0)
+    async with wired_pair(config=config, media=("video",), options=options) as pair:
+        nursery, a, b = pair.nursery, pair.a, pair.b
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await a.offer()
+        with trio.fail_after(15):
+            await a.wait_state("Connected")
+            await b.wait_state("Connected")
+        await a.send_video(shade_picture(60))
+        await b.send_video(shade_picture(200))
 
-            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
-                async def send(method: str, params: dict[str, Any]) -> None:
-                    nursery.start_soon(peers[to].handle_signal, method, params)
+        async def collect(peer: PeerConnection, out: list[ReceivedMedia]) -> None:
+            with trio.fail_after(20):
+                while sum(isinstance(x, ReceivedVideo) for x in out) < 10:
+                    out.append(await peer.received.receive())
 
-                return send
+        got_a: list[ReceivedMedia] = []
+        got_b: list[ReceivedMedia] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(collect, a, got_a)
+            inner.start_soon(collect, b, got_b)
 
-            a = PeerConnection(
-                "bob",
-                bridge,
-                config,
-                wire("b"),
-                local_id="alice",
-                media=("video",),
-                options=options,
-            )
-            b = PeerConnection(
-                "alice",
-                bridge,
-                config,
-                wire("a"),
-                local_id="bob",
-                media=("video",),
-                options=options,
-            )
-            peers.update(a=a, b=b)
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.offer()
-            with trio.fail_after(15):
-                await a.wait_state("Connected")
-                await b.wait_state("Connected")
-            await a.send_video(shade_picture(60))
-            await b.send_video(shade_picture(200))
+        for got, shade in ((got_b, 60), (got_a, 200)):
+            video = [x for x in got if isinstance(x, ReceivedVideo)]
+            assert [(v.frame.width, v.frame.height) for v in video] == [(PW, PH)] * len(video)
+            red = video[-1].frame.to_ndarray(format="rgb24")[..., 0].astype(float)
+            assert abs(red.mean() - shade) < 12, red.mean()
+        for peer in (a, b):
+            assert peer.codecs == {FrameType.VIDEO: "video/VP9"}
+            assert peer.stats.video_decode_errors == 0
 
-            async def collect(peer: PeerConnection, out: list[ReceivedMedia]) -> None:
-                with trio.fail_after(20):
-                    while sum(isinstance(x, ReceivedVideo) for x in out) < 10:
-                        out.append(await peer.received.receive())
-
-            got_a: list[ReceivedMedia] = []
-            got_b: list[ReceivedMedia] = []
-            async with trio.open_nursery() as inner:
-                inner.start_soon(collect, a, got_a)
-                inner.start_soon(collect, b, got_b)
-
-            for got, shade in ((got_b, 60), (got_a, 200)):
-                video = [x for x in got if isinstance(x, ReceivedVideo)]
-                assert [(v.frame.width, v.frame.height) for v in video] == [(PW, PH)] * len(video)
-                red = video[-1].frame.to_ndarray(format="rgb24")[..., 0].astype(float)
-                assert abs(red.mean() - shade) < 12, red.mean()
-            for peer in (a, b):
-                assert peer.codecs == {FrameType.VIDEO: "video/VP9"}
-                assert peer.stats.video_decode_errors == 0
-
-            await a.aclose()
-            await b.aclose()
-        nursery.cancel_scope.cancel()
+        await a.aclose()
+        await b.aclose()
 
 
 def test_default_max_payload_size_fits_a_1280_byte_path() -> None:
@@ -870,57 +841,29 @@ async def test_vp9_recovers_from_loss_with_keyframe_requests() -> None:
     """15 % of bob's incoming video packets dropped: the jitter buffer (VP9 keyframe detector)
     drops what cannot be decoded, asks for keyframes, and decoding resumes without errors."""
     impair = {FrameType.VIDEO: ImpairmentConfig(seed=5, drop=0.15)}
-    async with trio.open_nursery() as nursery:
-        stun: StunServer = await nursery.start(StunServer().run)
-        config = TransportConfig(stun_servers=[stun.url])
-        options = PeerOptions(video_fps=15.0)
-        async with open_bridge() as bridge:
-            peers: dict[str, PeerConnection] = {}
-
-            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
-                async def send(method: str, params: dict[str, Any]) -> None:
-                    nursery.start_soon(peers[to].handle_signal, method, params)
-
-                return send
-
-            a = PeerConnection(
-                "bob",
-                bridge,
-                config,
-                wire("b"),
-                local_id="alice",
-                media=("video",),
-                options=options,
-            )
-            b = PeerConnection(
-                "alice",
-                bridge,
-                config,
-                wire("a"),
-                local_id="bob",
-                media=("video",),
-                options=options,
-                impairments=impair,
-            )
-            peers.update(a=a, b=b)
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.offer()
-            with trio.fail_after(15):
-                await b.wait_state("Connected")
-            video: list[ReceivedVideo] = []
-            at_first_request: int | None = None
-            with trio.fail_after(30):
-                while at_first_request is None or len(video) < at_first_request + 5:
-                    await a.send_video(moving_picture(len(video)).to_ndarray(format="rgb24"))
-                    item = await b.received.receive()
-                    if isinstance(item, ReceivedVideo):
-                        video.append(item)
-                    if at_first_request is None and b.stats.keyframe_requests >= 1:
-                        at_first_request = len(video)
-            assert b.codecs == {FrameType.VIDEO: "video/VP9"}
-            assert all((v.frame.width, v.frame.height) == (320, 240) for v in video)
-            assert b.stats.video_decode_errors == 0
-            await a.aclose()
-            await b.aclose()
-        nursery.cancel_scope.cancel()
+    config = TransportConfig()  # VP9 is the default video codec
+    options = PeerOptions(video_fps=15.0)
+    async with wired_pair(
+        config=config, media=("video",), options=options, b_impairments=impair
+    ) as pair:
+        nursery, a, b = pair.nursery, pair.a, pair.b
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await a.offer()
+        with trio.fail_after(15):
+            await b.wait_state("Connected")
+        video: list[ReceivedVideo] = []
+        at_first_request: int | None = None
+        with trio.fail_after(30):
+            while at_first_request is None or len(video) < at_first_request + 5:
+                await a.send_video(moving_picture(len(video)).to_ndarray(format="rgb24"))
+                item = await b.received.receive()
+                if isinstance(item, ReceivedVideo):
+                    video.append(item)
+                if at_first_request is None and b.stats.keyframe_requests >= 1:
+                    at_first_request = len(video)
+        assert b.codecs == {FrameType.VIDEO: "video/VP9"}
+        assert all((v.frame.width, v.frame.height) == (320, 240) for v in video)
+        assert b.stats.video_decode_errors == 0
+        await a.aclose()
+        await b.aclose()
