@@ -179,7 +179,8 @@ class TapStats:
 
     packets: int = 0
     sender_reports: int = 0
-    #: SRs with NTP timestamp 0 (a sendrecv transceiver with no track sends them): ignored.
+    #: SRs with NTP timestamp 0 (sent before the first RTP packet): no mapping, liveness only
+    #: (emitted as :class:`RtcpActivity`).
     zero_ntp_reports: int = 0
     #: Packets with an RTX payload type that reached the sink (aiortc unwraps RTX before it; >0 is a bug).
     rtx_filtered: int = 0

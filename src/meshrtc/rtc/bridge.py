@@ -18,8 +18,8 @@ on Python 3.14 (docs/rtc-bridge.md, design section 2). So:
   :data:`SWITCH_INTERVAL`). Trio's thread releases the GIL on every I/O poll and then waits for it
   behind the encoder and asyncio threads; with the default interval each wait can cost 5 ms, and an
   item crossing a pipeline takes several such steps. Measured on the 3-peer demo: the pipeline's
-  per-item wait went from ~18 ms to ~1 ms and its throughput from ~50 to ~200 items/s
-  (docs/transport.md). The previous value comes back when the last bridge closes.
+  per-item wait went from ~18 ms to ~1 ms, and it kept up with the ~150 items/s offered (about 50/s
+  before; docs/rtc-bridge.md). The previous value comes back when the last bridge closes.
 """
 
 from __future__ import annotations
