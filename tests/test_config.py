@@ -35,6 +35,28 @@ def test_codecs_are_case_insensitive() -> None:
     assert c.data_channel_mode is DataChannelMode.UNRELIABLE
 
 
+@pytest.mark.parametrize("name", ["VP8", "vp8", VideoCodec.VP8])
+def test_vp8_is_a_video_codec(name: str) -> None:
+    # The spec lists VP9 and H.264; the CLI, the page and interop (issue 11) need VP8 too.
+    assert TransportConfig(video_codec=name).video_codec is VideoCodec.VP8
+
+
+@pytest.mark.parametrize("codec", list(VideoCodec))
+def test_serve_cli_offers_every_video_codec_and_its_config_accepts_it(codec: VideoCodec) -> None:
+    from meshrtc.__main__ import build_parser
+
+    args = build_parser().parse_args(["serve", "--video-codec", codec.value])
+    assert TransportConfig(video_codec=args.video_codec).video_codec is codec
+
+
+def test_serve_cli_refuses_a_codec_the_config_lacks(capsys: pytest.CaptureFixture[str]) -> None:
+    from meshrtc.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--video-codec", "AV1"])
+    assert "invalid choice: 'AV1'" in capsys.readouterr().err
+
+
 def test_turn_servers_from_dicts() -> None:
     c = TransportConfig(
         turn_servers=[{"url": "turn:127.0.0.1:3478", "username": "u", "credential": "p"}]
@@ -60,7 +82,7 @@ def test_turn_servers_from_dicts() -> None:
         ({"signaling_url": "ws://"}, "signaling_url", "host"),
         ({"signaling_url": "ws://127.0.0.1:99999/"}, "signaling_url", "host"),
         ({"audio_codec": "pcmu"}, "audio_codec", "'opus'"),
-        ({"video_codec": "VP8"}, "video_codec", "'VP9' or 'H264'"),
+        ({"video_codec": "AV1"}, "video_codec", "'VP9' or 'H264' or 'VP8'"),
         ({"data_channel_mode": "sometimes"}, "data_channel_mode", "reliable"),
         ({"enable_rtcp": 1}, "enable_rtcp", "True or False"),
         ({"peer_id": ""}, "peer_id", "1-64"),

@@ -276,6 +276,7 @@ def _listen_outcome(command: str, args: argparse.Namespace, failure: list[OSErro
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from meshrtc.config import VideoCodec
     parser = argparse.ArgumentParser(
         prog="meshrtc", description="WebRTC mesh transport for media pipelines."
     )
@@ -378,8 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--session", default="default", help="session id (default: %(default)s)")
     serve.add_argument(
         "--video-codec",
-        choices=("VP9", "H264", "VP8"),
-        default="VP9",
+        # Exactly the config's codecs, so the CLI never offers one TransportConfig refuses.
+        choices=tuple(c.value for c in VideoCodec),
+        default=VideoCodec.VP9.value,
         help="the transport's video codec; browsers get it with the transport (default: %(default)s)",
     )
     serve.add_argument(

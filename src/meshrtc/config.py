@@ -43,8 +43,16 @@ class AudioCodec(enum.StrEnum):
 
 
 class VideoCodec(enum.StrEnum):
+    """The video codec a transport negotiates (and nothing else: an offer without it gets its
+    video section rejected, docs/codecs.md).
+
+    The spec lists VP9 and H.264; VP8 is here too because every WebRTC endpoint has it (RFC 7742
+    makes it mandatory for browsers) and aiortc ships it, so it is the codec interop falls back on.
+    """
+
     VP9 = "VP9"
     H264 = "H264"
+    VP8 = "VP8"
 
 
 class IceTransportPolicy(enum.StrEnum):
