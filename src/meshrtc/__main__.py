@@ -277,6 +277,7 @@ def _listen_outcome(command: str, args: argparse.Namespace, failure: list[OSErro
 
 def build_parser() -> argparse.ArgumentParser:
     from meshrtc.config import VideoCodec
+
     parser = argparse.ArgumentParser(
         prog="meshrtc", description="WebRTC mesh transport for media pipelines."
     )
