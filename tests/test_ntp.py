@@ -93,7 +93,7 @@ def test_three_disagreeing_reports_restart_the_mapping() -> None:
         est.update(sr(NTP_BASE + 3 + i, new_origin + 48_000 * i, 3.0 + i)) for i in range(3)
     ]
     assert outcomes == [SrUpdate.INVALID, SrUpdate.INVALID, SrUpdate.RESET]
-    assert est.report_count == 1
+    assert est.report_count == 3, "the mapping restarts from the three SRs that confirmed it"
     assert est.to_ntp(new_origin + 2 * 48_000 + 48_000) == pytest.approx(NTP_BASE + 6, abs=1e-6)
 
 
@@ -145,3 +145,88 @@ def test_noise_free_reports_map_exactly(
     assert est.to_ntp(rtp) - NTP_BASE == pytest.approx(when, abs=tolerance)
     back = est.to_rtp(NTP_BASE + when)
     assert abs(((back - rtp + 2**31) % 2**32) - 2**31) <= tolerance * clock_rate + 1
+
+
+# --- outliers (issue 11: a first SR off the line, odd SRs, stepped clocks) ----------------------
+
+
+@pytest.mark.parametrize("error", [-0.7, -0.2, 0.2, 0.7])
+def test_a_first_report_off_the_line_is_replaced_by_the_next_two(error: float) -> None:
+    est = RtpToNtpEstimator(48_000)
+    assert est.update(sr(NTP_BASE + error, 0, 0.0)) is SrUpdate.ACCEPTED
+    assert not est.confirmed, "one SR alone could be the outlier"
+    assert est.update(sr(NTP_BASE + 1, 48_000, 1.0)) is SrUpdate.INVALID
+    assert est.to_ntp(48_000) == pytest.approx(NTP_BASE + 1 + error, abs=1e-6), "not moved yet"
+    assert est.update(sr(NTP_BASE + 2, 96_000, 2.0)) is SrUpdate.RESET
+    assert est.confirmed
+    assert est.report_count == 2
+    assert est.to_ntp(48_000 * 10) == pytest.approx(NTP_BASE + 10, abs=1e-6)
+    assert est.update(sr(NTP_BASE + 3, 48_000 * 3, 3.0)) is SrUpdate.ACCEPTED
+
+
+def test_one_odd_report_never_moves_the_mapping() -> None:
+    est = RtpToNtpEstimator(90_000)
+    for i in range(4):
+        assert est.update(sr(NTP_BASE + i, 90_000 * i, float(i))) is SrUpdate.ACCEPTED
+    before = est.to_ntp(90_000 * 10)
+    assert est.update(sr(NTP_BASE + 4 + 0.35, 90_000 * 4, 4.0)) is SrUpdate.INVALID
+    assert est.to_ntp(90_000 * 10) == before
+    assert est.suspect_count == 1
+    # The next good SR clears the suspect; the odd one never counts towards a restart.
+    assert est.update(sr(NTP_BASE + 5, 90_000 * 5, 5.0)) is SrUpdate.ACCEPTED
+    assert est.suspect_count == 0
+    assert est.update(sr(NTP_BASE + 6 - 0.4, 90_000 * 6, 6.0)) is SrUpdate.INVALID
+    assert est.update(sr(NTP_BASE + 7, 90_000 * 7, 7.0)) is SrUpdate.ACCEPTED
+    assert est.to_ntp(90_000 * 10) == pytest.approx(NTP_BASE + 10, abs=1e-6)
+    assert est.outliers == 2
+    assert est.resets == 0
+
+
+def test_two_unrelated_outliers_in_a_row_are_not_a_step() -> None:
+    est = RtpToNtpEstimator(48_000)
+    for i in range(3):
+        est.update(sr(NTP_BASE + i, 48_000 * i, float(i)))
+    assert est.update(sr(NTP_BASE + 3 + 0.5, 48_000 * 3, 3.0)) is SrUpdate.INVALID
+    assert est.update(sr(NTP_BASE + 4 - 0.4, 48_000 * 4, 4.0)) is SrUpdate.INVALID
+    assert est.update(sr(NTP_BASE + 5 + 0.3, 48_000 * 5, 5.0)) is SrUpdate.INVALID
+    assert est.resets == 0
+    assert est.to_ntp(48_000 * 6) == pytest.approx(NTP_BASE + 6, abs=1e-6)
+
+
+def test_a_stepped_sender_clock_is_followed_after_three_consistent_reports() -> None:
+    est = RtpToNtpEstimator(48_000)
+    for i in range(5):
+        est.update(sr(NTP_BASE + i, 48_000 * i, float(i)))
+    step = -1.5  # the sender's NTP clock stepped back (an NTP correction)
+    outcomes = [est.update(sr(NTP_BASE + step + i, 48_000 * i, float(i))) for i in range(5, 8)]
+    assert outcomes == [SrUpdate.INVALID, SrUpdate.INVALID, SrUpdate.RESET]
+    assert est.to_ntp(48_000 * 9) == pytest.approx(NTP_BASE + step + 9, abs=1e-6)
+
+
+@given(
+    origin=st.integers(0, 0xFFFFFFFF),
+    first_error=st.one_of(st.floats(-0.7, -0.2), st.floats(0.2, 0.7)),
+    odd=st.lists(st.tuples(st.integers(2, 20), st.floats(0.15, 2.0), st.booleans()), max_size=6),
+    interval=st.floats(0.5, 5.0),
+    clock_rate=st.sampled_from([48_000, 90_000]),
+)
+def test_outliers_never_survive_in_the_mapping(
+    origin: int,
+    first_error: float,
+    odd: list[tuple[int, float, bool]],
+    interval: float,
+    clock_rate: int,
+) -> None:
+    """A first SR off by 0.2-0.7 s and isolated odd SRs (never two in a row): from the sixth SR on
+    (three good ones among the first five), the mapping is the true line and stays there."""
+    odd_at = {i: (size if positive else -size) for i, size, positive in odd}
+    est = RtpToNtpEstimator(clock_rate)
+    truth_probe = 25 * interval
+    for i in range(22):
+        t = i * interval
+        error = first_error if i == 0 else odd_at.get(i, 0.0) if (i - 1) not in odd_at else 0.0
+        est.update(sr(NTP_BASE + t + error, origin + round(clock_rate * t), t))
+        if i >= 5:
+            probe = (origin + round(clock_rate * truth_probe)) & 0xFFFFFFFF
+            assert est.to_ntp(probe) - NTP_BASE == pytest.approx(truth_probe, abs=1e-3)
+    assert est.confirmed

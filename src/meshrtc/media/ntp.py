@@ -1,11 +1,24 @@
-"""NTP↔RTP mapping per stream, fitted through the last few RTCP Sender Reports.
+"""NTP↔RTP mapping per stream, fitted through the last few consistent RTCP Sender Reports.
 
 Each SR pairs one instant on the sender's RTP clock with the same instant on its NTP wall clock.
 Both readings are taken by the sender, so the pair carries no network jitter: the only noise is the
 sender's own timestamping. Like libwebrtc's ``RtpToNtpEstimator`` we fit a straight line through the
-last few pairs instead of trusting only the newest one, so a single odd SR (a sender that stamps RTP
-from its capture clock and NTP from its system clock, which may disagree by hundreds of ppm) cannot
-move the mapping by itself, and the fitted slope absorbs a steady disagreement between the two clocks.
+last few pairs instead of trusting only the newest one, and the fitted slope absorbs a steady
+disagreement between the sender's RTP and NTP clocks (a few hundred ppm at most; the slope is kept
+within ±0.5 % of nominal, so two noisy SRs a second apart cannot tilt the line).
+
+Outliers. Real senders are not that tidy: GStreamer's first SR is often 0.2-0.7 s off the line its
+later SRs agree on, an SR can be odd on its own, and a sender can step its clocks (a restart, a new
+RTP origin). So an SR joins the fit only if it lies within ``OUTLIER_THRESHOLD`` (100 ms, plus the
+slope's uncertainty over the distance) of the current line and after its newest point; otherwise it
+is ``INVALID`` and held as a *suspect*. The mapping is never moved by a suspect alone. When the
+newest suspects agree with each other (one line, in order) and outnumber what they contradict
+(two suspects against a single-SR mapping, ``MAX_CONSECUTIVE_INVALID`` = 3 against a longer one),
+the later majority wins: the mapping restarts from those suspects (``RESET``). A first SR off the
+line is thereby replaced once the next two agree with each other, a single odd SR is ignored (the
+next good SR clears the suspects), and a stepped clock is followed after three SRs. With two
+disagreeing SRs nobody can tell which is wrong, so the mapping is *confirmed* (:attr:`confirmed`)
+only once it holds two consistent SRs; the SyncManager aligns nothing on an unconfirmed mapping.
 
 A mapping is *stale* once its newest SR arrived more than ``stale_after`` seconds ago (spec invariant
 5: mappings must be refreshed at least every 5 s). A stale mapping still extrapolates; the state of
@@ -41,11 +54,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_REPORTS = 8
 #: Spec invariant 5: an NTP/RTP mapping must be refreshed at least every 5 s.
 DEFAULT_STALE_AFTER = 5.0
-#: A new SR whose implied RTP rate (against the previous SR) is off the nominal clock rate by more than
-#: this fraction is not a clock that drifts but one that jumped.
-MAX_RATE_DEVIATION = 0.05
-#: After this many consecutive SRs that disagree with the mapping, the sender has restarted its
-#: clocks: start over from the newest SR (libwebrtc uses the same count).
+#: The fitted slope stays within this fraction of the nominal clock rate: real RTP/NTP clock
+#: disagreements are hundreds of ppm; more is timestamping noise over a short span.
+MAX_RATE_DEVIATION = 0.005
+#: An SR further than this (seconds) off the current line is an outlier: senders' timestamping noise
+#: is a frame or two (tens of ms); the first-SR errors seen in the field are 0.2-0.7 s.
+OUTLIER_THRESHOLD = 0.1
+#: This many consistent suspects in a row replace a mapping of two SRs or more: the sender stepped
+#: its clocks (libwebrtc uses the same count). Against a single-SR mapping, two suffice.
 MAX_CONSECUTIVE_INVALID = 3
 
 
@@ -60,9 +76,11 @@ class SrUpdate(enum.Enum):
     ACCEPTED = "accepted"
     #: Same NTP or RTP timestamp as a report already held (RTCP compound retransmitted): ignored.
     DUPLICATE = "duplicate"
-    #: Disagrees with the current mapping (went backwards or jumped): ignored for now.
+    #: Disagrees with the current mapping (an outlier, out of order, or a jump not yet confirmed):
+    #: not used; held as a suspect until later SRs confirm or clear it.
     INVALID = "invalid"
-    #: The mapping was discarded and restarted from this report (a sender clock jump or an RTP
+    #: The mapping was discarded and restarted from the newest suspects, which agree with each other
+    #: and outnumber the SRs they contradict (a first SR off the line, a sender clock step, an RTP
     #: timestamp discontinuity). Whoever derives state from the old mapping must reset too.
     RESET = "reset"
 
@@ -82,10 +100,10 @@ class _Point:
 class RtpToNtpEstimator:
     """The sender-wall-clock time of any RTP timestamp of one stream.
 
-    Fit ``ntp = ntp0 + slope * (rtp - rtp0)`` by least squares over the last ``max_reports`` SRs; with
-    a single SR the slope is ``1 / clock_rate``. RTP timestamps are placed on the extended timeline
-    nearest to the newest SR, so any timestamp within ±2^31 ticks of it (6.6 h of video, 12 h of
-    audio) maps correctly across 32-bit wraparound.
+    Fit ``ntp = ntp0 + slope * (rtp - rtp0)`` by least squares over the last ``max_reports``
+    consistent SRs; with a single SR the slope is ``1 / clock_rate``. RTP timestamps are placed on
+    the extended timeline nearest to the newest SR, so any timestamp within ±2^31 ticks of it (6.6 h
+    of video, 12 h of audio) maps correctly across 32-bit wraparound. Outliers: module docstring.
     """
 
     def __init__(
@@ -103,7 +121,12 @@ class RtpToNtpEstimator:
         self.max_reports = max_reports
         self.stale_after = stale_after
         self._points: deque[_Point] = deque(maxlen=max_reports)
-        self._invalid_in_a_row = 0
+        #: SRs that disagreed with the mapping since its last accepted SR, oldest first (at most
+        #: ``max_reports``).
+        self._suspects: list[_Point] = []
+        #: Outcome counts since construction (for logs and tests).
+        self.outliers = 0
+        self.resets = 0
         # Fitted line, relative to the newest point: ntp = _ntp_ref + _slope * (ext - _rtp_ref).
         self._rtp_ref = 0
         self._ntp_ref = 0.0
@@ -120,36 +143,63 @@ class RtpToNtpEstimator:
             return SrUpdate.ACCEPTED
         last = self._points[-1]
         ext = last.rtp + ts_diff(sr.rtp_timestamp, last.rtp & 0xFFFFFFFF)
-        if any(p.ntp == ntp or p.rtp == ext for p in self._points):
+        if any(p.ntp == ntp or p.rtp == ext for p in (*self._points, *self._suspects)):
             return SrUpdate.DUPLICATE
-        if self._consistent(last, ext, ntp):
-            self._invalid_in_a_row = 0
-            self._points.append(_Point(ext, ntp, sr.received_at))
+        point = _Point(ext, ntp, sr.received_at)
+        if self._fits(point):
+            self._suspects.clear()
+            self._points.append(point)
             self._refit()
             return SrUpdate.ACCEPTED
-        self._invalid_in_a_row += 1
-        if self._invalid_in_a_row < MAX_CONSECUTIVE_INVALID:
-            log.debug("ignoring SR that disagrees with the mapping (ssrc=%d)", sr.ssrc)
+        self.outliers += 1
+        self._suspects.append(point)
+        del self._suspects[: -self.max_reports]
+        # The suspects that agree with the newest one (an odd SR in between does not count).
+        agreeing = [p for p in self._suspects[:-1] if _agree(p, point, self.clock_rate)]
+        agreeing.append(point)
+        needed = min(MAX_CONSECUTIVE_INVALID, len(self._points) + 1)
+        if len(agreeing) < needed:
+            log.debug(
+                "ignoring SR %.3f s off the mapping (ssrc=%d)", self._residual(point), sr.ssrc
+            )
             return SrUpdate.INVALID
-        log.info("RTP/NTP mapping of ssrc=%d restarted: sender clock jumped", sr.ssrc)
+        log.info(
+            "RTP/NTP mapping of ssrc=%d restarted from %d consistent SRs %.3f s off the old line",
+            sr.ssrc,
+            len(agreeing),
+            self._residual(point),
+        )
         self.reset()
-        self._points.append(_Point(sr.rtp_timestamp, ntp, sr.received_at))
+        self.resets += 1
+        # Re-extend them on their own timeline (they may lie on the far side of a wrap).
+        self._points.extend(
+            _Point(
+                point.rtp + ts_diff(p.rtp & 0xFFFFFFFF, point.rtp & 0xFFFFFFFF),
+                p.ntp,
+                p.received_at,
+            )
+            for p in agreeing
+        )
         self._refit()
         return SrUpdate.RESET
 
     def reset(self) -> None:
         """Forget every report (reconnection, new SSRC)."""
         self._points.clear()
-        self._invalid_in_a_row = 0
+        self._suspects = []
         self._slope = 1.0 / self.clock_rate
 
-    def _consistent(self, last: _Point, ext: int, ntp: float) -> bool:
-        d_ntp = ntp - last.ntp
-        d_rtp = ext - last.rtp
-        if d_ntp <= 0 or d_rtp <= 0:
+    def _residual(self, point: _Point) -> float:
+        """How far (seconds) ``point`` lies off the current line."""
+        return point.ntp - (self._ntp_ref + self._slope * (point.rtp - self._rtp_ref))
+
+    def _fits(self, point: _Point) -> bool:
+        """After the newest SR and within the outlier threshold of the line through the others."""
+        last = self._points[-1]
+        if point.ntp <= last.ntp or point.rtp <= last.rtp:
             return False
-        implied = d_rtp / d_ntp
-        return abs(implied / self.clock_rate - 1.0) <= MAX_RATE_DEVIATION
+        tolerance = OUTLIER_THRESHOLD + MAX_RATE_DEVIATION * (point.ntp - last.ntp)
+        return abs(self._residual(point)) <= tolerance
 
     def _refit(self) -> None:
         newest = self._points[-1]
@@ -165,15 +215,13 @@ class RtpToNtpEstimator:
         my = sum(ys) / n
         sxx = sum((x - mx) ** 2 for x in xs)
         sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-        slope = sxy / sxx
-        if abs(slope * self.clock_rate - 1.0) > MAX_RATE_DEVIATION:
-            # Points that each passed the pairwise check can still fit badly in pathological
-            # sequences; fall back to the nominal rate through the newest point.
-            slope = 1.0 / self.clock_rate
-            self._ntp_ref = newest.ntp
-        else:
-            # Evaluate the fitted line at the newest RTP timestamp, so the reference is on the line.
-            self._ntp_ref = newest.ntp + (my + slope * (0.0 - mx))
+        nominal = 1.0 / self.clock_rate
+        # Clamp the slope (two noisy SRs a second apart must not tilt the line by percents), then
+        # put the line through the centroid, evaluated at the newest RTP timestamp.
+        slope = min(
+            nominal * (1 + MAX_RATE_DEVIATION), max(nominal * (1 - MAX_RATE_DEVIATION), sxy / sxx)
+        )
+        self._ntp_ref = newest.ntp + (my + slope * (0.0 - mx))
         self._slope = slope
 
     # --- queries -------------------------------------------------------------------------------
@@ -184,7 +232,18 @@ class RtpToNtpEstimator:
 
     @property
     def report_count(self) -> int:
+        """SRs in the fit (suspects not included)."""
         return len(self._points)
+
+    @property
+    def confirmed(self) -> bool:
+        """Two or more consistent SRs: one alone could be the first-SR outlier (module docstring)."""
+        return len(self._points) >= 2
+
+    @property
+    def suspect_count(self) -> int:
+        """SRs held back since the last accepted one, waiting to be confirmed or cleared."""
+        return len(self._suspects)
 
     @property
     def last_report_at(self) -> float | None:
@@ -223,3 +282,13 @@ class RtpToNtpEstimator:
             raise NtpMappingError("no Sender Report yet: RTP timestamps cannot be mapped")
         ext = self._rtp_ref + round((ntp_seconds - self._ntp_ref) / self._slope)
         return ext & 0xFFFFFFFF
+
+
+def _agree(earlier: _Point, later: _Point, clock_rate: int) -> bool:
+    """Two SRs on one line at (about) the nominal rate, in order."""
+    d_ntp = later.ntp - earlier.ntp
+    d_rtp = later.rtp - earlier.rtp
+    if d_ntp <= 0 or d_rtp <= 0:
+        return False
+    tolerance = OUTLIER_THRESHOLD + MAX_RATE_DEVIATION * d_ntp
+    return abs(d_ntp - d_rtp / clock_rate) <= tolerance
