@@ -185,13 +185,17 @@ def test_states_from_unsynced_to_synced_and_stale_after_five_seconds() -> None:
     sm.on_sender_report(FrameType.AUDIO, sender.sr(FrameType.AUDIO, 0.1, 10.13))
     assert sm.state == "Syncing", "video has media but no mapping yet"
     sm.on_sender_report(FrameType.VIDEO, sender.sr(FrameType.VIDEO, 0.2, 10.23))
-    assert sm.state == "Synced"
-    sm.pop_next_aligned(15.13)
-    assert sm.state == "Synced"
-    sm.pop_next_aligned(15.131)  # audio's SR is now older than 5 s
+    assert sm.state == "Syncing", "one SR per stream: either could be the first-SR outlier"
+    sm.on_sender_report(FrameType.AUDIO, sender.sr(FrameType.AUDIO, 1.1, 11.13))
     assert sm.state == "Syncing"
-    assert sm.mapping_is_stale(15.131)
-    sm.on_sender_report(FrameType.AUDIO, sender.sr(FrameType.AUDIO, 5.2, 15.23))
+    sm.on_sender_report(FrameType.VIDEO, sender.sr(FrameType.VIDEO, 1.2, 11.23))
+    assert sm.state == "Synced", "two consistent SRs per stream confirm both mappings"
+    sm.pop_next_aligned(16.13)
+    assert sm.state == "Synced"
+    sm.pop_next_aligned(16.131)  # audio's newest SR is now older than 5 s
+    assert sm.state == "Syncing"
+    assert sm.mapping_is_stale(16.131)
+    sm.on_sender_report(FrameType.AUDIO, sender.sr(FrameType.AUDIO, 6.2, 16.23))
     assert sm.state == "Synced"
 
 
@@ -467,7 +471,7 @@ class SyncManagerBehaviour(RuleBasedStateMachine):
 
     def _check_state(self) -> None:
         state = self.sm.state
-        stale = self.sm.mapping_is_stale(self.now)
+        stale = not self.sm.mappings_ready(self.now)
         if not self.sr_seen:
             assert state == "Unsynced"
         elif stale:

@@ -72,9 +72,11 @@ SYNC_MANAGER_MACHINE = register(
         doc=(
             "Unsynced → Syncing → Synced → [Drift Detected] → Resyncing → Synced (spec section 4). "
             "Syncing: a Sender Report arrived, but not every active stream has a fresh (≤ 5 s) "
-            "NTP↔RTP mapping; a mapping going stale returns here. Drift Detected: the drift "
+            "and confirmed (two consistent SRs) NTP↔RTP mapping; a mapping going stale returns "
+            "here. Drift Detected: the drift "
             "estimator suspects a new drift, or a stream's timestamps jumped; it is dismissed or "
-            "confirmed. Resyncing: the timeline is re-anchored (new slope, or rebuilt after a jump)."
+            "confirmed. Resyncing: the timeline is re-anchored (new slope, or rebuilt after a jump; "
+            "at most one rebuild per 2 s, backing off to 30 s while rebuilds keep being asked for)."
         ),
         states=_ALL,
         initial="Unsynced",
@@ -106,6 +108,9 @@ _MARGIN = 0.005
 #: so the headroom covers the swings a jitter buffer's delay made recently (measured in bench/sync.py:
 #: with 2 s instead of 30 s, a few frames per 10 minutes came out 10-20 ms after their audio).
 _LAG_WINDOW = 30.0
+#: The longest wait between two timeline rebuilds (the interval doubles from ``min_rebuild_interval``
+#: while rebuilds follow each other within four intervals).
+_MAX_REBUILD_INTERVAL = 30.0
 #: Spare headroom above the margin is given back at this rate (seconds per second): slow enough that
 #: nobody hears the timeline catch up, fast enough to undo a jitter-buffer spike within a minute.
 _DECAY_PER_S = 0.0005
@@ -258,6 +263,7 @@ class SyncManager(StatefulModel):
         max_hold: float = 0.5,
         max_wait: float = 0.1,
         sync_tolerance: float = 0.010,
+        min_rebuild_interval: float = 2.0,
     ) -> None:
         for kind, rate in (
             (FrameType.AUDIO, audio_clock_rate),
@@ -276,6 +282,13 @@ class SyncManager(StatefulModel):
         self.max_hold = max_hold
         self.max_wait = max_wait
         self.sync_tolerance = sync_tolerance
+        self.min_rebuild_interval = min_rebuild_interval
+        #: Timeline rebuilds so far (after a confirmed mapping restart, a stream restart, or items
+        #: off the timeline by more than ``max_hold``), at most one per ``min_rebuild_interval``.
+        self.timeline_rebuilds = 0
+        self._rebuild_interval = min_rebuild_interval
+        self._last_rebuild_at: float | None = None
+        self._next_rebuild_at: float | None = None
         self.audio_jitter_buffer = JitterBuffer(
             FrameType.AUDIO,
             target_delay_ms=jitter_buffer_size_ms,
@@ -373,10 +386,15 @@ class SyncManager(StatefulModel):
         self.last_rtcp_time = sr.received_at
         outcome = self.ntp_mapping[kind].update(sr)
         if outcome is SrUpdate.RESET:
-            # The sender's clocks jumped: the drift history and the timeline are both void.
-            self.clock_drift_estimator.reset()
+            # The sender's clocks jumped (or a first SR off the line was replaced): the timeline is
+            # void, and so is the drift history if it was built on this stream.
+            if kind is FrameType.AUDIO:
+                self.clock_drift_estimator.reset()
             self._resync_needed = True
-        if outcome in (SrUpdate.ACCEPTED, SrUpdate.RESET):
+        if kind is FrameType.AUDIO and outcome in (SrUpdate.ACCEPTED, SrUpdate.RESET):
+            # Audio SRs only: the estimator fits one sender clock through one stream's reports
+            # (audio and video SRs interleaved tens of ms apart looked like a clock going
+            # backwards), and audio is what drift compensation resamples.
             self.clock_drift_estimator.observe_sender_report(sr)
         self._refresh(sr.received_at)
         return outcome
@@ -404,6 +422,16 @@ class SyncManager(StatefulModel):
         active = self._active()
         return not active or any(self.ntp_mapping[k].is_stale(now) for k in active)
 
+    def mappings_ready(self, now: float) -> bool:
+        """Every active stream's mapping is fresh and confirmed (two consistent SRs): the
+        condition for Synced. A single SR may be the sender's first, often 0.2-0.7 s off."""
+        return not self.mapping_is_stale(now) and all(
+            self.ntp_mapping[k].confirmed for k in self._active()
+        )
+
+    def _rebuild_allowed(self, now: float) -> bool:
+        return self._next_rebuild_at is None or now >= self._next_rebuild_at
+
     def _refresh(self, now: float) -> None:
         if self.state == "Unsynced":
             if self.last_rtcp_time is None:
@@ -416,7 +444,7 @@ class SyncManager(StatefulModel):
         # The estimator may pass Drift Detected → Adjusting → Stable within one SR.
         detected = est.state == "DriftDetected" or "DriftDetected" in recent
         adjusting = est.state == "Adjusting" or "Adjusting" in recent
-        stale = self.mapping_is_stale(now)
+        stale = not self.mappings_ready(now)
         if self.state in _ALIGNED and stale:
             self.mapping_stale()
         if self.state == "Syncing" and not stale:
@@ -424,19 +452,38 @@ class SyncManager(StatefulModel):
             if self._timeline is None:
                 self._resync_needed = False
             return
-        if self.state == "Synced" and (detected or adjusting or self._resync_needed):
+        # A rebuild re-anchors what the router and the mixer rely on: at most one per
+        # ``_rebuild_interval`` (which doubles while rebuilds keep being asked for), so a mapping
+        # that keeps disagreeing cannot make the timeline thrash.
+        rebuild = self._resync_needed and self._rebuild_allowed(now)
+        if self.state == "Synced" and (detected or adjusting or rebuild):
             self.drift_detected()
         if self.state == "DriftDetected":
-            if adjusting or self._resync_needed:
+            if adjusting or rebuild:
                 self.resync()
             elif not detected:
                 self.drift_dismissed()
         if self.state == "Resyncing" and est.state != "Adjusting" and est.state != "DriftDetected":
-            if self._resync_needed:
-                log.info("peer %r: rebuilding the A/V timeline", self.peer_id)
-                self._timeline = None
-                self._resync_needed = False
+            if rebuild:
+                self._rebuild(now)
             self.resynced()
+
+    def _rebuild(self, now: float) -> None:
+        last = self._last_rebuild_at
+        if last is not None and now - last < 4 * self._rebuild_interval:
+            self._rebuild_interval = min(_MAX_REBUILD_INTERVAL, 2 * self._rebuild_interval)
+        elif last is not None:
+            self._rebuild_interval = self.min_rebuild_interval
+        self._last_rebuild_at = now
+        self._next_rebuild_at = now + self._rebuild_interval
+        self.timeline_rebuilds += 1
+        log.info(
+            "peer %r: rebuilding the A/V timeline (next rebuild %.0f s from now at the earliest)",
+            self.peer_id,
+            self._rebuild_interval,
+        )
+        self._timeline = None
+        self._resync_needed = False
 
     # --- output --------------------------------------------------------------------------------
 
