@@ -33,10 +33,12 @@ class FakePeer:
     def peer_id(self) -> str:
         return self._peer_id
 
-    async def send_audio(self, samples: np.ndarray[Any, Any]) -> None:
+    async def send_audio(
+        self, samples: np.ndarray[Any, Any], timestamp: float | None = None
+    ) -> None:
         self.audio.append(samples)
 
-    async def send_video(self, frame: Any) -> None:
+    async def send_video(self, frame: Any, timestamp: float | None = None) -> None:
         self.video.append(frame)
 
     async def send_data(self, data: Any) -> None:

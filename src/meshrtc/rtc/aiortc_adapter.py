@@ -41,7 +41,7 @@ import random
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import attrs
 import av
@@ -97,6 +97,7 @@ __all__ = [
     "SenderControl",
     "TapEvent",
     "TapStats",
+    "TimedTrack",
     "VideoDecoder",
     "ice_transports",
     "install_encoder_patches",
@@ -116,6 +117,14 @@ RECEIVER_RTX_SSRC: Final = "_RTCRtpReceiver__rtx_ssrc"
 RECEIVER_RTCP_TASK: Final = "_RTCRtpReceiver__rtcp_task"
 RECEIVER_DECODER_THREAD: Final = "_RTCRtpReceiver__decoder_thread"
 SENDER_ENCODER: Final = "_RTCRtpSender__encoder"
+#: The (NTP, RTP) pair ``RTCRtpSender._run_rtp`` records after each packet it sends and
+#: ``_run_rtcp`` puts in the next Sender Report (deriving ``__lsr`` from that NTP for its RTT).
+#: :class:`SenderControl` re-stamps the NTP half from the track's media clock; see its docstring.
+SENDER_NTP_TIMESTAMP: Final = "_RTCRtpSender__ntp_timestamp"
+SENDER_RTP_TIMESTAMP: Final = "_RTCRtpSender__rtp_timestamp"
+#: ``RTCRtpSender._next_encoded_frame(codec)``: called by ``_run_rtp`` once per frame, after the
+#: previous frame's packets were sent; wrapped on the instance by :class:`SenderControl`.
+SENDER_NEXT_ENCODED_FRAME: Final = "_next_encoded_frame"
 #: Module global of ``aiortc.rtcrtpsender`` that builds a sender's encoder at its first frame.
 GET_ENCODER: Final = "get_encoder"
 #: Module globals of ``aiortc.rtcrtpreceiver`` (its RTP path and decoder thread call them) and of
@@ -171,6 +180,13 @@ TapEvent = MediaFrame | SenderReport | ReceptionReport | RembReport | RtcpActivi
 
 class EventSink(Protocol):
     def __call__(self, event: TapEvent, /) -> None: ...
+
+
+@runtime_checkable
+class TimedTrack(Protocol):
+    """An outgoing track on a media clock (``meshrtc.rtc.tracks``): the NTP time of a pts it stamped."""
+
+    def ntp_time(self, pts: int) -> int: ...
 
 
 @attrs.define
@@ -629,9 +645,10 @@ class BitrateOpusEncoder(OpusEncoder):
     """aiortc's Opus encoder plus ``target_bitrate``, like its VP8/H.264 encoders have.
 
     libopus fixes its bitrate when FFmpeg opens the context, so a change of more than
-    :data:`REENCODE_THRESHOLD` swaps in a fresh context at the next frame. The resampler and the
-    first-packet pts offset are kept, so RTP timestamps continue without a jump; the remote decoder
-    hears at most one frame of discontinuity. ``encode`` runs in aiortc's executor thread, the setter
+    :data:`REENCODE_THRESHOLD` swaps in a fresh context at the next frame. The resampler is kept
+    and a packet's timestamp is its own pts (the input frame's, on the track's media clock), so RTP
+    timestamps continue without a jump; the remote decoder hears at most one frame of
+    discontinuity. ``encode`` runs in aiortc's executor thread, the setter
     on the loop thread: the setter only stores an int, which ``encode`` reads once per frame.
     """
 
@@ -658,8 +675,13 @@ class BitrateOpusEncoder(OpusEncoder):
             elif abs(target - current) / current > REENCODE_THRESHOLD:
                 self.codec = _new_opus_context(target)
                 self.recreated += 1
-        result: tuple[list[bytes], int] = super().encode(frame, force_keyframe)
-        return result
+        payloads, timestamp = super().encode(frame, force_keyframe)
+        if payloads and self.first_packet_pts is not None:
+            # aiortc counts from its first packet; meshrtc's tracks stamp frames on the media clock,
+            # and a packet's own pts (that of the first sample it decodes to, priming included) is
+            # what its RTP timestamp must say for the Sender Reports' mapping to hold, as for video.
+            timestamp += self.first_packet_pts
+        return payloads, timestamp
 
 
 _patched_get_encoder: Callable[[RTCRtpCodecParameters], Any] | None = None
@@ -715,6 +737,18 @@ class SenderControl:
     within :data:`REENCODE_THRESHOLD` of what the encoder runs at is not written: aiortc would not act
     on it and a later small step could then cross the threshold and recreate the encoder (a video
     keyframe) for a change nobody asked for.
+
+    **Sender Reports on the media clock.** aiortc builds each SR from the pair ``_run_rtp`` records
+    after every packet: (NTP *when the packet was sent*, its RTP timestamp). Send time includes the
+    encode time and the track's queue, which differ between audio and video, so a receiver mapping
+    both streams through their SRs would see a per-connection A/V offset. When the sender's track is
+    a :class:`TimedTrack` (meshrtc's outgoing tracks), the NTP half of that pair is re-stamped with
+    the track's media-clock time of the same RTP timestamp: the pair stays one consistent point (so
+    ``_run_rtcp``'s ``__lsr``, derived from it, still matches what the remote echoes and aiortc's RTT
+    stays right), only it now says when the frame was *captured* (plus the clock's latency), on the
+    clock both tracks share. The hook is a wrapper of ``_next_encoded_frame`` on the instance:
+    ``_run_rtp`` calls it right after the previous frame's last packet went out, with no await in
+    between (sending a packet on UDP does not suspend), so no SR can read the unstamped pair.
     """
 
     def __init__(self, sender: RTCRtpSender, emit: EventSink | None = None) -> None:
@@ -725,6 +759,13 @@ class SenderControl:
         self.remb: int | None = None
         self.errors = 0
         self._error_logged = False
+        #: Encoder timestamp (the track's pts) of the frame whose packets were sent last, and
+        #: aiortc's random RTP timestamp origin (learnt from the first pair).
+        self._sent_timestamp: int | None = None
+        self._rtp_origin: int | None = None
+        #: (NTP, RTP) pairs re-stamped from the media clock; pairs that did not match the frame.
+        self.reports_stamped = 0
+        self.reports_unmatched = 0
 
     @property
     def ssrc(self) -> int:
@@ -790,6 +831,34 @@ class SenderControl:
             await original(packet)
 
         setattr(self.sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
+        next_encoded_frame = getattr(self.sender, SENDER_NEXT_ENCODED_FRAME)
+
+        async def stamped_next_encoded_frame(codec: RTCRtpCodecParameters) -> Any:
+            self._stamp_report_pair()
+            encoded = await next_encoded_frame(codec)
+            if encoded is not None:
+                self._sent_timestamp = int(encoded.timestamp)
+            return encoded
+
+        setattr(self.sender, SENDER_NEXT_ENCODED_FRAME, stamped_next_encoded_frame)
+
+    def _stamp_report_pair(self) -> None:
+        """Make the pending SR pair say the media clock's NTP time of its RTP timestamp."""
+        try:
+            timestamp = self._sent_timestamp
+            track = self.sender.track
+            if timestamp is None or not isinstance(track, TimedTrack):
+                return
+            rtp_timestamp = getattr(self.sender, SENDER_RTP_TIMESTAMP)
+            if self._rtp_origin is None:
+                self._rtp_origin = (rtp_timestamp - timestamp) & 0xFFFFFFFF
+            if (self._rtp_origin + timestamp) & 0xFFFFFFFF != rtp_timestamp:
+                self.reports_unmatched += 1  # not the frame we saw: leave aiortc's pair alone
+                return
+            setattr(self.sender, SENDER_NTP_TIMESTAMP, track.ntp_time(timestamp))
+            self.reports_stamped += 1
+        except Exception:  # noqa: BLE001 - inline in aiortc's RTP loop; _failed logs it
+            self._failed()
 
     def _on_remb(self, packet: RtcpPsfbPacket) -> bool:
         try:

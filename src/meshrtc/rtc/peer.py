@@ -86,7 +86,13 @@ from meshrtc.rtc.bridge import Bridge, ToTrio
 from meshrtc.rtc.decode_worker import DecodeWorker
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.host_candidates import set_host_addresses
-from meshrtc.rtc.tracks import AUDIO_FRAME_SAMPLES, AudioOutputTrack, VideoOutputTrack
+from meshrtc.rtc.tracks import (
+    AUDIO_FRAME_SAMPLES,
+    DEFAULT_SEND_LATENCY,
+    AudioOutputTrack,
+    MediaClock,
+    VideoOutputTrack,
+)
 from meshrtc.signaling.client import Backoff
 from meshrtc.signaling.protocol import lower_id_offers, validate_candidate
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
@@ -202,6 +208,11 @@ class PeerOptions:
     #: stall it catches up on in a burst does not add its length to every later frame (the
     #: transport uses that).
     audio_send_queue: float = attrs.field(default=2.0, validator=_positive)
+    #: From a frame's capture time (the ``timestamp`` given to :meth:`PeerConnection.send_audio` /
+    #: :meth:`~PeerConnection.send_video`, else when it was handed over) to its due time on the
+    #: wire. A frame handed over later than that is dropped (audio) or sent late (video) and
+    #: counted on its track; both tracks of a connection share it, so A/V sync holds either way.
+    send_latency: float = attrs.field(default=DEFAULT_SEND_LATENCY, validator=_positive)
     #: Items :attr:`PeerConnection.received` holds before newer ones are dropped (and counted).
     max_received: int = attrs.field(default=1000, validator=_positive)
     #: How long :meth:`PeerConnection.send_data` waits for an open data channel.
@@ -960,12 +971,19 @@ class PeerConnection(StatefulModel):
         self.sender_reports.clear()
         media_pipe: ToTrio[_MediaEvent]
         media_pipe, media = self.bridge.open_channel(4096)
+        # One media clock for both tracks: their RTP timestamps and Sender Reports keep the
+        # capture-time relation of what is sent (rtc/tracks.py).
+        media_clock = MediaClock(latency=self.options.send_latency)
         audio_track = (
-            AudioOutputTrack(channels=2, max_queued=self.options.audio_send_queue)
+            AudioOutputTrack(
+                channels=2, max_queued=self.options.audio_send_queue, clock=media_clock
+            )
             if self.audio
             else None
         )
-        video_track = VideoOutputTrack(fps=self.options.video_fps) if self.video else None
+        video_track = (
+            VideoOutputTrack(fps=self.options.video_fps, clock=media_clock) if self.video else None
+        )
         if video_track is not None and self._last_picture is not None:
             video_track.put(self._last_picture)
         if audio_track is not None and self._audio_started:
@@ -1391,25 +1409,37 @@ class PeerConnection(StatefulModel):
 
     # --- send path ------------------------------------------------------------------------------
 
-    async def send_audio(self, samples: npt.NDArray[np.floating] | npt.NDArray[np.int16]) -> None:
+    async def send_audio(
+        self,
+        samples: npt.NDArray[np.floating] | npt.NDArray[np.int16],
+        timestamp: float | None = None,
+    ) -> None:
         """Queue 48 kHz samples (mono ``(n,)``/``(n, 1)`` or stereo ``(n, 2)``, float32 in [-1, 1]
-        or int16); the track paces them out as 20 ms Opus packets. Dropped while reconnecting."""
+        or int16); the track paces them out as 20 ms Opus packets. Dropped while reconnecting.
+
+        ``timestamp``: when the first sample was captured (``time.monotonic()`` seconds; a pipeline
+        output's ``timestamp``). Audio and video sent with timestamps keep their relation on the
+        wire. Without one, the samples continue those still queued, or start now.
+        """
         if not self.audio:
             raise PeerError(f"peer {self.peer_id}: audio is not negotiated")
         self._audio_started = True
         link = self._link
         if link is not None and link.audio_track is not None:
-            link.audio_track.put(samples)
+            link.audio_track.put(samples, timestamp)
 
-    async def send_video(self, frame: av.VideoFrame | npt.NDArray[np.uint8]) -> None:
-        """Show ``frame`` (an ``av.VideoFrame`` or an ``(h, w, 3)`` uint8 RGB array) from now on;
-        the track repeats it at its frame rate until the next one, across reconnections too."""
+    async def send_video(
+        self, frame: av.VideoFrame | npt.NDArray[np.uint8], timestamp: float | None = None
+    ) -> None:
+        """Show ``frame`` (an ``av.VideoFrame`` or an ``(h, w, 3)`` uint8 RGB array) from its
+        capture ``timestamp`` (as for :meth:`send_audio`; default now) on; the track repeats it at
+        its frame rate until the next one, across reconnections too."""
         if not self.video:
             raise PeerError(f"peer {self.peer_id}: video is not negotiated")
         self._last_picture = frame
         link = self._link
         if link is not None and link.video_track is not None:
-            link.video_track.put(frame)
+            link.video_track.put(frame, timestamp)
 
     async def send_data(self, data: bytes | str | Any) -> None:
         """Send one message: ``bytes`` and ``str`` as they are, anything else as compact JSON text.

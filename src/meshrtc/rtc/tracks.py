@@ -1,17 +1,33 @@
-"""Outgoing media tracks: fed from trio, paced on aiortc's asyncio thread.
+"""Outgoing media tracks: fed from trio, timed on one media clock per connection, paced on aiortc's
+asyncio thread.
 
-aiortc's ``RTCRtpSender`` pulls ``recv()`` as fast as it returns and never paces, so a track that
-returns queued frames immediately would burst them onto the wire. These tracks pace themselves on
-the loop's clock: audio one 20 ms frame per 20 ms, video one frame per ``1/fps``.
+**One media clock per connection.** A receiver's lip sync maps each stream's RTP timestamps to its
+sender's NTP time through that stream's Sender Reports; audio and video are in sync exactly when
+both mappings agree with the capture times. So both tracks of a connection share one
+:class:`MediaClock`: a frame captured (or presented, for pipeline outputs) at monotonic time ``t``
+gets ``pts = round((t - epoch + latency) * rate)`` in its track's clock rate, ``epoch`` being the
+first timestamp either track saw; it is due on the wire at ``epoch + pts / rate = t + latency``;
+and the adapter (:class:`~meshrtc.rtc.aiortc_adapter.SenderControl`) makes each Sender Report map
+the RTP timestamp it carries to :meth:`MediaClock.ntp` of that pts, not to when the packet happened
+to be sent (which would add encode time and queue level, differently per stream). A frame handed
+over without a timestamp is stamped with the time it was handed over (audio that continues the
+queued samples is chained to them instead, so a clip handed over in one call stays contiguous).
+
+**Levels, not drift.** aiortc's ``RTCRtpSender`` pulls ``recv()`` as fast as it returns and never
+paces, so each track waits for a frame's due time itself. Audio is a contiguous stream of 20 ms
+slots: at each slot's due time the track sends the queued frame of that slot, or 20 ms of silence
+when there is none (the RTP clock keeps running and the remote jitter buffer stays primed). A frame
+that arrives after its slot went out as silence is *late*: it is dropped and counted, and the next
+frames keep their own times, so one underrun costs one gap instead of shifting every later frame
+(what pacing on the track's own clock did). Video sends each picture at its due time, only the
+newest when several are due (the others are dropped and counted), and repeats the last picture one
+frame interval later when nothing new came (a keyframe request is always answered and the
+encoder's rate control stays steady). A stalled loop skips the slots that passed instead of
+bursting.
 
 The hand-over from trio is a ``collections.deque``: ``put()`` appends from the trio thread and
-``recv()`` pops on the asyncio thread (both operations are atomic in CPython), so feeding a frame
-costs no cross-thread wake-up at all. That is possible because neither track ever *waits* for
-input: when nothing was fed, audio sends 20 ms of silence (the RTP clock keeps running and the
-remote jitter buffer stays primed) and video repeats its last frame (so a keyframe request is
-always answered and the encoder's rate control stays steady); before the first video frame the
-track polls once per frame interval. Queues are bounded in time; overflow drops the oldest frames
-and counts them, because late real-time media is worth less than current media.
+``recv()`` pops on the asyncio thread (both atomic in CPython), so feeding costs no cross-thread
+wake-up. Queues are bounded; overflow drops the oldest frames and counts them.
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 import av
@@ -31,12 +48,15 @@ import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from meshrtc.errors import MeshRtcError
+from meshrtc.media.rtcp import NTP_EPOCH_OFFSET
 
 __all__ = [
     "AUDIO_FRAME_SAMPLES",
     "AUDIO_SAMPLE_RATE",
+    "DEFAULT_SEND_LATENCY",
     "VIDEO_CLOCK_RATE",
     "AudioOutputTrack",
+    "MediaClock",
     "TrackInputError",
     "VideoOutputTrack",
 ]
@@ -51,89 +71,169 @@ VIDEO_CLOCK_RATE: Final = 90_000
 VIDEO_TIME_BASE: Final = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 #: Behind schedule by more than this (a stalled loop), the track skips ahead instead of bursting.
 MAX_LAG: Final = 0.1
+#: From a frame's capture (or presentation) time to its due time on the wire, by default: the room
+#: the producer has to hand it over (a pipeline output's timestamp is in the recent past).
+DEFAULT_SEND_LATENCY: Final = 0.04
+#: Timestamped audio this close to the end of the queued samples continues them (2 ms): pipeline
+#: timestamps are on a 20 ms grid, so this only absorbs floating-point rounding.
+CONTIGUOUS: Final = 96
+#: A timestamp further than this from now (seconds) is on some other clock (a pipeline node that
+#: left ``RuntimeData.timestamp`` at 0): the frame is treated as handed over without one.
+PLAUSIBLE: Final = 1.0
+#: Half a slot: a queued audio frame within this of a slot is that slot's frame.
+_HALF: Final = AUDIO_FRAME_SAMPLES // 2
 
 
 class TrackInputError(MeshRtcError, ValueError):
     """Samples or pictures handed to an outgoing track have the wrong shape or type."""
 
 
-class _Pacer:
-    """Frame ``n`` is due at ``start + n * interval`` on the loop clock; a stall skips, not bursts.
+class MediaClock:
+    """The capture timeline shared by a connection's outgoing tracks (module docstring).
 
-    ``skipped`` counts the slots a stall cost; a track drops as many queued frames (their time passed).
+    ``clock`` is the monotonic clock timestamps are on; ``wall`` gives the NTP time: read once, so
+    the Sender Reports of both tracks follow one straight line that a wall-clock step cannot bend.
     """
 
-    __slots__ = ("index", "interval", "skipped", "start")
+    def __init__(
+        self,
+        *,
+        latency: float = DEFAULT_SEND_LATENCY,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 <= latency <= 1:
+            raise TrackInputError(f"latency must be in [0, 1] s, got {latency}")
+        self.latency = latency
+        self.now = clock
+        self._wall_offset = wall() - clock()
+        self._epoch: float | None = None
+        self._lock = threading.Lock()  # set from trio's thread (put) or the loop's (silence)
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.start: float | None = None
-        self.index = -1
-        self.skipped = 0
+    @property
+    def epoch(self) -> float | None:
+        """The first timestamp either track saw (monotonic seconds), None before."""
+        return self._epoch
 
-    async def wait_next(self) -> int:
-        now = time.monotonic()
-        if self.start is None:
-            self.start = now
-        self.index += 1
-        lag = now - (self.start + self.index * self.interval)
-        if lag < 0:
-            await asyncio.sleep(-lag)
-        elif lag > MAX_LAG:
-            skip = int(lag / self.interval)
-            self.index += skip
-            self.skipped += skip
-        return self.index
+    def _anchor(self, timestamp: float) -> float:
+        epoch = self._epoch
+        if epoch is None:
+            with self._lock:
+                if self._epoch is None:
+                    self._epoch = timestamp
+                epoch = self._epoch
+        return epoch
+
+    def plausible(self, timestamp: float | None) -> float | None:
+        """``timestamp`` if it is on this clock (within :data:`PLAUSIBLE` of now), else None."""
+        if timestamp is None or abs(timestamp - self.now()) > PLAUSIBLE:
+            return None
+        return timestamp
+
+    def pts(self, timestamp: float, rate: int) -> int:
+        """Where a frame captured at ``timestamp`` goes on a ``rate`` Hz RTP clock."""
+        return round((timestamp - self._anchor(timestamp) + self.latency) * rate)
+
+    def due(self, pts: int, rate: int) -> float:
+        """When ``pts`` is due on the wire (monotonic seconds)."""
+        return self._anchor(self.now()) + pts / rate
+
+    def ntp(self, pts: int, rate: int) -> int:
+        """``pts``'s NTP time (64-bit): what a Sender Report carrying its RTP timestamp says."""
+        unix = self._anchor(self.now()) + self._wall_offset + pts / rate
+        fraction, seconds = math.modf(unix + NTP_EPOCH_OFFSET)
+        return (int(seconds) << 32) | min(int(fraction * (1 << 32)), 0xFFFFFFFF)
 
 
 class AudioOutputTrack(MediaStreamTrack):
-    """Opus-ready audio: s16, 48 kHz, 20 ms frames with pts counted in samples (time base 1/48000).
+    """Opus-ready audio: s16, 48 kHz, 20 ms frames with pts on the media clock (time base 1/48000).
 
-    Feed it from any thread with :meth:`put` (float32 in [-1, 1] or int16; shape ``(n,)`` or
-    ``(n, channels)``; any length, re-chunked to 20 ms). ``max_queued`` bounds the queue in seconds.
-    Before the first :meth:`put` it sends nothing (an idle mesh link costs no Opus encoding, the
-    most expensive per-link work); from then on gaps are filled with silence so the remote jitter
-    buffer sees one continuous stream.
+    Feed it from one thread at a time with :meth:`put` (float32 in [-1, 1] or int16; shape ``(n,)``
+    or ``(n, channels)``; any length, re-chunked to 20 ms; optionally the capture ``timestamp`` of
+    the first sample). ``max_queued`` bounds the queue in seconds. Before the first :meth:`put` it
+    sends nothing (an idle mesh link costs no Opus encoding, the most expensive per-link work);
+    from then on empty slots are silence so the remote jitter buffer sees one continuous stream.
     """
 
     kind = "audio"
+    clock_rate = AUDIO_SAMPLE_RATE
 
-    def __init__(self, *, channels: int = 1, max_queued: float = 1.0) -> None:
+    def __init__(
+        self, *, channels: int = 1, max_queued: float = 1.0, clock: MediaClock | None = None
+    ) -> None:
         super().__init__()
         if channels not in (1, 2):
             raise TrackInputError(f"channels must be 1 or 2, got {channels}")
         self.channels = channels
+        self.media_clock = clock or MediaClock()
         self._layout = "mono" if channels == 1 else "stereo"
-        self._frames: collections.deque[npt.NDArray[np.int16]] = collections.deque(
+        self._frames: collections.deque[tuple[int, npt.NDArray[np.int16]]] = collections.deque(
             maxlen=max(1, math.ceil(max_queued / AUDIO_PTIME))
         )
         self._partial: npt.NDArray[np.int16] = np.zeros((0, channels), dtype=np.int16)
+        #: pts just after the last queued sample (where the partial frame ends), None before.
+        self._tail: int | None = None
         self._silence = np.zeros((1, AUDIO_FRAME_SAMPLES * channels), dtype=np.int16)
-        self._pacer = _Pacer(AUDIO_PTIME)
+        self._next: int | None = None
         self._started = threading.Event()
-        #: Frames handed to the sender, of which silence (nothing was queued).
+        #: Frames handed to the sender, of which silence (nothing queued for that slot).
         self.sent = 0
         self.silent = 0
-        #: Frames dropped because the queue was full (oldest first) or their slot passed in a stall.
+        #: Frames dropped: queue full (oldest first), or their slot passed (``late``, included).
         self.dropped = 0
+        self.late = 0
+        #: Slots a stalled loop skipped; puts whose timestamp was on another clock (ignored).
+        self.skipped = 0
+        self.untimed = 0
 
     @property
     def queued(self) -> int:
         return len(self._frames)
 
-    def put(self, samples: npt.NDArray[np.floating] | npt.NDArray[np.int16]) -> None:
-        """Queue samples for sending. Call from one feeding thread at a time (trio's)."""
+    def put(
+        self,
+        samples: npt.NDArray[np.floating] | npt.NDArray[np.int16],
+        timestamp: float | None = None,
+    ) -> None:
+        """Queue samples captured at ``timestamp`` (monotonic seconds; None: now, or right after
+        the samples still queued)."""
         pcm = _to_int16(samples, self.channels)
-        if len(self._partial):
-            pcm = np.concatenate((self._partial, pcm))
+        clock = self.media_clock
+        tail = self._tail
+        if timestamp is not None and clock.plausible(timestamp) is None:
+            self.untimed += 1
+            timestamp = None
+        if timestamp is None:
+            now = clock.now()
+            start = clock.pts(now, AUDIO_SAMPLE_RATE)
+            # Continue the queued samples while their end is not due yet; else start at now.
+            contiguous = (
+                tail is not None and clock.due(tail - len(self._partial), AUDIO_SAMPLE_RATE) > now
+            )
+        else:
+            start = clock.pts(timestamp, AUDIO_SAMPLE_RATE)
+            contiguous = tail is not None and abs(start - tail) <= CONTIGUOUS
+        if tail is not None and contiguous:
+            pcm = np.concatenate((self._partial, pcm)) if len(self._partial) else pcm
+            start = tail - len(self._partial)
+        elif len(self._partial):
+            # A new run: the old one's last partial frame goes out padded with silence.
+            padded = np.zeros((AUDIO_FRAME_SAMPLES, self.channels), dtype=np.int16)
+            padded[: len(self._partial)] = self._partial
+            assert tail is not None
+            self._append(tail - len(self._partial), padded)
         whole = len(pcm) - len(pcm) % AUDIO_FRAME_SAMPLES
-        frames = self._frames
-        for start in range(0, whole, AUDIO_FRAME_SAMPLES):
-            if len(frames) == frames.maxlen:
-                self.dropped += 1
-            frames.append(pcm[start : start + AUDIO_FRAME_SAMPLES].reshape(1, -1))
+        for offset in range(0, whole, AUDIO_FRAME_SAMPLES):
+            self._append(start + offset, pcm[offset : offset + AUDIO_FRAME_SAMPLES])
         self._partial = pcm[whole:]
+        self._tail = start + len(pcm)
         self._started.set()
+
+    def _append(self, pts: int, pcm: npt.NDArray[np.int16]) -> None:
+        frames = self._frames
+        if len(frames) == frames.maxlen:
+            self.dropped += 1
+        frames.append((pts, pcm.reshape(1, -1)))
 
     def start(self) -> None:
         """Send from now on, silence until fed (a rebuilt link continues a started stream)."""
@@ -146,52 +246,79 @@ class AudioOutputTrack(MediaStreamTrack):
             await asyncio.sleep(AUDIO_PTIME)
         if self.readyState != "live":
             raise MediaStreamError
-        skipped = self._pacer.skipped
-        index = await self._pacer.wait_next()
-        if self.readyState != "live":
-            raise MediaStreamError
-        for _ in range(min(self._pacer.skipped - skipped, len(self._frames))):
-            # Their slots passed during a stall: sending them late would delay everything after.
-            self._frames.popleft()
+        clock = self.media_clock
+        frames = self._frames
+        if self._next is None:
+            head = frames[0] if frames else None
+            self._next = head[0] if head else clock.pts(clock.now(), AUDIO_SAMPLE_RATE)
+        lag = clock.now() - clock.due(self._next, AUDIO_SAMPLE_RATE)
+        if lag < 0:
+            await asyncio.sleep(-lag)
+            if self.readyState != "live":
+                raise MediaStreamError
+        elif lag > MAX_LAG:
+            skip = int(lag / AUDIO_PTIME)
+            self._next += skip * AUDIO_FRAME_SAMPLES
+            self.skipped += skip
+        while frames and frames[0][0] < self._next - _HALF:
+            frames.popleft()  # its slot went out (as silence): sending it now would delay the rest
             self.dropped += 1
-        try:
-            data = self._frames.popleft()
-        except IndexError:
-            data = self._silence
+            self.late += 1
+        if frames and frames[0][0] <= self._next + _HALF:
+            pts, data = frames.popleft()
+        else:
+            pts, data = self._next, self._silence
             self.silent += 1
+        self._next = pts + AUDIO_FRAME_SAMPLES
         frame = av.AudioFrame.from_ndarray(data, format="s16", layout=self._layout)
         frame.sample_rate = AUDIO_SAMPLE_RATE
-        frame.pts = index * AUDIO_FRAME_SAMPLES
+        frame.pts = pts
         frame.time_base = AUDIO_TIME_BASE
         self.sent += 1
         return frame
 
+    def ntp_time(self, pts: int) -> int:
+        """NTP time of ``pts`` (what the adapter puts in this stream's Sender Reports)."""
+        return self.media_clock.ntp(pts, AUDIO_SAMPLE_RATE)
+
 
 class VideoOutputTrack(MediaStreamTrack):
-    """Video at a fixed frame rate with pts on the 90 kHz RTP clock (time base 1/90000).
+    """Video with pts on the media clock's 90 kHz RTP clock (time base 1/90000).
 
-    :meth:`put` takes an ``av.VideoFrame`` or an ``(h, w, 3)`` uint8 RGB array, from any thread;
-    the track owns what it is given. With nothing new it repeats the last frame; before the first
-    frame it sends nothing.
+    :meth:`put` takes an ``av.VideoFrame`` or an ``(h, w, 3)`` uint8 RGB array and optionally its
+    capture ``timestamp``, from any thread; the track owns what it is given. With nothing new it
+    repeats the last picture every ``1/fps``; before the first picture it sends nothing.
     """
 
     kind = "video"
+    clock_rate = VIDEO_CLOCK_RATE
 
-    def __init__(self, *, fps: float = 30.0, max_queued: int = 2) -> None:
+    def __init__(
+        self, *, fps: float = 30.0, max_queued: int = 2, clock: MediaClock | None = None
+    ) -> None:
         super().__init__()
         if not 0 < fps <= 60:
             raise TrackInputError(f"fps must be in (0, 60], got {fps}")
         self.fps = fps
-        self._frames: collections.deque[av.VideoFrame] = collections.deque(
+        self.media_clock = clock or MediaClock()
+        self._step = round(VIDEO_CLOCK_RATE / fps)
+        self._frames: collections.deque[tuple[int, av.VideoFrame]] = collections.deque(
             maxlen=max(1, max_queued)
         )
         self._last: av.VideoFrame | None = None
-        self._pacer = _Pacer(1.0 / fps)
+        self._last_pts = 0
         self.sent = 0
         self.repeated = 0
+        #: Pictures dropped: queue full, or a newer one was due too (``late``, included).
         self.dropped = 0
+        self.late = 0
+        #: Puts whose timestamp was on another clock (ignored: stamped when handed over).
+        self.untimed = 0
 
-    def put(self, picture: av.VideoFrame | npt.NDArray[np.uint8]) -> None:
+    def put(
+        self, picture: av.VideoFrame | npt.NDArray[np.uint8], timestamp: float | None = None
+    ) -> None:
+        """Show ``picture`` from its capture ``timestamp`` (monotonic seconds; None: now) on."""
         if isinstance(picture, np.ndarray):
             if picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
                 raise TrackInputError(f"expected an (h, w, 3) uint8 RGB array, got {picture.shape}")
@@ -200,32 +327,67 @@ class VideoOutputTrack(MediaStreamTrack):
             raise TrackInputError(
                 f"expected av.VideoFrame or ndarray, got {type(picture).__name__}"
             )
+        clock = self.media_clock
+        if timestamp is not None and clock.plausible(timestamp) is None:
+            self.untimed += 1
+            timestamp = None
+        pts = clock.pts(clock.now() if timestamp is None else timestamp, VIDEO_CLOCK_RATE)
         if len(self._frames) == self._frames.maxlen:
             self.dropped += 1
-        self._frames.append(picture)
+        self._frames.append((pts, picture))
 
     async def recv(self) -> av.VideoFrame:
+        clock = self.media_clock
+        frames = self._frames
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
-            index = await self._pacer.wait_next()
-            if self.readyState != "live":
-                raise MediaStreamError
-            try:
-                frame = self._frames.popleft()
-            except IndexError:
-                if self._last is None:
-                    # Nothing to send yet. Restart the clock so the first frame gets pts 0.
-                    self._pacer = _Pacer(self._pacer.interval)
-                    await asyncio.sleep(self._pacer.interval)
-                    continue
-                frame = self._last
+            head = frames[0] if frames else None
+            if head is None and self._last is None:
+                await asyncio.sleep(1 / self.fps)  # nothing to send yet
+                continue
+            repeat = self._last_pts + self._step if self._last is not None else None
+            if head is None:
+                assert repeat is not None
+                wake = repeat
+            else:
+                wake = head[0] if repeat is None else min(head[0], repeat)
+            lag = clock.now() - clock.due(wake, VIDEO_CLOCK_RATE)
+            if lag < 0:
+                await asyncio.sleep(-lag)
+                if self.readyState != "live":
+                    raise MediaStreamError
+            now = clock.now()
+            picked: tuple[int, av.VideoFrame] | None = None
+            while frames and clock.due(frames[0][0], VIDEO_CLOCK_RATE) <= now:
+                if picked is not None:
+                    self.dropped += 1  # superseded: the newer one is due too
+                    self.late += 1
+                picked = frames.popleft()
+            if picked is not None and self._last is not None and picked[0] <= self._last_pts:
+                self.dropped += 1  # behind what was sent (its source's timeline went back)
+                self.late += 1
+                picked = None
+            if picked is not None:
+                pts, frame = picked
+            elif repeat is not None and self._last is not None and repeat <= wake:
+                pts, frame = repeat, self._last
+                behind = now - clock.due(pts, VIDEO_CLOCK_RATE)
+                if behind > MAX_LAG:  # a stalled loop: skip the repeats that passed
+                    pts += int(behind * VIDEO_CLOCK_RATE / self._step) * self._step
                 self.repeated += 1
+            else:
+                continue  # woke for a picture that was dropped
             self._last = frame
-            frame.pts = round(index * VIDEO_CLOCK_RATE / self.fps)
+            self._last_pts = pts
+            frame.pts = pts
             frame.time_base = VIDEO_TIME_BASE
             self.sent += 1
             return frame
+
+    def ntp_time(self, pts: int) -> int:
+        """NTP time of ``pts`` (what the adapter puts in this stream's Sender Reports)."""
+        return self.media_clock.ntp(pts, VIDEO_CLOCK_RATE)
 
 
 def _to_int16(

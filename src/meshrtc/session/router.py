@@ -275,11 +275,13 @@ class SessionRouter:
 
 
 async def _send(peer: SessionPeer, data: RuntimeData) -> None:
+    # Media goes with its timestamp: the peer's tracks put audio and video derived from one source
+    # on one media clock, so their capture-time relation survives onto the wire (rtc/tracks.py).
     if isinstance(data, Audio):
-        await peer.send_audio(data.frames_view())
+        await peer.send_audio(data.frames_view(), data.timestamp)
     elif isinstance(data, Video):
         frame: Any = data.frame
-        await peer.send_video(frame)
+        await peer.send_video(frame, data.timestamp)
     elif isinstance(data, Text):
         await peer.send_data(data.text)
     elif isinstance(data, Binary):
