@@ -125,6 +125,11 @@ class DriftCompensator:
         self.samples_in = self.samples_out = 0
         self.expected_out = 0.0
 
+    def reset_level(self) -> None:
+        """Forget the low-passed level: the caller just moved the level by a step on purpose (a
+        resync that skipped or dropped whole frames), which the filter must not average in."""
+        self._smoothed_level = None
+
     def process(
         self,
         samples: NDArray[np.floating[Any]],

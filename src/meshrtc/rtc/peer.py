@@ -57,6 +57,8 @@ from aiortc.sdp import candidate_from_sdp
 
 from meshrtc.config import DataChannelMode, IceTransportPolicy, TransportConfig
 from meshrtc.errors import ConfigError, MeshRtcError
+from meshrtc.media.audio_stage import SAMPLE_RATE as STAGE_SAMPLE_RATE
+from meshrtc.media.audio_stage import DriftCompensationStage, applied_correction
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.jitter import AudioPacket, Gap, InsertResult, KeyframeRequest, VideoFrame
 from meshrtc.media.keyframe import is_keyframe_for
@@ -153,6 +155,11 @@ _PLI_INTERVAL = 0.3
 _PLI_RETRY = 1.0
 #: Audio packet duration assumed for concealment and for the sender time of concealed packets.
 _AUDIO_STEP = AUDIO_FRAME_SAMPLES / 48_000
+#: A decoded picture waits at most this long for the audio presented with it to leave the audio
+#: stage (which holds audio 5-25 ms; more only if the trio thread is stalled).
+_VIDEO_WAITS_FOR_AUDIO = 0.1
+#: Audio presented within this long before a picture counts as flowing (worth waiting for).
+_AUDIO_FLOWING = 0.1
 #: Video frames a link's decode thread may have in hand (queued, decoding, or decoded and not yet
 #: delivered). Beyond it the decoder is not keeping up: a frame is dropped and a keyframe asked
 #: for, instead of every later picture arriving later (at 30 fps, 4 frames is ~130 ms).
@@ -352,6 +359,13 @@ class _Link:
     keyframe_wanted_since: float | None = None
     last_presented: float = -math.inf
     controllers: dict[FrameType, BitrateController] = attrs.Factory(dict)
+    #: Decoded audio → 960-sample frames 20 ms apart on our clock (drift compensated); one per
+    #: link, so a rebuilt link starts it afresh.
+    audio_stage: DriftCompensationStage = attrs.Factory(DriftCompensationStage)
+    #: Presentation time of the newest decoded audio block handed to ``audio_stage``.
+    audio_input_time: float = -math.inf
+    #: Set (and replaced) each time ``audio_stage`` delivers frames: video waiting for its audio.
+    audio_progress: trio.Event = attrs.Factory(trio.Event)
 
 
 # --- SDP helpers --------------------------------------------------------------------------------
@@ -1209,9 +1223,6 @@ class PeerConnection(StatefulModel):
     def _play(self, link: _Link, aligned: AlignedItem) -> None:
         item = aligned.item
         sender = aligned.sender_unix_time
-        # The timeline is floating point: items due together can differ in the last bits. Keep the
-        # promise that a peer's local times never go backwards.
-        when = link.last_presented = max(link.last_presented, aligned.presentation_time)
         if isinstance(item, AudioPacket):
             decoder = link.audio_decoder
             if decoder is None:
@@ -1222,20 +1233,17 @@ class PeerConnection(StatefulModel):
             pcm = decoder.decode(item.frame)
             if len(pcm):
                 self.stats.audio_frames += 1
-                self._deliver(
-                    ReceivedAudio(
-                        self.peer_id,
-                        pcm,
-                        decoder.sample_rate,
-                        decoder.channels,
-                        sender,
-                        when,
-                        False,
-                        item.frame.rtp_timestamp,
-                        item.frame.received_at,
-                    )
+                self._play_audio(
+                    link,
+                    pcm,
+                    aligned.presentation_time,
+                    sender,
+                    item.frame.rtp_timestamp,
+                    item.frame.received_at,
+                    concealed=False,
                 )
-        elif isinstance(item, Gap):
+            return
+        if isinstance(item, Gap):
             if item.frame_type is not FrameType.AUDIO:
                 return
             decoder = link.audio_decoder
@@ -1246,23 +1254,90 @@ class PeerConnection(StatefulModel):
                     pcm = decoder.conceal(AUDIO_FRAME_SAMPLES)
                 self.stats.audio_frames += 1
                 self.stats.concealed_frames += 1
-                at = link.last_presented = max(link.last_presented, when + i * _AUDIO_STEP)
-                self._deliver(
-                    ReceivedAudio(
-                        self.peer_id,
-                        pcm,
-                        48_000,
-                        pcm.shape[1],
-                        None if sender is None else sender + i * _AUDIO_STEP,
-                        at,
-                        True,
-                        (item.rtp_timestamp + i * AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF,
-                    )
+                self._play_audio(
+                    link,
+                    pcm,
+                    aligned.presentation_time + i * _AUDIO_STEP,
+                    None if sender is None else sender + i * _AUDIO_STEP,
+                    (item.rtp_timestamp + i * AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF,
+                    None,
+                    concealed=True,
                 )
-        elif isinstance(item, VideoFrame):
+            return
+        # The timeline is floating point: items due together can differ in the last bits. Keep the
+        # promise that a peer's local times never go backwards.
+        link.last_presented = max(link.last_presented, aligned.presentation_time)
+        if isinstance(item, VideoFrame):
             self._decode_video(link, aligned, item)
         elif isinstance(item, KeyframeRequest):
             self._request_keyframe(link)
+
+    def _play_audio(
+        self,
+        link: _Link,
+        pcm: npt.NDArray[np.float32],
+        presented: float,
+        sender: float | None,
+        rtp_timestamp: int,
+        received_at: float | None,
+        *,
+        concealed: bool,
+    ) -> None:
+        """One decoded (or concealed) block through the link's drift compensation stage.
+
+        What comes out is 960-sample frames whose local times advance by exactly 20 ms of our
+        clock (docs/media-sync.md, "Drift compensation in the live path"), resampled by the drift
+        estimator's factor once it is Stable: the router's grid then gets one frame per slot from
+        a sender whose clock runs fast or slow. A frame's local time is the presentation time of
+        its first sample, so it leaves the stage 5-25 ms after that time (resampler delay plus the
+        part of a frame still being filled); video waits for it in :meth:`_video_results`.
+        """
+        when = link.audio_input_time = max(link.audio_input_time, presented)
+        factor = applied_correction(self.sync_manager.clock_drift_estimator)
+        frames = link.audio_stage.push(
+            pcm,
+            when,
+            factor,
+            sender_time=sender,
+            rtp_timestamp=rtp_timestamp,
+            received_at=received_at,
+            concealed=concealed,
+        )
+        for frame in frames:
+            link.last_presented = max(link.last_presented, frame.local_time)
+            self._deliver(
+                ReceivedAudio(
+                    self.peer_id,
+                    frame.samples,
+                    STAGE_SAMPLE_RATE,
+                    frame.samples.shape[1],
+                    frame.sender_time,
+                    frame.local_time,
+                    frame.concealed,
+                    frame.rtp_timestamp,
+                    frame.received_at,
+                )
+            )
+        if frames:
+            link.audio_progress.set()
+            link.audio_progress = trio.Event()
+
+    async def _wait_for_audio(self, link: _Link, presented: float) -> None:
+        """Until the audio presented up to ``presented`` has left the audio stage (bounded).
+
+        The stage delivers a frame once it is whole, up to 25 ms after its first sample's time;
+        a picture delivered before that would put :attr:`received` out of time order and show
+        ahead of its sound. Audio that is not flowing (nothing presented within
+        ``_AUDIO_FLOWING`` of the picture) is not waited for.
+        """
+        stage = link.audio_stage
+        with trio.move_on_after(_VIDEO_WAITS_FOR_AUDIO):
+            while (
+                stage.next_stamp is not None
+                and stage.next_stamp <= presented
+                and link.audio_input_time >= presented - _AUDIO_FLOWING
+            ):
+                await link.audio_progress.wait()
 
     def _decode_video(self, link: _Link, aligned: AlignedItem, item: VideoFrame) -> None:
         """Hand the frame to the link's decode thread (started with the first frame), in order.
@@ -1309,6 +1384,8 @@ class PeerConnection(StatefulModel):
         async for result in worker:
             job = result.job
             decoded = result.unwrap()  # a bug in the decoder ends the link's tasks, as inline
+            if decoded.pictures:
+                await self._wait_for_audio(link, job.presentation_time)
             when = link.last_presented = max(link.last_presented, job.presentation_time)
             if decoded.pictures:
                 link.keyframe_wanted_since = None
