@@ -85,10 +85,14 @@ class Path:
     pileups: int = 0
     frames: int = 0
     max_displacement_ms: float = 0.0
+    grid_dropped: int = 0
     _last_slot_ts: float | None = None
 
-    def add(self, grid_ts: float, local_time: float, now: float) -> None:
+    def add(self, grid_ts: float | None, local_time: float, now: float) -> None:
         self.frames += 1
+        if grid_ts is None:  # the grid dropped it to re-anchor the peer
+            self.grid_dropped += 1
+            return
         self.levels.append((now, (grid_ts - now) * 1000))
         # Rounding moves a frame at most half a slot; more means the grid pushed it off its own
         # slot because the previous frame took it (a pile-up).
@@ -111,6 +115,7 @@ class Path:
             "holes": self.holes,
             "pileups": self.pileups,
             "max_displacement_ms": self.max_displacement_ms,
+            "grid_dropped": self.grid_dropped,
             "frames": self.frames,
         }
 
@@ -308,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:>13}: mix level min {s['min_ms']:.1f} / max {s['max_ms']:.1f} / final "
             f"{s['final_ms']:.1f} ms; holes {s['holes']}, piled-up frames {s['pileups']} (pushed up "
-            f"to {s['max_displacement_ms']:.0f} ms off their time), "
+            f"to {s['max_displacement_ms']:.0f} ms off their time), dropped by the grid "
+            f"{s['grid_dropped']}, "
             f"frames {s['frames']}"
         )
     after = [v for t, v in out.leads if stable is not None and t >= stable]

@@ -10,9 +10,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshrtc.errors import MeshRtcError
+
+if TYPE_CHECKING:
+    from meshrtc.media.drift import ClockDriftEstimator
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -126,6 +129,14 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def drift_text(estimator: ClockDriftEstimator) -> str:
+    """The demo's "drift ppm" cell: "-" until the estimate is Stable and precise enough to stand
+    behind (:func:`~meshrtc.media.audio_stage.stable_drift_ppm`), then the figure."""
+    from meshrtc.media.audio_stage import stable_drift_ppm
+
+    return _fmt(stable_drift_ppm(estimator), ".1f")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import json
     import logging
@@ -173,7 +184,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 _fmt(m.jitter_ms, ".1f"),
                 _fmt(sm.presentation_delay_ms),
                 _fmt(sm.sync_offset_ms),
-                _fmt(sm.clock_drift_estimator.drift_ppm, ".1f"),
+                drift_text(sm.clock_drift_estimator),
                 str(running.router.frames_in.get(pid, 0)),
                 str(running.router.frames_out.get(pid, 0)),
             )
