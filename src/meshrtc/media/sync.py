@@ -50,6 +50,7 @@ from meshrtc.media.jitter import (
 )
 from meshrtc.media.ntp import DEFAULT_STALE_AFTER, RtpToNtpEstimator, SrUpdate, ntp_seconds_to_unix
 from meshrtc.media.rtcp import SenderReport
+from meshrtc.media.seq import seq_diff, ts_diff
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
 __all__ = [
@@ -100,6 +101,10 @@ _ACCEPTED_MEMORY = 2048
 #: are longer).
 _DEFAULT_AUDIO_STEP = 0.020
 _MAX_AUDIO_STEP = 0.120
+#: A stream whose sequence numbers jump by more than this, or whose RTP time moves this many
+#: seconds away from the time that passed here, was restarted by its sender (same SSRC).
+_MAX_SEQ_JUMP = 3000
+_MAX_RTP_JUMP = 5.0
 #: Capture instants closer than this are the same instant (RTP/NTP rounding).
 _SAME_INSTANT = 1e-4
 #: The presentation offset sits this far above the larger stream lag.
@@ -306,6 +311,8 @@ class SyncManager(StatefulModel):
             for kind in FrameType
         }
         self._ssrc: dict[FrameType, int] = {}
+        #: (sequence number, RTP timestamp, arrival) of each stream's newest accepted packet.
+        self._last_packet: dict[FrameType, tuple[int, int, float]] = {}
         # seq -> RTP timestamp of recently accepted packets: with the buffer's head_sequence and
         # next_due() it tells when the buffer will release which capture instant.
         self._accepted: dict[FrameType, dict[int, int]] = {k: {} for k in FrameType}
@@ -341,6 +348,7 @@ class SyncManager(StatefulModel):
             mapping.reset()
         self.clock_drift_estimator.reset()
         self._ssrc.clear()
+        self._last_packet.clear()
         for accepted in self._accepted.values():
             accepted.clear()
         for lags in self._lags.values():
@@ -366,9 +374,18 @@ class SyncManager(StatefulModel):
         if known is not None and known != frame.ssrc:
             log.info("peer %r: %s SSRC changed; restarting that stream", self.peer_id, kind.value)
             self._restart_stream(kind)
+        elif self._discontinuous(kind, frame, now):
+            log.info(
+                "peer %r: %s RTP timestamps or sequence numbers jumped (a sender restart with the "
+                "same SSRC); restarting that stream",
+                self.peer_id,
+                kind.value,
+            )
+            self._restart_stream(kind)
         self._ssrc[kind] = frame.ssrc
         result = self._buffer(kind).insert(frame, now)
         if result is InsertResult.ACCEPTED:
+            self._last_packet[kind] = (frame.sequence_number, frame.rtp_timestamp, now)
             accepted = self._accepted[kind]
             accepted[frame.sequence_number] = frame.rtp_timestamp
             if len(accepted) > _ACCEPTED_MEMORY:
@@ -399,14 +416,41 @@ class SyncManager(StatefulModel):
         self._refresh(sr.received_at)
         return outcome
 
+    def _discontinuous(self, kind: FrameType, frame: MediaFrame, now: float) -> bool:
+        """Did the sender restart this stream under the same SSRC (new random RTP origin and
+        sequence numbers)? Judged against the newest accepted packet: a sequence jump no loss burst
+        explains, or RTP time that moved seconds away from the time that passed here (a pause
+        moves both together; reordering and retransmissions move them by far less)."""
+        last = self._last_packet.get(kind)
+        if last is None:
+            return False
+        seq, rtp, at = last
+        rate = self.audio_clock_rate if kind is FrameType.AUDIO else self.video_clock_rate
+        rtp_elapsed = ts_diff(frame.rtp_timestamp, rtp) / rate
+        return (
+            abs(seq_diff(frame.sequence_number, seq)) > _MAX_SEQ_JUMP
+            or abs(rtp_elapsed - (now - at)) > _MAX_RTP_JUMP
+        )
+
     def _restart_stream(self, kind: FrameType) -> None:
+        self._last_packet.pop(kind, None)
         self._buffer(kind).reset()
         self._accepted[kind].clear()
         self.ntp_mapping[kind].reset()
         self._lags[kind].clear()
         self._lag_ema[kind] = None
         self._pending = [p for p in self._pending if p.kind is not kind]
-        self._resync_needed = True
+        # Nothing of the old timeline applies to the new stream (its mapping starts over): items
+        # pass at their jitter-buffer time until both mappings are confirmed, then a new timeline
+        # starts. Not rate-limited: a restart is the sender's doing, and says so by its SSRC or its
+        # RTP timestamps.
+        if self._timeline is not None:
+            self.timeline_rebuilds += 1
+            log.info(
+                "peer %r: rebuilding the A/V timeline (%s restarted)", self.peer_id, kind.value
+            )
+        self._timeline = None
+        self._resync_needed = False
 
     def _buffer(self, kind: FrameType) -> JitterBuffer:
         return self.audio_jitter_buffer if kind is FrameType.AUDIO else self.video_jitter_buffer
@@ -451,7 +495,8 @@ class SyncManager(StatefulModel):
             self.synced()
             if self._timeline is None:
                 self._resync_needed = False
-            return
+            if not self._resync_needed:
+                return
         # A rebuild re-anchors what the router and the mixer rely on: at most one per
         # ``_rebuild_interval`` (which doubles while rebuilds keep being asked for), so a mapping
         # that keeps disagreeing cannot make the timeline thrash.
@@ -604,7 +649,9 @@ class SyncManager(StatefulModel):
         release = _playout_time(item)
         rtp = _rtp_timestamp(item)
         mapping = self.ntp_mapping[kind]
-        sender = None if rtp is None or not mapping.has_mapping else mapping.to_ntp(rtp)
+        # Only a confirmed mapping places items on the timeline: a single SR may be the sender's
+        # first, off by most of a second, and would move the whole timeline with it.
+        sender = None if rtp is None or not mapping.confirmed else mapping.to_ntp(rtp)
         self._seq += 1
         pending = _Pending(kind, item, sender, release, self._seq)
         if sender is not None:

@@ -3,8 +3,10 @@
 Alignment: MixMinus windows frames by ``timestamp``, so frames of different peers presented at the
 same instant must carry the same timestamp. Each PeerConnection's SyncManager already presents media
 on the common monotonic timeline (``local_time``), so the router snaps every audio frame's
-``local_time`` onto a 20 ms grid shared by the whole session, keeping each peer's slots strictly
-increasing (a frame presented a little early never collides with its predecessor).
+``local_time`` onto a 20 ms grid shared by the whole session (``meshrtc.session.grid.SessionGrid``):
+each peer's slots strictly increase, a peer may run at most 40 ms (for at most 200 ms) ahead of its
+own time, and a peer whose timeline jumped back is re-anchored by dropping the frames its timeline
+presents twice (counted in ``grid_dropped``), instead of staying ahead for good.
 ``meshrtc.media.sync.collect_aligned_frames`` groups *SyncManager items* by sender wall clock; here
 the items come already presented and decoded from ``PeerConnection.received``, so the grid does the
 same job on the timeline they carry without re-buffering them.
@@ -39,14 +41,13 @@ import trio
 from meshrtc.pipeline.data import Audio, Binary, Json, RuntimeData, Text, Video
 from meshrtc.pipeline.runner import PipelineStream
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
+from meshrtc.session.grid import GRID_SECONDS, SessionGrid
 from meshrtc.session.stream import SessionPeer, StreamSession
 
 __all__ = ["GRID_SECONDS", "MAX_INPUT_AGE", "SessionRouter", "to_runtime"]
 
 logger = logging.getLogger(__name__)
 
-#: The session's audio grid: one Opus frame.
-GRID_SECONDS = 0.020
 #: Audio or video presented longer ago than this (seconds) is stale (module docstring).
 MAX_INPUT_AGE = 0.25
 #: Grid slots whose arrival time is remembered (10 s): older ones are forgotten unmatched.
@@ -96,8 +97,10 @@ class SessionRouter:
         self._clock = clock
         #: Audio/video items per peer dropped as stale (see the module docstring).
         self.stale_dropped: dict[str, int] = {}
-        self._origin: float | None = None
-        self._last_slot: dict[str, int] = {}
+        #: The session's slots (sans-IO: see meshrtc.session.grid).
+        self.grid = SessionGrid(GRID_SECONDS)
+        #: Audio frames per peer the grid dropped to re-anchor a peer whose timeline jumped back.
+        self.grid_dropped: dict[str, int] = {}
         #: Items per peer that reached the pipeline / that the router sent to the peer.
         self.frames_in: dict[str, int] = {}
         self.frames_out: dict[str, int] = {}
@@ -113,20 +116,18 @@ class SessionRouter:
             self._drained = trio.Event()
             await self._drained.wait()
 
-    def grid_timestamp(self, peer_id: str, local_time: float) -> float:
-        """Snap ``local_time`` onto the session grid, strictly increasing per peer."""
-        if self._origin is None:
-            self._origin = local_time
-        slot = round((local_time - self._origin) / GRID_SECONDS)
-        last = self._last_slot.get(peer_id)
-        if last is not None and slot <= last:
-            slot = last + 1
-        self._last_slot[peer_id] = slot
-        return self._origin + slot * GRID_SECONDS
+    def grid_timestamp(self, peer_id: str, local_time: float) -> float | None:
+        """Snap ``local_time`` onto the session grid (None: the frame is dropped to re-anchor the
+        peer; see :class:`~meshrtc.session.grid.SessionGrid`)."""
+        return self.grid.timestamp(peer_id, local_time)
 
-    def convert(self, item: ReceivedMedia) -> RuntimeData:
+    def convert(self, item: ReceivedMedia) -> RuntimeData | None:
+        """Pipeline data for ``item``; None for an audio frame the grid drops (counted)."""
         if isinstance(item, ReceivedAudio):
             ts = self.grid_timestamp(item.peer_id, item.local_time)
+            if ts is None:
+                self.grid_dropped[item.peer_id] = self.grid_dropped.get(item.peer_id, 0) + 1
+                return None
             if item.received_at is not None:
                 arrivals = self._arrivals
                 first = arrivals.get(ts)
@@ -153,6 +154,8 @@ class SessionRouter:
             self.stale_dropped[item.peer_id] = self.stale_dropped.get(item.peer_id, 0) + 1
             return False
         data = self.convert(item)
+        if data is None:
+            return False
         await inputs.send(data)
         session.input_seq += 1
         self.frames_in[item.peer_id] = self.frames_in.get(item.peer_id, 0) + 1
