@@ -482,44 +482,71 @@ def random_member(rng: random.Random, seconds: float) -> Member:
 # --- re-anchoring after a jump: router grid + MixMinus only ----------------------------------------
 
 
-def reanchor_time(jump: float, *, members: int = 3, seconds: float = 6.0) -> tuple[float, int]:
-    """Members present frames exactly on time, until member 0's local times jump by ``jump`` (s).
+def reanchor_time(
+    jump: float, *, members: int = 3, seconds: float = 6.0, offset_only: bool = False
+) -> tuple[float, int]:
+    """Members present a frame every 20 ms, each pushed into the mixer when presented, until
+    member 0's timeline jumps by ``jump`` seconds 2 s in, as a SyncManager rebuild moves it.
 
-    Returns the time from the jump until member 0 is back in every other member's mix for good (the
-    first slot after which it never misses again), and the slots in which it was missing after
-    the jump.
+    Forward: its frames are presented ``jump`` later from then on (a gap, then the same pace).
+    Back: every frame whose new presentation time has passed comes out at once (a burst, at the
+    local time of its predecessor, as ``PeerConnection._play`` never lets local times go back),
+    then the rest at the earlier pace. Returns the time from the jump until member 0 is back in
+    every other member's mix and every other member in member 0's, for good (the end of the last
+    slot with one missing), and the number of slots with one missing.
+
+    ``offset_only``: instead, member 0's local times run ``jump`` off the time it is pushed at, for
+    good (not what a SyncManager does, whose items are pushed when due; it exercises MixMinus's own
+    re-anchoring, for timestamps from elsewhere).
     """
     grid = _Grid()
     mixer = MixMinusMixer(limiter="none")
     names = [f"m{i}" for i in range(members)]
     markers = [np.full(1, 2.0**i / 16.0, np.float32) for i in range(members)]
-    jump_at = 2.0
+    jump_at = 1.0 + 2.0
+    pushes: list[tuple[float, int, float]] = []  # (push time, member, local time)
+    last_local = -math.inf
+    for k in range(round(seconds / GRID)):
+        presented = 1.0 + k * GRID
+        for i in range(members):
+            local = presented + 0.0005 * i
+            push = local + 0.001 * i
+            if i == 0 and presented >= jump_at and offset_only:
+                local = presented + jump
+            elif i == 0 and presented >= jump_at:
+                local = max(last_local, presented + jump)
+                push = max(jump_at, presented + jump)
+            if i == 0:
+                last_local = local
+            pushes.append((push, i, local))
+    pushes.sort()
     mixes: list[Audio] = []
-    n = round(seconds / GRID)
-    for k in range(n):
-        now = 1.0 + k * GRID
-        for i, name in enumerate(names):
-            local = now + (jump if i == 0 and now >= 1.0 + jump_at else 0.0) + 0.0005 * i
-            push_at = now + 0.001 * i
-            expire_due = mixer.deadline
-            if expire_due is not None and expire_due <= push_at:
-                mixes.extend(mixer.expire(push_at))
-            ts = grid.timestamp(name, local)
-            if ts is None:
-                continue
-            mixes.extend(mixer.push(Audio(samples=markers[i], peer_id=name, timestamp=ts), push_at))
+    for push, i, local in pushes:
+        expire_due = mixer.deadline
+        if expire_due is not None and expire_due <= push:
+            mixes.extend(mixer.expire(push))
+        ts = grid.timestamp(names[i], local)
+        if ts is not None:
+            frame = Audio(samples=markers[i], peer_id=names[i], timestamp=ts)
+            mixes.extend(mixer.push(frame, push))
     mixes.extend(mixer.flush())
+    jump_at -= 1.0
     origin = grid.origin()
     assert origin is not None
-    missing_after: list[float] = []
+    start, end = origin + jump_at, origin + seconds - 0.6
+    everyone = (1 << members) - 1
+    missing: list[float] = []
     for mix in mixes:
-        if mix.to_peer == names[0] or mix.timestamp < origin + jump_at:
+        if not start <= mix.timestamp < end or mix.to_peer is None:
             continue
-        if not round(float(mix.samples[0]) * 16.0) & 1:
-            missing_after.append(mix.timestamp)
-    if not missing_after:
+        receiver = names.index(mix.to_peer)
+        # Member 0 in everybody's mix, and everybody in member 0's.
+        wanted = everyone & ~(1 << receiver) if receiver == 0 else 1
+        if round(float(mix.samples[0]) * 16.0) & wanted != wanted:
+            missing.append(mix.timestamp)
+    if not missing:
         return 0.0, 0
-    return max(missing_after) + GRID - (origin + jump_at), len(missing_after) // (members - 1)
+    return max(missing) + GRID - start, len(set(missing))
 
 
 # --- main --------------------------------------------------------------------------------------------
@@ -544,12 +571,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jump", action="store_true")
     args = parser.parse_args(argv)
     if args.jump:
-        for jump in (0.15, -0.15, 0.5, -0.5, 0.06, -0.06):
-            took, missing = reanchor_time(jump)
-            print(
-                f"jump {jump * 1000:+5.0f} ms: member back in every mix {took * 1000:4.0f} ms after "
-                f"the jump ({missing} slots without it)"
-            )
+        for offset_only in (False, True):
+            what = "timestamps off by" if offset_only else "timeline jump"
+            for jump in (0.06, -0.06, 0.15, -0.15, 0.5, -0.5):
+                took, missing = reanchor_time(jump, offset_only=offset_only)
+                print(
+                    f"{what} {jump * 1000:+5.0f} ms: every mix complete again {took * 1000:4.0f} "
+                    f"ms after the jump ({missing} slots with a member missing)"
+                )
         return 0
     all_scenarios = scenarios(args.seconds)
     chosen = (

@@ -18,6 +18,14 @@ one opens, on its timeout, or at the end of the input. A peer that joins later m
 frame arrive after its window was already mixed: that frame is dropped (counted as late), and from
 then on the peer is waited for.
 
+Re-anchoring (issue 11): a peer whose frames all come too late for their windows for
+``reanchor_after`` (100 ms of ``now``) is not dropped for good. Its timestamps run behind the
+session's (its timeline jumped back, or the others' jumped ahead), so from then on they are shifted
+by a constant that puts its next frame into the oldest window still open (or the one after the
+newest mixed), and it is mixed again: ``reanchors`` counts it. The shift stays with the peer (a peer
+that returns with a shift that no longer fits is late again and re-anchored again, or is ahead and
+the others are).
+
 Frames of one window may differ in length: shorter ones are zero-padded to the longest. A frame whose
 sample rate or channel count differs from the window's is dropped and counted (put a Resample node in
 front of MixMinus when peers differ). The sum is limited per ``limiter``: ``clip`` (hard clip to
@@ -113,18 +121,24 @@ class MixMinusMixer:
     limiter: str = "clip"
     #: Windows that may be open at once; opening one more mixes the oldest.
     max_windows: int = 5
+    #: A peer late for this long (seconds of ``now``) is re-anchored (module docstring).
+    reanchor_after: float = 0.1
 
     #: Open windows, oldest first.
     _open: list[_Window] = attrs.field(factory=list, init=False)
     #: Media time each peer was last heard at, and the newest window already mixed.
     _last_seen: dict[str, float] = attrs.field(factory=dict, init=False)
     _last_mixed: float = attrs.field(default=-math.inf, init=False)
+    #: Per peer: the shift added to its timestamps, and since when its frames have all been late.
+    _shift: dict[str, float] = attrs.field(factory=dict, init=False)
+    _late_since: dict[str, float] = attrs.field(factory=dict, init=False)
 
     late: int = attrs.field(default=0, init=False)
     duplicates: int = attrs.field(default=0, init=False)
     mismatched: int = attrs.field(default=0, init=False)
     anonymous: int = attrs.field(default=0, init=False)
     windows: int = attrs.field(default=0, init=False)
+    reanchors: int = attrs.field(default=0, init=False)
 
     @property
     def deadline(self) -> float | None:
@@ -140,13 +154,18 @@ class MixMinusMixer:
         if peer is None:
             self.anonymous += 1
             return []
-        ts = frame.timestamp
-        seen = max(ts, self._last_seen.get(peer, -math.inf))
+        ts = frame.timestamp + self._shift.get(peer, 0.0)
         if ts <= self._last_mixed + self.tolerance:
-            # Too late for its window, but the peer is alive: it is waited for from the next one on.
-            self._last_seen[peer] = seen
-            self.late += 1
-            return []
+            since = self._late_since.setdefault(peer, now)
+            if now - since < self.reanchor_after:
+                # Too late for its window, but the peer is alive: it is waited for from the next
+                # one on.
+                self._last_seen[peer] = max(ts, self._last_seen.get(peer, -math.inf))
+                self.late += 1
+                return []
+            ts = self._reanchor(peer, ts, frame)
+        self._late_since.pop(peer, None)
+        seen = max(ts, self._last_seen.get(peer, -math.inf))
         out: list[Audio] = []
         window = self._window_for(ts, frame, now, out)
         self._last_seen[peer] = seen  # after: a window never waits for the peer that opened it
@@ -167,6 +186,26 @@ class MixMinusMixer:
             window.frames[peer] = frame
         out.extend(self._close_ready(now))
         return out
+
+    def _reanchor(self, peer: str, ts: float, frame: Audio) -> float:
+        """Shift ``peer``'s timestamps so this frame lands in the oldest open window it is not in
+        yet (or just after the newest window mixed, or after the newest open one)."""
+        step = frame.frames / frame.sample_rate
+        target = next((w.ts for w in self._open if peer not in w.frames), None)
+        if target is None:
+            newest = self._open[-1].ts if self._open else self._last_mixed
+            target = newest + step
+        self._shift[peer] = self._shift.get(peer, 0.0) + (target - ts)
+        del self._late_since[peer]
+        self.reanchors += 1
+        logger.info(
+            "MixMinus: peer %r was late for every window for %.0f ms: re-anchored (its timestamps "
+            "now shifted by %+.0f ms)",
+            peer,
+            self.reanchor_after * 1000,
+            self._shift[peer] * 1000,
+        )
+        return target
 
     def _window_for(self, ts: float, frame: Audio, now: float, out: list[Audio]) -> _Window:
         """The open window at ``ts``, or a new one (in order; the oldest mixed if too many)."""
@@ -250,9 +289,11 @@ class MixMinus(Node):
         tolerance = p.number("align_tolerance_ms", 1.0, minimum=0.0, maximum=100.0)
         limiter = p.choice("limiter", LIMITERS, "clip")
         max_windows = p.integer("max_windows", 5, minimum=1, maximum=50)
+        reanchor = p.number("reanchor_after_ms", 100.0, minimum=0.0, maximum=60_000.0)
         p.finish()
         return {
             "max_windows": max_windows,
+            "reanchor_after_ms": reanchor,
             "window_timeout_ms": window,
             "peer_timeout_ms": peer,
             "align_tolerance_ms": tolerance,
@@ -267,6 +308,7 @@ class MixMinus(Node):
             tolerance=params["align_tolerance_ms"] / 1000.0,
             limiter=params["limiter"],
             max_windows=params["max_windows"],
+            reanchor_after=params["reanchor_after_ms"] / 1000.0,
         )
 
     async def run(self, inputs: trio.abc.ReceiveChannel[RuntimeData], emit: Emit) -> None:
