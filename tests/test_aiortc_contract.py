@@ -210,6 +210,64 @@ def test_sender_builds_its_encoder_with_the_module_get_encoder() -> None:
     assert "self.__encoder = get_encoder(codec)" in _source(RTCRtpSender._next_encoded_frame)
 
 
+# Sender Reports on the media clock (SenderControl._stamp_report_pair, issue 11) --------------------
+
+
+@pytest.mark.parametrize("name", [adapter.SENDER_NTP_TIMESTAMP, adapter.SENDER_RTP_TIMESTAMP])
+@pytest.mark.parametrize("kind", ["audio", "video"])
+def test_sender_report_pair_is_an_instance_attribute(kind: str, name: str) -> None:
+    assert getattr(LIVE[f"{kind}_sender"], name, None) == 0, f"RTCRtpSender.{name} moved"
+
+
+def test_sender_next_encoded_frame_is_looked_up_on_the_instance_once_per_frame() -> None:
+    fn = getattr(RTCRtpSender, adapter.SENDER_NEXT_ENCODED_FRAME)
+    assert inspect.iscoroutinefunction(fn)
+    assert _params(fn) == ["self", "codec"]
+    run_rtp = _source(RTCRtpSender._run_rtp)
+    assert "enc_frame = await self._next_encoded_frame(codec)" in run_rtp
+    assert "timestamp = uint32_add(timestamp_origin, enc_frame.timestamp)" in run_rtp
+    assert "RTCEncodedFrame(payloads, timestamp, audio_level)" in _source(fn)
+
+
+def test_sender_records_the_report_pair_after_each_packet_and_nothing_awaits_after_it() -> None:
+    # The adapter re-stamps the NTP half at the next _next_encoded_frame call; that is only safe if
+    # _run_rtp sets the pair last and awaits nothing else between it and the next frame.
+    run_rtp = _source(RTCRtpSender._run_rtp)
+    sent = run_rtp.index("await self.transport._send_rtp(packet_bytes)")
+    ntp = run_rtp.index("self.__ntp_timestamp = clock.current_ntp_time()")
+    rtp = run_rtp.index("self.__rtp_timestamp = packet.timestamp")
+    loop_end = run_rtp.index("except (asyncio.CancelledError")
+    assert sent < ntp < rtp < loop_end
+    assert "await" not in run_rtp[rtp:loop_end]
+
+
+def test_sender_report_and_lsr_come_from_the_pair() -> None:
+    run_rtcp = _source(RTCRtpSender._run_rtcp)
+    assert "ntp_timestamp=self.__ntp_timestamp" in run_rtcp
+    assert "rtp_timestamp=self.__rtp_timestamp" in run_rtcp
+    assert "self.__lsr = ((self.__ntp_timestamp) >> 16) & 0xFFFFFFFF" in run_rtcp
+    # RTT is measured against the local time the SR was built, not against its NTP field.
+    assert "self.__lsr_time = time.time()" in run_rtcp
+    assert "rtt = time.time() - self.__lsr_time" in _source(RTCRtpSender._handle_rtcp_packet)
+
+
+def test_sender_track_is_a_public_property() -> None:
+    assert isinstance(inspect.getattr_static(RTCRtpSender, "track"), property)
+
+
+def test_encoder_timestamps_are_the_frame_pts() -> None:
+    # Video: the RTP timestamp is the frame's pts on 90 kHz. Opus: counted from aiortc's first
+    # packet; BitrateOpusEncoder adds first_packet_pts back so it is the packet's own pts.
+    for cls in (vpx.Vp8Encoder, h264.H264Encoder):
+        assert (
+            "timestamp = convert_timebase(frame.pts, frame.time_base, VIDEO_TIME_BASE)"
+            in _source(cls.encode)
+        )
+    source = _source(opus.OpusEncoder.encode)
+    assert "packets[0].pts - self.first_packet_pts" in source
+    assert opus.OpusEncoder().first_packet_pts is None
+
+
 def test_sender_applies_remb_to_the_encoder_target_bitrate() -> None:
     # Why SenderControl intercepts REMB: otherwise this line overwrites the quality controller's cap.
     source = _source(RTCRtpSender._handle_rtcp_packet)
@@ -436,3 +494,86 @@ def test_codec_base_classes_and_helpers_vp9_codec_uses() -> None:
     # VP9's fmtp goes out and comes back as text: "profile-id=0" <-> {"profile-id": "0"}.
     assert sdp.parameters_to_sdp({"profile-id": "0"}) == "profile-id=0"
     assert sdp.parameters_from_sdp("profile-id=0") == {"profile-id": "0"}
+
+
+# --- DTLS with RSA peers and rejected sections (the adapter's "DTLS" and "Negotiation" parts) -----
+
+
+def test_every_dtls_context_comes_from_the_certificate_method_the_adapter_wraps() -> None:
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    fn = getattr(RTCCertificate, adapter.CREATE_SSL_CONTEXT)
+    assert _params(fn) == ["self", "srtp_profiles"]
+    # The wrapper sets the cipher list after aiortc's own, on the context aiortc returns.
+    previous = fn.__closure__[0].cell_contents
+    assert "ctx.set_cipher_list(" in _source(previous)
+    assert "return ctx" in _source(previous)
+    assert f"self.__local_certificate.{adapter.CREATE_SSL_CONTEXT}(" in _source(
+        RTCDtlsTransport.start
+    )
+
+
+def test_certificates_are_a_list_on_the_connection_given_to_each_dtls_transport() -> None:
+    from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
+
+    source = inspect.getsource(RTCPeerConnection)
+    assert f"self.{adapter.PC_CERTIFICATES.removeprefix('_RTCPeerConnection')} = [" in source
+    assert "RTCDtlsTransport(iceTransport, self.__certificates)" in source
+    assert _params(RTCCertificate.__init__) == ["self", "key", "cert"]
+    assert _params(generate_certificate) == ["key"]
+
+    async def check() -> None:
+        pc = RTCPeerConnection()
+        try:
+            certificates = getattr(pc, adapter.PC_CERTIFICATES)
+            assert isinstance(certificates, list)
+            assert all(isinstance(c, RTCCertificate) for c in certificates)
+            # Its DTLS transport holds the OpenSSL connection the adapter reads the suite from.
+            transport = pc.addTransceiver("audio").receiver.transport
+            assert getattr(transport, adapter.DTLS_SSL) is None
+        finally:
+            await pc.close()
+
+    asyncio.run(check())
+    assert "self._ssl = SSL.Connection(" in _source(RTCDtlsTransport.start)
+
+
+def test_negotiation_helpers_the_adapter_calls_before_aiortc() -> None:
+    from aiortc import rtcpeerconnection as pc_module
+
+    find_common = getattr(pc_module, adapter.FIND_COMMON_CODECS)
+    filter_preferred = getattr(pc_module, adapter.FILTER_PREFERRED_CODECS)
+    assert _params(find_common) == ["local_codecs", "remote_codecs"]
+    assert _params(filter_preferred) == ["codecs", "preferred"]
+    source = _source(RTCPeerConnection.setRemoteDescription)
+    # unusable_sections must predict exactly the check that raises.
+    assert "common = filter_preferred_codecs(" in source
+    assert "transceiver._preferred_codecs," in source
+    assert "if not len(common):" in source
+
+
+def test_an_inactive_section_creates_no_track_and_moves_no_media() -> None:
+    """stand_in_offer / stand_in_answer make rejected sections ``a=inactive``; aiortc must then
+    neither emit a track nor start the sender or receiver for them."""
+    source = _source(RTCPeerConnection.setRemoteDescription)
+    assert "direction = reverse_direction(media.direction)" in source
+    assert 'direction in ["recvonly", "sendrecv"]' in source
+    answer = _source(RTCPeerConnection.createAnswer)
+    assert "transceiver.direction, transceiver._offerDirection" in answer
+    connect = _source(RTCPeerConnection._RTCPeerConnection__connect)  # type: ignore[attr-defined]
+    assert 'if transceiver.currentDirection in ["sendonly", "sendrecv"]:' in connect
+    assert 'if transceiver.currentDirection in ["recvonly", "sendrecv"]:' in connect
+    # Sections in the answer's BUNDLE group move onto the bundle transport (no ICE of their own).
+    assert "slaveMids = bundle.items[1:]" in source
+
+
+def test_sdp_parser_fields_unusable_sections_reads() -> None:
+    from aiortc import sdp
+
+    description = sdp.SessionDescription.parse(
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+    media = description.media[0]
+    assert (media.kind, media.port) == ("video", 0)
+    assert [c.mimeType for c in media.rtp.codecs] == ["video/VP8"]

@@ -23,6 +23,7 @@ from meshrtc.signaling.protocol import (
     Method,
     Notification,
     Offer,
+    PeerErrorNotice,
     PeerInfo,
     PeerJoined,
     PeerLeft,
@@ -539,7 +540,48 @@ def test_every_error_code_reaches_the_sender_only(
 
 def test_every_documented_code_is_exercised() -> None:
     exercised = {code for code, _ in ERROR_CASES} | {-32603, -32008}  # the two tests below
+    exercised.add(-32009)  # peer to peer, in peer.error: test_peer_error_reaches_the_offerer_only
     assert exercised == {int(c) for c in ErrorCode}
+
+
+def test_peer_error_reaches_the_offerer_only() -> None:
+    hub = hub_with(("a", "s"), ("b", "s"), ("c", "s"))
+    error = {"code": -32009, "message": "video section 1 offers VP8; meshrtc video uses VP9"}
+    sent = hub.receive(2, rpc("peer.error", {"from": "b", "to": "a", "error": error}, 7), 1.0)
+    assert [(a.conn, json.loads(a.text)) for a in sent if isinstance(a, Send)] == [
+        (
+            1,
+            {
+                "jsonrpc": "2.0",
+                "method": "peer.error",
+                "params": {"from": "b", "to": "a", "error": error},
+            },
+        ),
+        (2, {"jsonrpc": "2.0", "id": 7, "result": {"status": "forwarded"}}),
+    ]
+    notice = parse_notification(
+        Notification("peer.error", {"from": "b", "to": "a", "error": error})
+    )
+    assert notice == PeerErrorNotice("b", "a", -32009, error["message"])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        None,
+        {"code": -32009},
+        {"code": "x", "message": "m"},
+        {"code": True, "message": "m"},
+        {"code": -32009, "message": 5},
+        {"code": -32009, "message": "m" * 2049},
+        {"code": -32009, "message": "m", "data": 1},
+    ],
+)
+def test_peer_error_needs_a_json_rpc_error_object(error: object) -> None:
+    hub = hub_with(("a", "s"), ("b", "s"))
+    params = {"from": "b", "to": "a", "error": error}
+    reply = only_reply(hub.receive(2, rpc("peer.error", params, 7), 1.0), 2)
+    assert reply["error"]["code"] == -32602
 
 
 def test_internal_error_is_reported_and_the_hub_survives(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,24 +40,32 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import attrs
 import av
 import numpy as np
 import numpy.typing as npt
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import (
+    RTCCertificate,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc import codecs as _aiortc_codecs
 from aiortc import rtcpeerconnection as _aiortc_pc_module
 from aiortc import rtcrtpreceiver as _aiortc_receiver_module
 from aiortc import rtcrtpsender as _aiortc_sender_module
+from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import depayload, get_decoder, is_rtx
 from aiortc.codecs import h264 as _aiortc_h264
 from aiortc.codecs import vpx as _aiortc_vpx
 from aiortc.codecs.opus import SAMPLE_RATE as OPUS_SAMPLE_RATE
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcdtlstransport import generate_certificate
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
     RTCRtpCodecCapability,
@@ -75,9 +83,18 @@ from aiortc.rtp import (
 )
 from av.audio.codeccontext import AudioCodecContext
 from av.frame import Frame
+from cryptography.hazmat.primitives.asymmetric import rsa
+from OpenSSL import SSL
 
 from meshrtc.errors import MeshRtcError
 from meshrtc.media.frame import FrameType, MediaFrame
+from meshrtc.media.negotiation import (
+    SessionText,
+    StandIn,
+    reject_in_answer,
+    stand_in_answer,
+    stand_in_offer,
+)
 from meshrtc.media.rtcp import ReceptionReport, SenderReport
 from meshrtc.media.vp9 import Vp9Depayloader, Vp9PayloadError, parse_descriptor
 from meshrtc.rtc import vp9_codec
@@ -89,6 +106,7 @@ __all__ = [
     "CandidatePairInfo",
     "Impairment",
     "ImpairmentConfig",
+    "NegotiatedAnswer",
     "PathControl",
     "PeerTap",
     "ReceiverTap",
@@ -98,13 +116,24 @@ __all__ = [
     "TapEvent",
     "TapStats",
     "TimedTrack",
+    "UnanswerableOfferError",
+    "UnusableSection",
     "VideoDecoder",
+    "answer_offer",
+    "apply_answer",
+    "codec_preferences",
+    "dtls_cipher",
     "ice_transports",
+    "install_dtls_rsa_suites",
     "install_encoder_patches",
     "install_vp9",
     "is_vp9",
+    "rsa_certificate",
     "selected_candidate_pair",
+    "stand_in_codec",
     "tap_peer_connection",
+    "unusable_sections",
+    "use_certificate",
 ]
 
 log = logging.getLogger(__name__)
@@ -831,7 +860,9 @@ class SenderControl:
             await original(packet)
 
         setattr(self.sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
-        next_encoded_frame = getattr(self.sender, SENDER_NEXT_ENCODED_FRAME)
+        next_encoded_frame = getattr(self.sender, SENDER_NEXT_ENCODED_FRAME, None)
+        if next_encoded_frame is None:
+            return  # a stand-in sender (tests): nothing to stamp
 
         async def stamped_next_encoded_frame(codec: RTCRtpCodecParameters) -> Any:
             self._stamp_report_pair()
@@ -1260,4 +1291,231 @@ def install_vp9() -> None:
     install_encoder_patches()
 
 
+# ---------------------------------------------------------------------------------------------
+# DTLS: peers with RSA certificates.
+#
+# aiortc's certificate is ECDSA and its context lists only ECDHE-ECDSA suites (RFC 8827 allows
+# that). In TLS 1.2 the suite names the *server's* certificate type, so a peer with an RSA
+# certificate (GStreamer's default) that ends up DTLS server (it offered, aiortc answers as DTLS
+# client) finds no suite it can use: "no shared cipher". Listing the ECDHE-RSA suites too lets
+# such a server pick one; as server, aiortc's OpenSSL still only picks suites its ECDSA key can
+# sign, so nothing changes for ECDSA peers. The client's certificate type never depended on the
+# suite. (aiortc PR #1392 proposes the same.)
+
+#: ``RTCCertificate._create_ssl_context(self, srtp_profiles)``: builds every DTLS context.
+CREATE_SSL_CONTEXT: Final = "_create_ssl_context"
+#: ``RTCPeerConnection.__certificates``: the certificate its DTLS transports are created with.
+PC_CERTIFICATES: Final = "_RTCPeerConnection__certificates"
+#: ``RTCDtlsTransport._ssl``: its OpenSSL connection (None before ``start``), read by
+#: :func:`dtls_cipher`.
+DTLS_SSL: Final = "_ssl"
+#: aiortc's own suites (ECDSA), each followed by its ECDHE-RSA twin; AEAD first.
+DTLS_CIPHERS: Final = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:"
+    b"ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+def install_dtls_rsa_suites() -> None:
+    """Make every aiortc DTLS context list the ECDHE-RSA suites too (idempotent, process-wide;
+    run when this module is imported)."""
+
+    def make(previous: Callable[..., Any]) -> Callable[..., Any]:
+        def _create_ssl_context(self: RTCCertificate, srtp_profiles: list[Any]) -> SSL.Context:
+            ctx = previous(self, srtp_profiles)
+            ctx.set_cipher_list(DTLS_CIPHERS)
+            return cast(SSL.Context, ctx)
+
+        return _create_ssl_context
+
+    _wrap(RTCCertificate, CREATE_SSL_CONTEXT, make)
+
+
+def rsa_certificate(
+    bits: int = 2048, *, kind: type[RTCCertificate] = RTCCertificate
+) -> RTCCertificate:
+    """A self-signed RSA certificate in aiortc's shape (what GStreamer and many SIP stacks use).
+
+    For tests and for applications that must present RSA; install it with :func:`use_certificate`.
+    ``kind`` may be a subclass (a test's certificate with its own DTLS context).
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    # aiortc's helpers are typed for EC keys; they only call what every private key has.
+    return kind(key=cast(Any, key), cert=generate_certificate(cast(Any, key)))
+
+
+def dtls_cipher(pc: RTCPeerConnection) -> str | None:
+    """The DTLS cipher suite ``pc``'s (bundled) transport negotiated; None before the handshake.
+
+    For diagnostics and the interop tests (which suite an RSA peer got). Call on the loop thread.
+    """
+    transports = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    for transport in transports:
+        connection = getattr(transport, DTLS_SSL, None)
+        if connection is not None and transport.state == "connected":
+            name = connection.get_cipher_name()
+            return str(name) if name is not None else None
+    return None
+
+
+def use_certificate(pc: RTCPeerConnection, certificate: RTCCertificate) -> None:
+    """Make ``pc`` present ``certificate`` in DTLS (its SDP fingerprint follows).
+
+    Call it right after creating ``pc``, before any transceiver or data channel: aiortc hands the
+    certificate to each DTLS transport when it creates one.
+    """
+    if pc.getTransceivers() or pc.sctp is not None:
+        raise AdapterError("use_certificate: the connection already has a DTLS transport")
+    setattr(pc, PC_CERTIFICATES, [certificate])
+
+
+# ---------------------------------------------------------------------------------------------
+# Negotiation: sections of an offer meshrtc cannot use are rejected, not fatal.
+#
+# aiortc refuses a whole offer when one audio/video section shares no codec with it
+# ("Failed to set remote video description send parameters"), and it cannot produce or apply a
+# rejected section (port 0) at all. meshrtc.media.negotiation does the SDP text work; here is the
+# aiortc part: which sections aiortc would refuse (its own codec matching, with our codec
+# preferences), and the one codec a rejected section carries while aiortc looks at it.
+
+#: ``aiortc.rtcpeerconnection`` functions ``setRemoteDescription`` negotiates codecs with.
+FIND_COMMON_CODECS: Final = "find_common_codecs"
+FILTER_PREFERRED_CODECS: Final = "filter_preferred_codecs"
+
+
+def codec_preferences(kind: str, mime: str | None = None) -> list[RTCRtpCodecCapability]:
+    """What a meshrtc transceiver of ``kind`` negotiates: audio Opus only (the one audio codec
+    meshrtc decodes); video ``mime`` (e.g. ``video/VP8``) and its RTX. Empty: aiortc's defaults
+    (``mime`` None, or a codec aiortc lacks)."""
+    capabilities = RTCRtpSender.getCapabilities(kind)
+    wanted = "audio/opus" if kind == "audio" else (mime or "").lower()
+    preferred = [c for c in capabilities.codecs if c.mimeType.lower() == wanted]
+    if not preferred:
+        return []
+    rtx = [c for c in capabilities.codecs if c.mimeType.lower() == f"{kind}/rtx"]
+    return preferred + rtx
+
+
+def _codec_name(codec: RTCRtpCodecParameters | RTCRtpCodecCapability) -> str:
+    return codec.mimeType.split("/", 1)[-1]
+
+
+@attrs.frozen
+class UnusableSection:
+    """An offered audio/video section meshrtc rejects: why, and the codec it carries meanwhile."""
+
+    index: int
+    kind: str
+    reason: str
+    stand_in: StandIn
+
+
+def unusable_sections(
+    offer: str, preferences: Mapping[str, Sequence[RTCRtpCodecCapability]]
+) -> dict[int, UnusableSection]:
+    """The audio/video sections of ``offer`` that share no codec with us, by index.
+
+    Decided with aiortc's own ``find_common_codecs`` and ``filter_preferred_codecs`` (what
+    ``setRemoteDescription`` runs) and ``preferences`` (kind → :func:`codec_preferences`), so a
+    section kept here is one aiortc accepts. Sections the offerer rejected itself (port 0) are left
+    alone. Raises ``ValueError`` (or whatever aiortc's parser raises) for SDP aiortc cannot read.
+    """
+    description = aiortc_sdp.SessionDescription.parse(offer)
+    find_common = getattr(_aiortc_pc_module, FIND_COMMON_CODECS)
+    filter_preferred = getattr(_aiortc_pc_module, FILTER_PREFERRED_CODECS)
+    out: dict[int, UnusableSection] = {}
+    for index, media in enumerate(description.media):
+        if media.kind not in ("audio", "video") or media.port == 0:
+            continue
+        preferred = list(preferences.get(media.kind, ()))
+        common = filter_preferred(
+            find_common(_aiortc_codecs.CODECS[media.kind], media.rtp.codecs), preferred
+        )
+        if common:
+            continue
+        stand_in = stand_in_codec(media.kind, preferred)
+        if stand_in is None:
+            raise AdapterError(f"aiortc has no {media.kind} codec")
+        offered = sorted({_codec_name(c) for c in media.rtp.codecs if not is_rtx(c)})
+        ours = sorted({_codec_name(c) for c in preferred if not c.mimeType.endswith("/rtx")})
+        reason = (
+            f"{media.kind} section {index} offers {', '.join(offered) or 'no codec'}; "
+            f"meshrtc {media.kind} uses {', '.join(ours) or 'aiortc defaults'}"
+        )
+        out[index] = UnusableSection(index, media.kind, reason, stand_in)
+    return out
+
+
+def stand_in_codec(kind: str, preferences: Sequence[RTCRtpCodecCapability]) -> StandIn | None:
+    """The codec a rejected ``kind`` section carries while aiortc negotiates it (as inactive)."""
+    codecs = [c for c in preferences if not c.mimeType.lower().endswith("/rtx")]
+    if not codecs:
+        capabilities = RTCRtpSender.getCapabilities(kind)
+        codecs = [c for c in capabilities.codecs if not c.mimeType.lower().endswith("/rtx")]
+    if not codecs:
+        return None
+    codec = codecs[0]
+    encoding = f"{_codec_name(codec)}/{codec.clockRate}"
+    if codec.channels:
+        encoding += f"/{codec.channels}"
+    fmtp = aiortc_sdp.parameters_to_sdp(codec.parameters) if codec.parameters else None
+    return StandIn(encoding, fmtp)
+
+
+class UnanswerableOfferError(AdapterError):
+    """Nothing in the offer can be answered (every section unusable, or aiortc refused it)."""
+
+
+@attrs.frozen
+class NegotiatedAnswer:
+    """Our answer as the offerer gets it, and the sections it rejects (index → reason)."""
+
+    sdp: str
+    rejected: dict[int, str]
+
+
+async def answer_offer(
+    pc: RTCPeerConnection, offer: str, preferences: Mapping[str, Sequence[RTCRtpCodecCapability]]
+) -> NegotiatedAnswer:
+    """Apply ``offer`` and create the answer, rejecting (port 0) each section we cannot use.
+
+    Run it on the loop thread. Raises :class:`UnanswerableOfferError` with the reason when no
+    section is left to answer or aiortc refuses the offer anyway (the offerer is told why).
+    """
+    try:
+        unusable = unusable_sections(offer, preferences)
+    except AdapterError:
+        raise
+    except Exception as exc:  # aiortc's parser raises many types on bad SDP
+        raise UnanswerableOfferError(f"unreadable offer: {exc!r}") from exc
+    sections = SessionText.parse(offer).sections
+    usable = [i for i, section in enumerate(sections) if not section.rejected and i not in unusable]
+    if not usable:
+        reasons = "; ".join(u.reason for u in unusable.values()) or "every section is rejected"
+        raise UnanswerableOfferError(f"no section of the offer can be answered: {reasons}")
+    seen = stand_in_offer(offer, {i: u.stand_in for i, u in unusable.items()})
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(seen, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:  # aiortc raises many types; the offerer is told
+        raise UnanswerableOfferError(f"aiortc refused the offer: {exc!r}") from exc
+    answer = reject_in_answer(pc.localDescription.sdp, offer, unusable)
+    for section in unusable.values():
+        log.info("answering with a rejected section: %s", section.reason)
+    return NegotiatedAnswer(answer, {i: u.reason for i, u in unusable.items()})
+
+
+async def apply_answer(pc: RTCPeerConnection, answer: str) -> tuple[int, ...]:
+    """Apply ``answer`` to our offer, accepting rejected (port 0) audio/video sections as
+    inactive ones; return their indices. Run it on the loop thread."""
+    seen, rejected = stand_in_answer(answer, pc.localDescription.sdp)
+    await pc.setRemoteDescription(RTCSessionDescription(seen, "answer"))
+    return rejected
+
+
 install_vp9()
+install_dtls_rsa_suites()

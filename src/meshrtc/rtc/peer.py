@@ -49,10 +49,9 @@ from aiortc import (
     RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
 )
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import candidate_from_sdp
 
 from meshrtc.config import DataChannelMode, IceTransportPolicy, TransportConfig
@@ -62,6 +61,7 @@ from meshrtc.media.audio_stage import DriftCompensationStage, applied_correction
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.jitter import AudioPacket, Gap, InsertResult, KeyframeRequest, VideoFrame
 from meshrtc.media.keyframe import is_keyframe_for
+from meshrtc.media.negotiation import accepted_kinds
 from meshrtc.media.quality import (
     BitrateAction,
     BitrateController,
@@ -75,12 +75,18 @@ from meshrtc.rtc.aiortc_adapter import (
     AudioDecoder,
     CandidatePairInfo,
     ImpairmentConfig,
+    NegotiatedAnswer,
     PathControl,
     PeerTap,
     RembReport,
     RtcpActivity,
     TapEvent,
+    UnanswerableOfferError,
     VideoDecoder,
+    answer_offer,
+    apply_answer,
+    codec_preferences,
+    dtls_cipher,
     selected_candidate_pair,
     tap_peer_connection,
 )
@@ -96,7 +102,7 @@ from meshrtc.rtc.tracks import (
     VideoOutputTrack,
 )
 from meshrtc.signaling.client import Backoff
-from meshrtc.signaling.protocol import lower_id_offers, validate_candidate
+from meshrtc.signaling.protocol import ErrorCode, lower_id_offers, validate_candidate
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
 __all__ = [
@@ -170,7 +176,8 @@ class PeerError(MeshRtcError):
     """A PeerConnection cannot do what was asked (not running, media not negotiated, closed ...)."""
 
 
-#: ``send_signal(method, params)``: ``offer``/``answer`` with ``{"sdp"}``. Any async callable; the
+#: ``send_signal(method, params)``: ``offer``/``answer`` with ``{"sdp"}``, ``error`` with ``{"code",
+#: "message"}`` (we cannot answer the remote's offer: ``peer.error``). Any async callable; the
 #: PeerManager adapts it to the SignalingClient, tests may wire two PeerConnections directly.
 SendSignal: TypeAlias = Callable[[str, dict[str, Any]], Awaitable[object]]
 
@@ -259,6 +266,8 @@ class PeerStats:
     #: Colliding offers ignored (we are the impolite, lower id) and answers to abandoned attempts.
     ignored_offers: int = 0
     stale_answers: int = 0
+    #: Offers we could not answer at all (the offerer got a ``peer.error``).
+    refused_offers: int = 0
     #: Links built (the first connection and every rebuild) and reconnections that succeeded.
     links: int = 0
     reconnects: int = 0
@@ -344,6 +353,8 @@ class _Link:
     offer_tag: str | None = None
     remote_set: bool = False
     pending_candidates: list[RTCIceCandidate | None] = attrs.Factory(list)
+    #: Media kinds the negotiation accepted (a section the answer rejected carries nothing).
+    kinds: frozenset[str] = frozenset()
     channel: RTCDataChannel | None = None
     last_activity: float = 0.0
     audio_decoder: AudioDecoder | None = None
@@ -445,16 +456,20 @@ async def _local_offer(pc: RTCPeerConnection, path: PathControl) -> str:
     return sdp
 
 
-async def _local_answer(pc: RTCPeerConnection, offer: str, path: PathControl) -> str:
-    await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-    await pc.setLocalDescription(await pc.createAnswer())
+async def _local_answer(
+    pc: RTCPeerConnection,
+    offer: str,
+    path: PathControl,
+    preferences: Mapping[str, list[RTCRtpCodecCapability]],
+) -> NegotiatedAnswer:
+    # Sections we cannot use are rejected (port 0), the rest answered (docs/codecs.md).
+    answer = await answer_offer(pc, offer, preferences)
     path.attach(pc)  # before the connect task aiortc just scheduled gets to run
-    sdp: str = pc.localDescription.sdp
-    return sdp
+    return answer
 
 
-async def _apply_answer(pc: RTCPeerConnection, answer: str) -> None:
-    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+async def _apply_answer(pc: RTCPeerConnection, answer: str) -> tuple[int, ...]:
+    return await apply_answer(pc, answer)
 
 
 def _ntp_now_at(monotonic_time: float) -> int:
@@ -632,6 +647,17 @@ class PeerConnection(StatefulModel):
             return None
         return await self.bridge.call(selected_candidate_pair, link.pc)
 
+    async def dtls_cipher(self) -> str | None:
+        """The DTLS cipher suite of the current connection, None before the handshake.
+
+        ``ECDHE-RSA-…`` with a peer whose certificate is RSA (it was DTLS server), else
+        ``ECDHE-ECDSA-…`` (docs/codecs.md, interop).
+        """
+        link = self._link
+        if link is None:
+            return None
+        return await self.bridge.call(dtls_cipher, link.pc)
+
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def run(
@@ -678,13 +704,14 @@ class PeerConnection(StatefulModel):
         self._control_send.send_nowait(_StartOffer())
 
     async def handle_signal(self, method: str, params: Mapping[str, Any]) -> None:
-        """Queue an ``offer``, ``answer`` or ``candidate`` from the remote peer (never blocks).
+        """Queue an ``offer``, ``answer``, ``candidate`` or ``error`` from the remote (never blocks).
 
         ``offer``/``answer`` take ``{"sdp"}``; ``candidate`` takes ``{"candidate", "sdpMid",
-        "sdpMLineIndex"}`` (an empty candidate ends the remote's candidates). Signals that arrive
+        "sdpMLineIndex"}`` (an empty candidate ends the remote's candidates); ``error`` takes
+        ``{"code", "message"}`` (the remote cannot answer our offer: we fail). Signals that arrive
         before :meth:`run` wait for it; after the connection closed they are dropped.
         """
-        if method not in ("offer", "answer", "candidate"):
+        if method not in ("offer", "answer", "candidate", "error"):
             raise PeerError(f"peer {self.peer_id}: unknown signal {method!r}")
         try:
             self._control_send.send_nowait(_Signal(method, dict(params)))
@@ -709,7 +736,7 @@ class PeerConnection(StatefulModel):
     def _deadline(self) -> float | None:
         candidates = [t for t in (self._retry_at, self._attempt_deadline) if t is not None]
         link = self._link
-        if self.state == "Connected" and link is not None and (self.audio or self.video):
+        if self.state == "Connected" and link is not None and link.kinds & {"audio", "video"}:
             candidates.append(link.last_activity + self.options.media_timeout)
         return min(candidates, default=None)
 
@@ -732,6 +759,8 @@ class PeerConnection(StatefulModel):
                 await self._on_offer(str(message.params.get("sdp", "")))
             elif message.method == "answer":
                 await self._on_answer(str(message.params.get("sdp", "")))
+            elif message.method == "error":
+                await self._on_error(message.params)
             else:
                 await self._on_candidate(message.params)
         elif isinstance(message, _StartOffer):
@@ -790,10 +819,17 @@ class PeerConnection(StatefulModel):
             await self._give_up(f"cannot build a connection: {err}")
             return
         try:
-            answer = await self.bridge.run(_local_answer, link.pc, sdp, self.path_control)
-        except Exception as exc:  # noqa: BLE001 - bad SDP or aiortc refusing it; the link fails
-            await self._link_failed(f"answering the offer failed: {exc!r}")
+            negotiated = await self.bridge.run(
+                _local_answer, link.pc, sdp, self.path_control, self._codec_preferences()
+            )
+        except UnanswerableOfferError as exc:
+            await self._refuse_offer(str(exc))
             return
+        except Exception as exc:  # noqa: BLE001 - an aiortc failure past the offer itself
+            await self._refuse_offer(f"answering the offer failed: {exc!r}")
+            return
+        answer = negotiated.sdp
+        link.kinds = accepted_kinds(answer)
         if self.state == "GatheringIce":
             self.gathering_complete()
         link.remote_set = True
@@ -824,13 +860,37 @@ class PeerConnection(StatefulModel):
             log.debug("peer %s: ignoring an answer to no outstanding offer", self.peer_id)
             return
         try:
-            await self.bridge.run(_apply_answer, link.pc, sdp)
+            rejected = await self.bridge.run(_apply_answer, link.pc, sdp)
         except Exception as exc:  # noqa: BLE001 - bad SDP or aiortc refusing it; the link fails
             await self._link_failed(f"applying the answer failed: {exc!r}")
             return
+        if rejected:
+            log.info("peer %s: the answer rejects sections %s", self.peer_id, list(rejected))
+        link.kinds = accepted_kinds(sdp)
         link.remote_set = True
         self._set_remote(sdp)
         await self._flush_candidates(link)
+
+    async def _refuse_offer(self, reason: str) -> None:
+        """An offer we cannot answer at all: tell the offerer why (``peer.error``), then fail.
+
+        Not retried: the same offer would fail again; a corrected one starts a new connection.
+        """
+        log.warning("peer %s: cannot answer its offer: %s", self.peer_id, reason)
+        self.stats.refused_offers += 1
+        await self._signal(
+            "error", {"code": int(ErrorCode.UNANSWERABLE_OFFER), "message": reason[:1000]}
+        )
+        await self._give_up(f"cannot answer the offer of {self.peer_id}: {reason}")
+
+    async def _on_error(self, params: Mapping[str, Any]) -> None:
+        """``peer.error`` from the remote: it cannot answer our outstanding offer."""
+        message = str(params.get("message", ""))
+        link = self._link
+        if link is None or link.offer_tag is None or link.remote_set:
+            log.info("peer %s: error with no offer outstanding: %s", self.peer_id, message)
+            return
+        await self._give_up(f"{self.peer_id} cannot answer our offer: {message}")
 
     async def _on_candidate(self, params: Mapping[str, Any]) -> None:
         text = str(params.get("candidate") or "")
@@ -1040,19 +1100,19 @@ class PeerConnection(StatefulModel):
                 bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
             )
         )
+        preferences = self._codec_preferences()
         if audio_track is not None:
-            pc.addTransceiver(audio_track, direction="sendrecv")
+            audio = pc.addTransceiver(audio_track, direction="sendrecv")
+            audio.setCodecPreferences(preferences["audio"])
         if video_track is not None:
             video = pc.addTransceiver(video_track, direction="sendrecv")
-            mime = _CODEC_MIME.get(str(self.config.video_codec).upper())
-            capabilities = RTCRtpSender.getCapabilities("video")
-            if mime is not None and capabilities is not None:
-                preferred = [c for c in capabilities.codecs if c.mimeType.lower() == mime.lower()]
-                rtx = [c for c in capabilities.codecs if c.mimeType.lower() == "video/rtx"]
-                if preferred:
-                    video.setCodecPreferences(preferred + rtx)
-                else:
-                    log.warning("%s is not available in aiortc; using its default codecs", mime)
+            if preferences["video"]:
+                video.setCodecPreferences(preferences["video"])
+            else:
+                log.warning(
+                    "%s is not available in aiortc; using its default codecs",
+                    self.config.video_codec,
+                )
         control = self._control_pipe
         pc.on(
             "connectionstatechange",
@@ -1075,6 +1135,14 @@ class PeerConnection(StatefulModel):
             pc.on("datachannel", on_datachannel)
         tap = tap_peer_connection(pc, media_pipe.send, impairments=self._impairments)
         return pc, tap
+
+    def _codec_preferences(self) -> dict[str, list[RTCRtpCodecCapability]]:
+        """Per kind, the only codecs this peer negotiates: Opus, and ``config.video_codec``."""
+        mime = _CODEC_MIME.get(str(self.config.video_codec).upper())
+        return {
+            "audio": codec_preferences("audio"),
+            "video": codec_preferences("video", mime),
+        }
 
     def _attach_channel(
         self, generation: int, channel: RTCDataChannel, media_pipe: ToTrio[_MediaEvent]

@@ -36,6 +36,7 @@ from meshrtc.signaling.protocol import (
     Answer,
     IceCandidate,
     Offer,
+    PeerErrorNotice,
     PeerInfo,
     PeerJoined,
     PeerLeft,
@@ -217,6 +218,14 @@ class PeerManager:
                 await peer.handle_signal("answer", {"sdp": event.sdp})
             elif (reason := refusal_reason(event.sdp)) is not None:
                 self._emit(PeerRefused(event.from_peer, reason, by_remote=True))
+        elif isinstance(event, PeerErrorNotice):
+            peer = self._peers.get(event.from_peer)
+            if peer is not None:
+                await peer.handle_signal("error", {"code": event.code, "message": event.message})
+            else:
+                log.info(
+                    "%s: peer.error from %s: %s", self.local_id, event.from_peer, event.message
+                )
         elif isinstance(event, IceCandidate):
             peer = self._peers.get(event.from_peer)
             if peer is not None:
@@ -326,6 +335,8 @@ class PeerManager:
                 await client.offer(peer_id, params["sdp"])
             elif method == "answer":
                 await client.answer(peer_id, params["sdp"])
+            elif method == "error":
+                await client.report_error(peer_id, params["code"], params["message"])
             else:
                 raise PeerError(f"cannot signal {method!r}")
 

@@ -46,6 +46,7 @@ from meshrtc.signaling.protocol import (
     Method,
     Notification,
     Offer,
+    PeerErrorNotice,
     PeerInfo,
     PeerJoined,
     PeerLeft,
@@ -310,6 +311,10 @@ class SignalingClient(StatefulModel):
 
     async def answer(self, to: str, sdp: str) -> None:
         await self.request(Method.ANSWER, Answer(self.peer_id, to, sdp).to_json())
+
+    async def report_error(self, to: str, code: int, message: str) -> None:
+        """``peer.error``: tell ``to`` we cannot answer its offer (``code`` -32009 and why)."""
+        await self.request(Method.ERROR, PeerErrorNotice(self.peer_id, to, code, message).to_json())
 
     async def ice_candidate(
         self,

@@ -40,6 +40,7 @@ __all__ = [
     "Method",
     "Notification",
     "Offer",
+    "PeerErrorNotice",
     "PeerInfo",
     "PeerJoined",
     "PeerLeft",
@@ -94,6 +95,8 @@ class ErrorCode(enum.IntEnum):
     PEER_ID_TAKEN = -32006
     FORBIDDEN = -32007
     RATE_LIMITED = -32008
+    #: Sent peer to peer in ``peer.error``: the target cannot answer the offer (the reason says why).
+    UNANSWERABLE_OFFER = -32009
 
 
 class Method(enum.StrEnum):
@@ -103,6 +106,8 @@ class Method(enum.StrEnum):
     ICE_CANDIDATE = "peer.ice_candidate"
     DISCONNECT = "peer.disconnect"
     LIST = "peer.list"
+    #: A peer tells another one that it cannot answer its offer (forwarded like an answer).
+    ERROR = "peer.error"
     #: Server → client only.
     JOINED = "peer.joined"
     LEFT = "peer.left"
@@ -116,6 +121,7 @@ CLIENT_METHODS: Final = frozenset(
         Method.ICE_CANDIDATE,
         Method.DISCONNECT,
         Method.LIST,
+        Method.ERROR,
     }
 )
 
@@ -666,6 +672,50 @@ class Answer(SdpMessage):
     INVALID: ClassVar[ErrorCode] = ErrorCode.INVALID_ANSWER
 
 
+#: Longest ``peer.error`` message (it quotes codec lists and aiortc's exception, not whole SDPs).
+MAX_ERROR_MESSAGE_LENGTH: Final = 2048
+
+
+@attrs.frozen
+class PeerErrorNotice:
+    """``peer.error``: ``from_peer`` cannot answer ``to_peer``'s offer. ``code`` and ``message``
+    form a JSON-RPC error object (``error`` in the params), e.g. ``-32009`` and the reason."""
+
+    from_peer: str
+    to_peer: str
+    code: int
+    message: str
+
+    METHOD: ClassVar[Method] = Method.ERROR
+
+    def to_json(self) -> JsonObject:
+        return {
+            "from": self.from_peer,
+            "to": self.to_peer,
+            "error": {"code": self.code, "message": self.message},
+        }
+
+    @classmethod
+    def from_json(cls, params: Mapping[str, Any]) -> PeerErrorNotice:
+        _only(params, cls.METHOD, ("from", "to", "error"))
+        from_peer = _peer_id(params, "from")
+        to_peer = _peer_id(params, "to")
+        error = params.get("error")
+        if not isinstance(error, dict) or set(error) != {"code", "message"}:
+            raise _error(
+                ErrorCode.INVALID_PARAMS, "error must be an object with exactly code and message"
+            )
+        code, message = error["code"], error["message"]
+        if isinstance(code, bool) or not isinstance(code, int) or abs(code) > MAX_SAFE_INTEGER:
+            raise _error(ErrorCode.INVALID_PARAMS, "error.code must be an integer")
+        if not isinstance(message, str) or len(message) > MAX_ERROR_MESSAGE_LENGTH:
+            raise _error(
+                ErrorCode.INVALID_PARAMS,
+                f"error.message must be a string of at most {MAX_ERROR_MESSAGE_LENGTH} characters",
+            )
+        return cls(from_peer, to_peer, code, message)
+
+
 def _optional_str(params: Mapping[str, Any], key: str) -> str | None:
     value = params.get(key)
     if value is not None and (not isinstance(value, str) or len(value) > 256):
@@ -788,7 +838,9 @@ class PeerLeft:
         return cls(_peer_id(params, "peer_id"), reason)
 
 
-ClientParams: TypeAlias = Announce | Offer | Answer | IceCandidate | Disconnect | ListPeers
+ClientParams: TypeAlias = (
+    Announce | Offer | Answer | IceCandidate | Disconnect | ListPeers | PeerErrorNotice
+)
 
 _CLIENT_PARAMS: Final[Mapping[str, Any]] = {
     Method.ANNOUNCE: Announce,
@@ -797,6 +849,7 @@ _CLIENT_PARAMS: Final[Mapping[str, Any]] = {
     Method.ICE_CANDIDATE: IceCandidate,
     Method.DISCONNECT: Disconnect,
     Method.LIST: ListPeers,
+    Method.ERROR: PeerErrorNotice,
 }
 
 
@@ -813,7 +866,7 @@ def parse_params(method: str, params: Mapping[str, Any]) -> ClientParams:
 
 
 #: Typed forms of what the server sends as notifications.
-ServerEvent: TypeAlias = PeerJoined | PeerLeft | Offer | Answer | IceCandidate
+ServerEvent: TypeAlias = PeerJoined | PeerLeft | Offer | Answer | IceCandidate | PeerErrorNotice
 
 
 def parse_notification(notification: Notification) -> ServerEvent:
@@ -824,6 +877,7 @@ def parse_notification(notification: Notification) -> ServerEvent:
         Method.OFFER: Offer,
         Method.ANSWER: Answer,
         Method.ICE_CANDIDATE: IceCandidate,
+        Method.ERROR: PeerErrorNotice,
     }
     kind = kinds.get(notification.method)
     if kind is None:

@@ -41,15 +41,13 @@ from meshrtc.signaling.protocol import (
     MAX_MESSAGE_SIZE,
     Announce,
     AnnounceResult,
-    Answer,
+    ClientParams,
     Disconnect,
     ErrorCode,
-    IceCandidate,
     LeaveReason,
     ListPeers,
     Method,
     Notification,
-    Offer,
     PeerInfo,
     PeerLeft,
     RateLimiter,
@@ -220,7 +218,7 @@ class SignalingHub:
     def _dispatch(
         self,
         conn: _Conn,
-        params: Announce | Offer | Answer | IceCandidate | Disconnect | ListPeers,
+        params: ClientParams,
     ) -> tuple[dict[str, object], list[Action]]:
         if isinstance(params, Announce):
             return self._announce(conn, params)
