@@ -523,3 +523,105 @@ def test_a_mapping_update_never_reorders_a_stream() -> None:
     ]
     times = [a.presentation_time for a in out if a.kind is FrameType.AUDIO]
     assert all(b >= a for a, b in itertools.pairwise(times))
+
+
+# --- issue 11: timelines that converge ------------------------------------------------------------
+
+
+def _shift_srs(events: list, kind: FrameType, by: float, *, first_only: bool = False) -> list:
+    """The ``kind`` SRs of ``events`` with their NTP time moved by ``by`` seconds."""
+    out = []
+    done = False
+    for at, obj in events:
+        if isinstance(obj, tuple) and obj[0] is kind and not done:
+            sr = obj[1]
+            moved = attrs.evolve(sr, ntp_timestamp=ntp64(sr.ntp_seconds + by))
+            obj = (kind, moved)
+            done = first_only
+        out.append((at, obj))
+    return out
+
+
+@pytest.mark.parametrize(("kind", "error"), [(FrameType.AUDIO, 0.7), (FrameType.VIDEO, -0.5)])
+def test_a_first_sr_off_the_line_never_reaches_the_timeline(kind: FrameType, error: float) -> None:
+    """The first SR of one stream is off by most of a second (GStreamer): nothing is aligned on it,
+    the timeline is built once, from confirmed mappings, and never rebuilt."""
+    sender = Sender()
+    sm = SyncManager("p")
+    events = _shift_srs(steady_events(sender, 8.0, 0.03, 0.05), kind, error, first_only=True)
+    out = run(sm, events, until=18.0)
+    assert sm.state == "Synced"
+    assert sm.timeline_rebuilds == 0
+    assert sm.sync_failures == 0
+    assert sm.ntp_mapping[kind].resets == 1, "the first SR was replaced by the next two"
+    for it in out:
+        if it.sender_time is not None and it.rtp_timestamp is not None:
+            n = (it.rtp_timestamp - (sender.a_origin if it.kind is FrameType.AUDIO else 0)) % 2**32
+            if it.kind is FrameType.AUDIO:
+                assert it.sender_time == pytest.approx(NTP0 + n / 48_000, abs=1e-3)
+    # Audio was presented at a steady pace once the timeline formed (Synced by 12.6 s at the
+    # latest, when it made room for video's 20 ms longer path): it never jumped after that.
+    audio = [
+        it.presentation_time
+        for it in out
+        if it.kind is FrameType.AUDIO and it.sender_time and it.presentation_time > 12.7
+    ]
+    steps = [b - a for a, b in itertools.pairwise(audio)]
+    assert len(steps) > 200
+    assert max(steps) < 0.021
+
+
+def test_timeline_rebuilds_are_bounded_when_the_streams_keep_disagreeing() -> None:
+    """Video's SRs all sit 0.8 s off audio's (more than max_hold): every video item is off the
+    timeline. The old manager rebuilt the timeline at each one (75 times in 2 s in the field); now
+    rebuilds come at most every 2 s, backing off to 30 s."""
+    sender = Sender()
+    sm = SyncManager("p")
+    events = _shift_srs(steady_events(sender, 40.0, 0.03, 0.05), FrameType.VIDEO, 0.8)
+    run(sm, events, until=50.0)
+    assert sm.sync_failures > 100, "the video items really were off the timeline"
+    # Intervals 2, 4, 8, 16 s: at most five rebuilds in 40 s.
+    assert 1 <= sm.timeline_rebuilds <= 5
+
+
+def test_drift_is_estimated_from_audio_srs_only() -> None:
+    """Audio and video SRs interleaved tens of ms apart: the video SR is stamped 20 ms before the
+    audio SR that arrived before it. Mixed in one estimator, that is a clock going backwards (a reset
+    each time, seen in the field); fed audio SRs only, the estimator converges."""
+    sender = Sender()
+    sm = SyncManager("p")
+    events: list[tuple[float, object]] = []
+    for k in range(40):
+        at = 10.0 + k + 0.35
+        events.append((at, (FrameType.AUDIO, sender.sr(FrameType.AUDIO, k + 0.30, at))))
+        at = 10.0 + k + 0.40
+        events.append((at, (FrameType.VIDEO, sender.sr(FrameType.VIDEO, k + 0.28, at))))
+    for _, (kind, sr) in sorted(events, key=lambda e: e[0]):  # type: ignore[misc]
+        sm.on_sender_report(kind, sr)
+    est = sm.clock_drift_estimator
+    assert est.reset_count == 0
+    assert est.state == "Stable"
+    assert est.sample_count == 40
+    assert abs(est.drift_ppm or 0.0) < 1.0
+
+
+def test_a_same_ssrc_restart_restarts_the_stream() -> None:
+    """A sender restarts with the same SSRC but a new random RTP origin and sequence numbers: the
+    stream starts over (new jitter buffer, new mapping) instead of stalling on a jump of hours."""
+    sender = Sender()
+    sm = SyncManager("p")
+    run(sm, steady_events(sender, 4.0, 0.03, 0.05), until=14.0)
+    assert sm.state == "Synced"
+    assert sm.ntp_mapping[FrameType.AUDIO].confirmed
+    played = []
+    for i in range(50):
+        at = 14.0 + i * 0.02
+        frame = MediaFrame(
+            FrameType.AUDIO, 987_654_321 + 960 * i, 40_000 + i, b"a", at, True, A_SSRC
+        )
+        sm.insert(frame, at)
+        played += [it for it in sm.pop_next_aligned(at) if isinstance(it.item, AudioPacket)]
+    assert not sm.ntp_mapping[FrameType.AUDIO].has_mapping, "the old mapping was dropped"
+    restarted = [it for it in played if it.item.frame.sequence_number >= 40_000]
+    assert len(restarted) >= 40, "the restarted stream plays at once"
+    assert sm.sender_time_at(15.0) is None, "the timeline starts over from confirmed mappings"
