@@ -257,3 +257,26 @@ def test_outputs_are_audio_runtime_data() -> None:
     (out,) = m.flush()
     assert isinstance(out, RuntimeData)
     assert (out.sample_rate, out.channels, out.timestamp, out.to_peer) == (16_000, 2, 0.5, "a")
+
+
+def test_a_peer_late_for_every_window_is_reanchored() -> None:
+    """Issue 11: b's timestamps run 150 ms behind a's and c's (its timeline jumped). It used to be
+    counted late for every frame, for good (8 s of silence in the field); after 100 ms of nothing
+    but late frames its timestamps are shifted into the open windows and it is mixed again."""
+    m = MixMinusMixer(reanchor_after=0.1)
+    heard_b: list[tuple[float, bool]] = []
+    for k in range(100):
+        now = k * 0.02
+        outs: list[Audio] = []
+        for peer, value, offset in (("a", 0.01, 0.0), ("b", 0.1, -0.15 if k >= 20 else 0.0)):
+            outs += m.push(audio(value, peer, now + offset), now)
+        outs += m.push(audio(0.001, "c", now), now + 0.001)
+        heard_b.extend(
+            (now, bool(np.isclose(o.samples[0], 0.101))) for o in outs if o.to_peer == "a"
+        )
+    assert m.reanchors == 1
+    missing = [t for t, ok in heard_b if not ok and t >= 0.1]
+    assert missing, "the jump did cost a few windows"
+    assert max(missing) <= 0.4 + 0.1 + 0.06, "b was back in a's mix within the re-anchor time"
+    assert all(ok for t, ok in heard_b if t > 0.6)
+    assert m.late <= 6
