@@ -25,6 +25,17 @@ def require_binary(name: str, debian_package: str) -> str:
     pytest.skip(message)
 
 
+def require_component(missing: list[str], what: str) -> None:
+    """Like :func:`require_binary` for a component found some other way: ``missing`` lists what
+    is absent (with the Debian package to install); a failure under CI=true, else a skip."""
+    if not missing:
+        return
+    message = f"{what}: missing {', '.join(missing)} (.ci/run installs them)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _ice_on_loopback_only() -> Iterator[None]:
     """Every test keeps ICE host candidates on 127.0.0.1 (aioice would offer eth0's address)."""
