@@ -9,7 +9,9 @@
 // - an offer on a live link means the remote rebuilt its connection: answer it on a new
 //   RTCPeerConnection (aiortc has no ICE restart, so meshrtc never renegotiates in place);
 // - offers carry `a=x-meshrtc-attempt:<tag>` and answers echo the remote's tag, so a late answer
-//   to an abandoned attempt is recognised; an answer with `a=x-meshrtc-refused` ends the link.
+//   to an abandoned attempt is recognised; an answer with `a=x-meshrtc-refused` ends the link;
+// - an offer this page cannot answer gets `peer.error` (code -32009, the browser's reason) instead
+//   of silence, and a `peer.error` answering our offer ends the link with its reason.
 //
 // URL parameters (all optional): session, name, id (peer id; default: the name made valid),
 // codec (VP9 | H264 | VP8 | AV1: put first with RTCRtpTransceiver.setCodecPreferences),
@@ -25,6 +27,7 @@
   const ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
   const ATTEMPT = "x-meshrtc-attempt";
   const REFUSED = "x-meshrtc-refused";
+  const UNANSWERABLE_OFFER = -32009; // docs/signaling.md, peer.error
   // Mirrors PeerOptions: first connection 10 s, rebuilt ones 2.5 s, backoff 0.25 s doubling to
   // 1 s (8 tries), and the polite (higher-id) side waits 1 s more for the other's offer.
   const CONNECT_TIMEOUT_MS = 10000;
@@ -338,6 +341,32 @@
       if (tag !== null) answer = withSessionAttribute(answer, ATTEMPT, tag);
       note(`${this.id}: answering (attempt ${this.generation})`);
       await signaling.request("peer.answer", { from: api.peerId, to: this.id, sdp: answer });
+    }
+
+    // The remote could not answer our offer (peer.error): give up this link, saying why.
+    onPeerError(error) {
+      const message = error && typeof error.message === "string" ? error.message : "no reason given";
+      if (!this.pc || this.offerTag === null || this.remoteSet) {
+        note(`${this.id}: peer.error with no offer outstanding: ${message}`);
+        return;
+      }
+      this.refused = `cannot answer our offer: ${message}`;
+      note(`${this.id}: ${this.refused}`);
+      this.dropPc();
+      this.render();
+    }
+
+    // An offer we cannot answer: tell the offerer why rather than leaving it waiting.
+    async refuseOffer(err) {
+      const message = `the browser cannot answer: ${err}`.slice(0, 1000);
+      note(`${this.id}: ${message}`);
+      this.dropPc();
+      this.render();
+      await signaling.request("peer.error", {
+        from: api.peerId,
+        to: this.id,
+        error: { code: UNANSWERABLE_OFFER, message },
+      });
     }
 
     async onAnswer(sdp) {
@@ -837,6 +866,9 @@
       if (link) link.close();
       links.delete(p.peer_id);
       note(`${p.peer_id} left (${p.reason})`);
+    } else if (method === "peer.error") {
+      const link = links.get(p.from);
+      if (link) link.enqueue("error", () => link.onPeerError(p.error));
     } else if (method === "peer.offer" || method === "peer.answer" || method === "peer.ice_candidate") {
       let link = links.get(p.from);
       if (!link && method === "peer.offer") {
@@ -845,7 +877,9 @@
         links.set(p.from, link);
       }
       if (!link) return;
-      if (method === "peer.offer") link.enqueue("answer", () => link.onOffer(p.sdp));
+      if (method === "peer.offer") {
+        link.enqueue("answer", () => link.onOffer(p.sdp).catch((err) => link.refuseOffer(err)));
+      }
       else if (method === "peer.answer") link.enqueue("answer", () => link.onAnswer(p.sdp));
       else link.enqueue("candidate", () => link.onCandidate(p));
     } else {
