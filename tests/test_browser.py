@@ -139,7 +139,7 @@ async def _fail_with(browsers: list[Chromium]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("codec", ["H264", "VP9"])
+@pytest.mark.parametrize("codec", ["H264", "VP9", "VP8"])
 async def test_browser_media_and_data_through_the_pipeline(codec: str) -> None:
     binary = chromium()
     with trio.fail_after(60):

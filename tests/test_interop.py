@@ -414,3 +414,73 @@ async def test_a_peer_with_an_rsa_certificate_connects_and_media_flows(rsa_role:
         ):
             assert cipher is not None
             assert cipher.startswith(expected), cipher
+
+
+async def test_meshrtc_peers_with_different_video_codecs_connect_with_audio_and_data() -> None:
+    """A VP8 meshrtc peer offering to a VP9 one: the answer rejects video, the offerer applies it
+    (the rejected section stands in as inactive), audio and data flow, nobody retries."""
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        base = TransportConfig(stun_servers=[stun.url], ice_host_addresses=["127.0.0.1"])
+        async with open_bridge() as bridge:
+            peers: dict[str, PeerConnection] = {}
+
+            def wire(to: str) -> Callable[[str, dict[str, Any]], Any]:
+                async def send(method: str, params: dict[str, Any]) -> None:
+                    nursery.start_soon(peers[to].handle_signal, method, params)
+
+                return send
+
+            vp8 = PeerConnection(
+                "vp9-peer",
+                bridge,
+                attrs.evolve(base, peer_id="vp8-peer", video_codec="VP8"),
+                wire("vp9"),
+                options=OPTIONS,
+            )
+            vp9 = PeerConnection(
+                "vp8-peer",
+                bridge,
+                attrs.evolve(base, peer_id="vp9-peer", video_codec="VP9"),
+                wire("vp8"),
+                options=OPTIONS,
+            )
+            peers.update(vp8=vp8, vp9=vp9)
+            await nursery.start(vp8.run)
+            await nursery.start(vp9.run)
+            await vp8.offer()
+            with trio.fail_after(15):
+                await vp8.wait_state("Connected")
+                await vp9.wait_state("Connected")
+            assert [
+                s.kind for s in SessionText.parse(vp8.remote_sdp or "").sections if s.rejected
+            ] == ["video"]
+            for peer in (vp8, vp9):
+                await peer.send_audio(tone(2.0))
+                await peer.send_video(picture(80))  # goes nowhere: video was rejected
+                await peer.send_data(f"from {peer.local_id}")
+            for peer in (vp8, vp9):
+                got: list[ReceivedMedia] = []
+                with trio.fail_after(15):
+                    while not (
+                        sum(isinstance(x, ReceivedAudio) and not x.concealed for x in got) >= 10
+                        and any(isinstance(x, ReceivedData) for x in got)
+                    ):
+                        got.append(await peer.received.receive())
+                assert not any(isinstance(x, ReceivedVideo) for x in got)
+                assert peer.codecs == {FrameType.AUDIO: "audio/opus"}
+                assert peer.stats.links == 1  # connected on the first negotiation
+            await vp8.aclose()
+            await vp9.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_meshrtc_serve_runs_with_video_codec_vp8() -> None:
+    """The reported crash: ``meshrtc serve --video-codec VP8`` exited with a traceback at start."""
+    from .browser_helpers import meshrtc_serve
+
+    async with meshrtc_serve("--video-codec", "VP8") as served:
+        assert served.url.startswith("http://127.0.0.1:")
+        assert served.process.returncode is None
+    assert served.process.returncode == 0  # SIGINT: the graceful stop
