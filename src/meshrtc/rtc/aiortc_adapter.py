@@ -23,6 +23,14 @@ with the RTP router):
   aiortc's codec list (``video/VP9``, ``profile-id=0``), teaches its negotiation to refuse other VP9
   profiles, and its sender/receiver to build :class:`~meshrtc.rtc.vp9_codec.Vp9Encoder` /
   :class:`~meshrtc.rtc.vp9_codec.Vp9Decoder` and strip RFC 9628 descriptors. See the VP9 section.
+* **DTLS with RSA peers.** :func:`install_dtls_rsa_suites` (run at import) adds the ECDHE-RSA
+  suites to aiortc's ECDSA-only DTLS cipher list, so a peer with an RSA certificate can be DTLS
+  server; :func:`rsa_certificate` / :func:`use_certificate` / :func:`dtls_cipher` for tests and
+  diagnostics. See the DTLS section.
+* **Negotiation.** :func:`answer_offer` answers an offer with the sections we cannot use rejected
+  (port 0) instead of aiortc refusing all of it, or raises :class:`UnanswerableOfferError` with the
+  reason; :func:`apply_answer` applies an answer that rejects sections. aiortc's own codec matching
+  decides (:func:`unusable_sections`); the SDP text work is :mod:`meshrtc.media.negotiation`.
 * **Test hooks.** :class:`Impairment` drops, duplicates, reorders and delays packets between the tap
   and our jitter buffer, seeded, counting what it did. :class:`PathControl` works one level lower,
   on the ICE datagrams of a connection: it kills the path both ways (and restores it), or drops a
