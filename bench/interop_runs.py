@@ -62,6 +62,11 @@ def main() -> int:
     parser.add_argument("--src", type=Path, help="run the meshrtc package in this folder")
     parser.add_argument("--verbose", action="store_true", help="server log of failed runs")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="instead: every codec (one server each) x every certificate, --runs runs per cell",
+    )
     args = parser.parse_args()
 
     missing = gstreamer_missing()
@@ -75,6 +80,8 @@ def main() -> int:
         check=False,
     ).stdout.strip()
     where = f"--src {args.src}" if args.src else f"working tree at {commit}"
+    if args.matrix:
+        return matrix(args, where)
     print(f"meshrtc serve ({where}), {args.codec}, {args.runs} runs of {args.seconds:g} s")
     kinds = ["ecdsa", "default"] if args.cert == "alternate" else [args.cert]
     results = []
@@ -121,6 +128,27 @@ def main() -> int:
             )
         )
     return 0  # a measurement: the figures are the output (make bench runs every script)
+
+
+def matrix(args: argparse.Namespace, where: str) -> int:
+    """codec x certificate, ``--runs`` runs per cell, one server per codec reused for its row."""
+    print(f"meshrtc serve ({where}): {args.runs} run(s) per cell of {args.seconds:g} s")
+    cells: dict[tuple[str, str], list[bool]] = {}
+    with certificates() as certs:
+        for codec in CODECS:
+            with meshrtc_serve(codec, src=args.src) as serve:
+                index = 0
+                for _ in range(args.runs):
+                    for kind in CERTIFICATES:
+                        result = run_pair(serve, certs[kind], index=index, seconds=args.seconds)
+                        index += 1
+                        print(result.summary(), flush=True)
+                        cells.setdefault((codec, kind), []).append(result.passed)
+    print(f"\n| codec | {' | '.join(CERTIFICATES)} |\n|---|{'---|' * len(CERTIFICATES)}")
+    for codec in CODECS:
+        row = [f"{sum(cells[codec, k])}/{len(cells[codec, k])} pass" for k in CERTIFICATES]
+        print(f"| {codec} | {' | '.join(row)} |")
+    return 0
 
 
 if __name__ == "__main__":

@@ -388,10 +388,27 @@ class Client:
             if params.get("from") == self.args.to and params["candidate"]:
                 index = params.get("sdp_m_line_index", 0)
                 self.webrtc.emit("add-ice-candidate", index, params["candidate"])
+        elif message.get("method") == "peer.error":
+            # The offer could not be answered at all (docs/signaling.md): the reason is here.
+            self.fail(f"peer.error from {message['params'].get('from')}: {message['params']}")
         elif message.get("method") == "peer.offer":
-            # We are the lower id towards the transport (docs/signaling.md "Who offers"), and we
-            # offer to nobody else; an offer here is a renegotiation this client does not do.
-            self.result["errors"].append(f"unexpected offer from {message['params'].get('from')}")
+            sender = message["params"].get("from")
+            if sender == self.args.to:
+                # A rebuild offered by the transport (docs/signaling.md "Who offers"): this client
+                # does not rebuild links, so it is an error of the run.
+                self.result["errors"].append(f"unexpected offer from {sender}")
+            else:
+                # A pipeline-only client links to the transport alone; any other member is told
+                # at once, so it does not keep retrying (docs/interop.md).
+                reason = "this client links only to the transport"
+                self.request(
+                    "peer.error",
+                    {
+                        "from": self.args.peer_id,
+                        "to": sender,
+                        "error": {"code": -32009, "message": reason},
+                    },
+                )
         return False
 
     def _on_announced(self, result: dict[str, Any]) -> None:
