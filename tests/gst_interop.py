@@ -260,9 +260,10 @@ class RunResult:
     def summary(self) -> str:
         parts = []
         for peer, f in self.figures.items():
+            missed = f", missed {f['gaps']}" if f.get("gaps") and self.passed else ""
             parts.append(
                 f"{peer}: heard {f.get('heard', 0):.0%} (own {f.get('own', 0):.0%}, "
-                f"{f.get('level_db', -120):.0f} dBFS), video {f.get('video_frames', 0)}, "
+                f"{f.get('level_db', -120):.0f} dBFS{missed}), video {f.get('video_frames', 0)}, "
                 f"data {f.get('data_echoed', 0)}/{f.get('data_sent', 0)}"
             )
         verdict = "PASS" if self.passed else "FAIL"
@@ -394,12 +395,13 @@ def judge(
         figures["level_db"] = max(w[1] for w in windows)
         first = next((w[0] for w in r["audio_windows"] if w[2] >= TONE_SHARE), None)
         figures["first_heard_after_s"] = None if first is None else round(first - both_connected, 3)
+        gaps = ", ".join(
+            f"{start - both_connected:+.2f}..{end - both_connected:+.2f} s"
+            for start, end in _gaps(windows)
+        )
+        figures["gaps"] = gaps
         if figures["heard"] < MIN_HEARD:
             silent = sum(1 for w in windows if w[1] < MIN_LEVEL_DB)
-            gaps = ", ".join(
-                f"{start - both_connected:+.2f}..{end - both_connected:+.2f} s"
-                for start, end in _gaps(windows)
-            )
             reasons.append(
                 f"the other member's tone in {len(heard)} of {len(windows)} windows "
                 f"({figures['heard']:.0%} < {MIN_HEARD:.0%}; {silent} near-silent; not heard "
