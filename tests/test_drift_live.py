@@ -59,9 +59,9 @@ def test_a_drifting_sender_neither_fills_nor_starves_the_mix(drift_ppm: float, s
     assert comp["grid_dropped"] == 0
     assert abs(comp["frames"] - out.elapsed_local_s / 0.020) <= 5
     # The mix level (grid timestamp minus hand-over time) moves only with the stage's framing
-    # (a frame leaves once whole: 5-25 ms after its first sample) and the lead's dips, never with
-    # the drift (which would be 900 ms in 30 minutes), from the first second to the last.
-    assert -35.0 <= comp["min_ms"] <= comp["max_ms"] <= 0.0
+    # (a frame leaves once whole: 5-25 ms after its first sample) and the lead (±10 ms), never
+    # with the drift (which would be 900 ms in 30 minutes), from the first second to the last.
+    assert -35.0 <= comp["min_ms"] <= comp["max_ms"] <= 10.0
     # The same trace without the stage: the grid has to absorb 30 ms a minute (pile-ups or drops
     # for a fast sender, holes for a slow one), 45 frames' worth in 30 minutes.
     raw = out.raw.summary(after=101.0)

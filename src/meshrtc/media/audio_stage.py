@@ -242,19 +242,21 @@ class DriftCompensationStage:
                     received_at=received_at,
                     concealed=concealed,
                 )
-        if self._next_stamp is None:
-            first = local_time + self.target_lead_ms / 1000
-            if self._last_stamp is not None:
-                first = max(first, self._last_stamp + FRAME_SECONDS)
-            self._next_stamp = first
-        lead = self._lead(start, local_time)
-        error = lead - self.target_lead_ms
-        if abs(error) > self.resync_ms:
-            self._resync(error)
-            comp.reset_level()
+        priming = self._next_stamp is None
+        if priming:
+            lead = self.target_lead_ms
+        else:
+            lead = self._lead(start, local_time)
+            error = lead - self.target_lead_ms
+            if abs(error) > self.resync_ms:
+                self._resync(error)
+                comp.reset_level()
+                lead = self._lead(start, local_time)
+        out = comp.process(block, correction_factor, level_ms=lead)
+        if priming:
+            out = self._prime(out, local_time, comp.latency_samples)
             lead = self._lead(start, local_time)
         self.lead_ms = lead
-        out = comp.process(block, correction_factor, level_ms=lead)
         self._blocks.append(
             _Block(
                 start,
@@ -270,6 +272,27 @@ class DriftCompensationStage:
         fifo = self._fifo
         self._fifo = out if fifo is None or not len(fifo) else np.concatenate((fifo, out))
         return self._emit()
+
+    def _prime(
+        self, out: NDArray[np.float32], local_time: float, held: float
+    ) -> NDArray[np.float32]:
+        """First block since a (re)start: the frames begin ``held`` samples (what the resampler
+        keeps back, 5 ms at HQ) before it, on silence.
+
+        Frames then end where the resampler's output ends: with both clocks at one rate each
+        block completes a frame the moment it arrives, so a frame leaves 5 ms after its first
+        sample's time instead of 20 ms (the block-long wait for the resampler's held samples).
+        A drifting sender's frames slide across blocks anyway, one frame per 1/drift (40 s at
+        500 ppm): then they leave 5-25 ms after their first sample.
+        """
+        prime = round(held)
+        self._emitted = -prime
+        first = local_time - prime / SAMPLE_RATE + self.target_lead_ms / 1000
+        if self._last_stamp is not None:
+            first = max(first, self._last_stamp + FRAME_SECONDS)
+        self._next_stamp = first
+        silence = np.zeros((prime, *out.shape[1:]), np.float32)
+        return np.concatenate((silence, out))
 
     def _lead(self, start: float, local_time: float) -> float:
         """Lead (ms) with the FIFO head placed on a block starting at ``start``, ``local_time``."""
@@ -340,7 +363,7 @@ class DriftCompensationStage:
                 concealed += min(end, b.start + b.length) - max(head, b.start)
         if first is None:  # pragma: no cover - the FIFO never holds samples of no block
             return CompensatedFrame(samples, stamp, None, None, None, False)
-        offset = max(0.0, head - first.start) / first.ratio  # input samples into the block
+        offset = (head - first.start) / first.ratio  # input samples into it (< 0: the priming)
         sender = None if first.sender_time is None else first.sender_time + offset / SAMPLE_RATE
         rtp = (
             None
