@@ -17,6 +17,15 @@ item that would be late anyway raises ``C`` at once; spare headroom is given bac
 go through the same ``T``, so what they show together was captured together: once Synced, presented
 A/V skew stays within ±10 ms (tests/test_sync.py and bench/sync.py measure it).
 
+Only confirmed mappings (two consistent SRs, see :mod:`meshrtc.media.ntp`) place items on the
+timeline: a sender's first SR is often 0.2-0.7 s off its later line, and a timeline formed on it
+would move with it. Rebuilding the timeline (after a confirmed mapping restart, or items more than
+``max_hold`` off it) re-anchors what the router and the mixer rely on, so it happens at most once per
+``min_rebuild_interval`` (2 s, doubling to 30 s while rebuilds keep being asked for); a stream the
+sender restarted (new SSRC, or RTP timestamps that jump) starts over and drops the timeline. The
+drift estimator is fed by the audio stream's SRs only: one estimator per sender clock and stream,
+never two streams' SRs mixed (they interleave tens of ms apart and looked like a clock going back).
+
 A mapping older than 5 s is stale (invariant 5) and the state leaves Synced for Syncing; alignment
 carries on with the extrapolated mapping until fresh SRs arrive, because over seconds the sender's
 clocks do not move measurably. Before the first Synced, items pass through at their jitter-buffer
