@@ -16,6 +16,9 @@ rebuilds and "went backwards" drift-estimator resets.
         .venv/bin/python bench/interop_runs.py --runs 12 --src /tmp/before/src
 
 Prints one line per run and a summary; ``--json`` adds one JSON object as the last line.
+``--diag --verbose`` also logs, in the server, per-peer counters every 0.5 s (bench/interop_diag:
+input ages at the router, MixMinus lateness, output ages, the send tracks' late/silent frames) and
+prints them for failed runs.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="media per run, both connected")
     parser.add_argument("--src", type=Path, help="run the meshrtc package in this folder")
     parser.add_argument("--verbose", action="store_true", help="server log of failed runs")
+    parser.add_argument(
+        "--diag",
+        action="store_true",
+        help="per-peer counters in the server log every 0.5 s (bench/interop_diag; with --verbose)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--matrix",
@@ -86,7 +94,11 @@ def main() -> int:
     kinds = ["ecdsa", "default"] if args.cert == "alternate" else [args.cert]
     results = []
     started = time.monotonic()
-    with certificates() as certs, meshrtc_serve(args.codec, src=args.src) as serve:
+    extra_path = [ROOT / "bench" / "interop_diag"] if args.diag else []
+    with (
+        certificates() as certs,
+        meshrtc_serve(args.codec, src=args.src, extra_path=extra_path) as serve,
+    ):
         for i in range(args.runs):
             result = run_pair(serve, certs[kinds[i % len(kinds)]], index=i, seconds=args.seconds)
             counts = {

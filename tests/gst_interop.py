@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,16 +99,23 @@ class Serve:
 
 @contextlib.contextmanager
 def meshrtc_serve(
-    codec: str, *, log_level: str = "info", src: Path | None = None, start_timeout: float = 20.0
+    codec: str,
+    *,
+    log_level: str = "info",
+    src: Path | None = None,
+    extra_path: Sequence[Path] = (),
+    start_timeout: float = 20.0,
 ) -> Iterator[Serve]:
     """``python -m meshrtc serve --port 0 --video-codec CODEC``; SIGINT (then SIGKILL) at the end.
 
     ``src``: run the meshrtc package found there instead of the installed one (an export of an
-    older commit, to measure before and after a change).
+    older commit, to measure before and after a change); ``extra_path``: more folders for the
+    server's ``PYTHONPATH`` (bench/interop_diag's ``sitecustomize``).
     """
     env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    path = [str(p) for p in ([src] if src is not None else []) + list(extra_path)]
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*path, env.get("PYTHONPATH")]))
     command = [
         sys.executable, "-m", "meshrtc", "serve", "--port", "0",
         "--video-codec", codec, "--log-level", log_level,
