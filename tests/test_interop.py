@@ -32,7 +32,7 @@ from OpenSSL import SSL
 
 from meshrtc.config import TransportConfig
 from meshrtc.media.frame import FrameType
-from meshrtc.media.negotiation import SessionText
+from meshrtc.media.negotiation import Section, SessionText
 from meshrtc.rtc import aiortc_adapter as adapter
 from meshrtc.rtc.bridge import Bridge, open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
@@ -244,8 +244,12 @@ async def _flows(client: Client, server: PeerConnection, *, audio: bool, video: 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("offered", "rejected_kind"),
-    [({"video": "video/VP8"}, "video"), ({"audio": "audio/PCMU", "video": "video/VP9"}, "audio")],
-    ids=["vp8-video-to-vp9-server", "pcmu-audio"],
+    [
+        ({"video": "video/VP8"}, "video"),
+        ({"video": "video/VP8", "bundle-only": "yes"}, "video"),
+        ({"audio": "audio/PCMU", "video": "video/VP9"}, "audio"),
+    ],
+    ids=["vp8-video-to-vp9-server", "vp8-video-bundle-only-like-gstreamer", "pcmu-audio"],
 )
 async def test_an_unusable_section_is_rejected_and_the_rest_works(
     offered: dict[str, str], rejected_kind: str
@@ -254,7 +258,10 @@ async def test_an_unusable_section_is_rejected_and_the_rest_works(
         client = await _client(
             bridge, video=offered["video"], audio=offered.get("audio", "audio/opus")
         )
-        await server.handle_signal("offer", {"sdp": await _offer(client)})
+        offer = await _offer(client)
+        if "bundle-only" in offered:
+            offer = _bundle_only(offer)
+        await server.handle_signal("offer", {"sdp": offer})
         with trio.fail_after(5):
             method, params = await signals.receive()
         assert method == "answer"
@@ -271,6 +278,17 @@ async def test_an_unusable_section_is_rejected_and_the_rest_works(
         expected = {FrameType.AUDIO: "audio/opus", FrameType.VIDEO: "video/VP9"}
         del expected[FrameType.AUDIO if rejected_kind == "audio" else FrameType.VIDEO]
         assert server.codecs == expected
+
+
+def _bundle_only(offer: str) -> str:
+    """``offer`` as GStreamer's webrtcbin writes it: every section after the first has port 0 and
+    ``a=bundle-only`` (RFC 8843 section 6), which is not a rejection."""
+    text = SessionText.parse(offer)
+    sections = [text.sections[0]]
+    for section in text.sections[1:]:
+        bundled = section.with_port(0)
+        sections.append(Section((*bundled.lines, "a=bundle-only")))
+    return attrs.evolve(text, sections=tuple(sections)).render()
 
 
 #: Well-formed for the signaling server (it checks shape), useless to aiortc: no ICE credentials.

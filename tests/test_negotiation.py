@@ -95,6 +95,11 @@ def test_reject_in_answer_writes_an_rfc_3264_rejection_outside_bundle() -> None:
     assert rejected.sections[0].lines == (
         "m=video 0 UDP/TLS/RTP/SAVPF 96",
         "c=IN IP4 0.0.0.0",
+        # Transport attributes stay (GStreamer refuses a section without a=fingerprint).
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:0123456789012345678901",
+        "a=fingerprint:sha-256 AA:BB",
+        "a=setup:active",
         "a=mid:video0",
         "a=inactive",
     )
@@ -132,6 +137,49 @@ def test_an_answer_rejecting_everything_or_not_matching_the_offer_is_refused() -
         reject_in_answer(fewer, OFFER, [0])
 
 
+#: What GStreamer 1.22's webrtcbin offered (VP8-only video; trimmed): every section after the first
+#: has port 0 and a=bundle-only.
+GSTREAMER_OFFER = "\r\n".join(
+    [
+        "v=0",
+        "o=- 2248083785724595327 0 IN IP4 0.0.0.0",
+        "s=-",
+        "t=0 0",
+        "a=ice-options:trickle",
+        "a=group:BUNDLE audio0 video1 application2",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "c=IN IP4 0.0.0.0",
+        "a=setup:actpass",
+        "a=mid:audio0",
+        "a=rtpmap:111 OPUS/48000/2",
+        "m=video 0 UDP/TLS/RTP/SAVPF 96",
+        "c=IN IP4 0.0.0.0",
+        "a=setup:actpass",
+        "a=bundle-only",
+        "a=sendrecv",
+        "a=rtpmap:96 VP8/90000",
+        "a=mid:video1",
+        "m=application 0 UDP/DTLS/SCTP webrtc-datachannel",
+        "c=IN IP4 0.0.0.0",
+        "a=bundle-only",
+        "a=mid:application2",
+        "a=sctp-port:5000",
+        "",
+    ]
+)
+
+
+def test_bundle_only_sections_with_port_0_are_not_rejected() -> None:
+    assert rejected_indices(GSTREAMER_OFFER) == []
+    assert accepted_kinds(GSTREAMER_OFFER) == {"audio", "video", "application"}
+    video = SessionText.parse(stand_in_offer(GSTREAMER_OFFER, {1: VP9})).sections[1]
+    assert video.lines[0] == "m=video 0 UDP/TLS/RTP/SAVPF 96"  # still bundle-only
+    assert "a=bundle-only" in video.lines
+    assert "a=inactive" in video.lines
+    answer = SessionText.parse(reject_in_answer(GSTREAMER_OFFER, GSTREAMER_OFFER, [1]))
+    assert answer.sections[1].rejected  # port 0, no a=bundle-only: an RFC 3264 rejection
+
+
 # --- generated offers ---------------------------------------------------------------------------
 
 _TOKEN = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
@@ -152,10 +200,11 @@ def sections(draw: st.DrawFn, index: int) -> list[str]:
     if kind == "application":
         return ["m=application 9 UDP/DTLS/SCTP webrtc-datachannel", *transport, "a=sctp-port:5000"]
     pts = draw(st.lists(st.integers(96, 127), min_size=1, max_size=4, unique=True))
-    lines = [
-        f"m={kind} {draw(st.sampled_from([9, 5000]))} UDP/TLS/RTP/SAVPF {' '.join(map(str, pts))}"
-    ]
-    lines += transport
+    # Port 0 with a=bundle-only: a bundled section (GStreamer), not a rejected one.
+    port = draw(st.sampled_from([9, 5000, 0]))
+    lines = [f"m={kind} {port} UDP/TLS/RTP/SAVPF {' '.join(map(str, pts))}", *transport]
+    if port == 0:
+        lines.append("a=bundle-only")
     lines.append(draw(st.sampled_from(["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"])))
     lines.append("a=rtcp-mux")
     for pt in pts:
@@ -231,6 +280,12 @@ def test_reject_then_stand_in_answer_round_trip(case: tuple[str, set[int]]) -> N
     assert {i for i, s in enumerate(parsed.sections) if s.rejected} == rejected | {
         i for i, s in enumerate(original.sections) if s.rejected
     }
+    for i in rejected:  # an RFC 3264 rejection that still carries its DTLS fingerprint
+        lines = parsed.sections[i].lines
+        assert lines[0].split()[1] == "0"
+        assert [x for x in lines if x.startswith("a=fingerprint:")] == [
+            "a=fingerprint:sha-256 AA:BB"
+        ]
     bundle = [x.split()[1:] for x in parsed.session if x.startswith("a=group:BUNDLE")]
     if bundle:
         assert not {original.sections[i].mid for i in rejected} & set(bundle[0])

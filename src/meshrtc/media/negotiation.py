@@ -12,7 +12,8 @@ indices (hence trickled candidates) and the BUNDLE transport do not move:
   transport attributes but carries one codec aiortc accepts (a :class:`StandIn`) and
   ``a=inactive``, so aiortc negotiates it and never sends or receives on it.
 * :func:`reject_in_answer`: aiortc's answer as the offerer gets it. Each such section becomes a
-  rejection: ``m=<kind> 0 <proto> <the offer's first format>``, its mid, ``a=inactive``, and it
+  rejection: ``m=<kind> 0 <proto> <the offer's first format>``, its ICE/DTLS attributes (as
+  browsers write them; GStreamer insists on ``a=fingerprint``), its mid, ``a=inactive``, and it
   leaves the BUNDLE group.
 * :func:`stand_in_answer`: the other direction, for a meshrtc offerer whose answer rejects a
   section: each port-0 audio/video section becomes an inactive section aiortc can apply (our own
@@ -107,8 +108,15 @@ class Section:
         return None
 
     @property
+    def bundle_only(self) -> bool:
+        return "a=bundle-only" in self.lines
+
+    @property
     def rejected(self) -> bool:
-        return self.port == 0
+        """Port 0 without ``a=bundle-only``: an offer's port 0 *with* it (RFC 8843 section 6,
+        what GStreamer's webrtcbin sends for every bundled section after the first) is a section
+        that shares the bundle transport, not a rejected one."""
+        return self.port == 0 and not self.bundle_only
 
     def with_port(self, port: int) -> Section:
         m = self._m
@@ -214,9 +222,16 @@ def reject_in_answer(answer: str, offer: str, rejected: Collection[int]) -> str:
     for index in sorted(rejected):
         source = offered[index]
         mid = source.mid
+        # The transport attributes stay, as browsers write rejections: GStreamer's webrtcbin
+        # refuses an answer with a section lacking a=fingerprint ("No fingerprint lines in sdp
+        # for media 1"), rejected or not.
+        transport = [
+            line for line in sections[index].lines if line.startswith(_TRANSPORT_ATTRIBUTES)
+        ]
         lines = [
             f"m={source.kind} 0 {source.proto} {_first_format(source)}",
             "c=IN IP4 0.0.0.0",
+            *transport,
         ]
         if mid is not None:
             lines.append(f"a=mid:{mid}")

@@ -1430,14 +1430,18 @@ def unusable_sections(
     Decided with aiortc's own ``find_common_codecs`` and ``filter_preferred_codecs`` (what
     ``setRemoteDescription`` runs) and ``preferences`` (kind → :func:`codec_preferences`), so a
     section kept here is one aiortc accepts. Sections the offerer rejected itself (port 0) are left
-    alone. Raises ``ValueError`` (or whatever aiortc's parser raises) for SDP aiortc cannot read.
+    alone (a ``bundle-only`` section's port 0 is not a rejection). Raises ``ValueError`` (or
+    whatever aiortc's parser raises) for SDP aiortc cannot read.
     """
     description = aiortc_sdp.SessionDescription.parse(offer)
+    sections = SessionText.parse(offer).sections
+    if len(sections) != len(description.media):
+        raise ValueError(f"{len(sections)} m= lines but aiortc read {len(description.media)}")
     find_common = getattr(_aiortc_pc_module, FIND_COMMON_CODECS)
     filter_preferred = getattr(_aiortc_pc_module, FILTER_PREFERRED_CODECS)
     out: dict[int, UnusableSection] = {}
     for index, media in enumerate(description.media):
-        if media.kind not in ("audio", "video") or media.port == 0:
+        if media.kind not in ("audio", "video") or sections[index].rejected:
             continue
         preferred = list(preferences.get(media.kind, ()))
         common = filter_preferred(
