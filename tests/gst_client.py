@@ -294,8 +294,6 @@ class Client:
         self.offered = False
         self.stopping = False
         self.next_id = 1
-        self.pending_candidates: list[tuple[int, str]] = []
-        self.answered = False
         self.ws: WebSocket | None = None
         self.pem_set: set[str] = set()
         self.pem = Path(args.pem).read_text() if args.pem else None
