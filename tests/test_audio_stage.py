@@ -164,7 +164,9 @@ def test_frame_metadata_describes_its_first_sample() -> None:
         assert f.sender_time - 1_000.0 == pytest.approx(f.local_time - 100.0, abs=1e-4)
         offset = round((f.local_time - 100.0) * FS)
         assert f.rtp_timestamp == (0xFFFFFFFF - 5 * FRAME_SAMPLES + offset) & 0xFFFFFFFF
-        assert f.received_at is not None
+        # Arrival: of the packet holding most of the frame (the block its middle falls in).
+        middle_block = math.floor((f.local_time - 100.0 + FRAME_SECONDS / 2) / FRAME_SECONDS + 1e-9)
+        assert f.received_at == pytest.approx(99.95 + middle_block * FRAME_SECONDS)
     # One concealed packet: one frame (mostly made of it) says so, not the two it overlaps.
     assert sum(f.concealed for f in frames) == 1
 

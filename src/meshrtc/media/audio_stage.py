@@ -105,8 +105,9 @@ class CompensatedFrame:
     """One 20 ms frame on our clock: ``(960, channels)`` float32 samples at 48 kHz.
 
     ``local_time`` advances by exactly 20 ms from one frame to the next (more, by whole frames, after
-    a skip). The other fields describe the frame's first sample: the sender's capture time (NTP or
-    Unix seconds, whatever the caller passed in), the RTP timestamp, and when its packet arrived.
+    a skip). ``sender_time`` (NTP or Unix seconds, whatever the caller passed in) and
+    ``rtp_timestamp`` are those of the frame's first sample; ``received_at`` is when the packet
+    holding most of the frame arrived (what the router's added-latency figure compares with);
     ``concealed``: most of the frame stands in for lost packets.
     """
 
@@ -351,7 +352,8 @@ class DriftCompensationStage:
         head = self._emitted
         end = head + FRAME_SAMPLES
         first: _Block | None = None
-        concealed = 0.0
+        main: _Block | None = None
+        concealed = most = 0.0
         for b in self._blocks:
             if b.start + b.length <= head:
                 continue
@@ -359,8 +361,11 @@ class DriftCompensationStage:
                 break
             if first is None:
                 first = b
+            overlap = min(end, b.start + b.length) - max(head, b.start)
+            if overlap > most:
+                main, most = b, overlap
             if b.concealed:
-                concealed += min(end, b.start + b.length) - max(head, b.start)
+                concealed += overlap
         if first is None:  # pragma: no cover - the FIFO never holds samples of no block
             return CompensatedFrame(samples, stamp, None, None, None, False)
         offset = (head - first.start) / first.ratio  # input samples into it (< 0: the priming)
@@ -372,7 +377,8 @@ class DriftCompensationStage:
         )
         # Concealed when most of it stands in for lost packets: one lost packet, one such frame.
         hidden = concealed > FRAME_SAMPLES / 2
-        return CompensatedFrame(samples, stamp, sender, rtp, first.received_at, hidden)
+        arrived = None if main is None else main.received_at
+        return CompensatedFrame(samples, stamp, sender, rtp, arrived, hidden)
 
     # --- queries ----------------------------------------------------------------------------------
 
