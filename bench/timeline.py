@@ -54,6 +54,8 @@ from meshrtc.pipeline.nodes.mixminus import MixMinusMixer
 GRID = 0.020
 NTP_START = 3_900_000_000.0
 MAX_INPUT_AGE = 0.25
+#: A mix emitted this long after its timestamp is too old for the outgoing track (rtc/tracks.py).
+OLD_OUTPUT = 0.040
 #: Slots after a member's (re)start that are its "first second".
 SETTLE = 1.0
 
@@ -114,6 +116,9 @@ class Outcome:
     grid_dropped: int = 0
     stale_dropped: int = 0
     sync_failures: dict[str, int] = field(default_factory=dict)
+    #: Share of the mixes (after the first two seconds) emitted more than OLD_OUTPUT after their
+    #: timestamp: the outgoing audio track sends a frame at its timestamp + 40 ms or drops it.
+    old_outputs: float = 0.0
     states: dict[str, str] = field(default_factory=dict)
     #: (receiver, slot) -> members heard, for the slots after the start.
     heard: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict)
@@ -279,11 +284,13 @@ def _run(trace: Trace, names: list[str], rng: random.Random, counter: _RebuildCo
     syncs = [SyncManager(name) for name in names]
     last_presented = [-math.inf] * len(names)
     not_before = [-math.inf] * len(names)
+    last_push = [-math.inf] * len(names)
     pushes: list[tuple[float, int, int, float]] = []  # (push time, seq, member, local time)
     grid = _Grid()
     mixer = MixMinusMixer(limiter="none")
     out = Outcome()
     mixes: list[Audio] = []
+    ages: list[tuple[float, float]] = []  # (emitted at, emitted at - timestamp)
     markers = [np.full(1, 2.0**i / 16.0, np.float32) for i in range(len(names))]
     now = 0.0
     guard = 0
@@ -322,9 +329,13 @@ def _run(trace: Trace, names: list[str], rng: random.Random, counter: _RebuildCo
             if ts is None:
                 continue
             frame = Audio(samples=markers[idx], peer_id=names[idx], timestamp=ts)
-            mixes.extend(mixer.push(frame, now))
+            for mix in mixer.push(frame, now):
+                mixes.append(mix)
+                ages.append((now, now - mix.timestamp))
         elif t == t_mix:
-            mixes.extend(mixer.expire(now))
+            for mix in mixer.expire(now):
+                mixes.append(mix)
+                ages.append((now, now - mix.timestamp))
         else:
             idx = due_idx
             items = syncs[idx].pop_next_aligned(now)
@@ -341,11 +352,15 @@ def _run(trace: Trace, names: list[str], rng: random.Random, counter: _RebuildCo
                 count = it.item.count if isinstance(it.item, Gap) else 1
                 for k in range(count):
                     at = last_presented[idx] = max(last_presented[idx], when + k * GRID)
+                    # One channel per member into the router: its frames keep their order.
                     delay = trace.members[idx].processing * rng.uniform(0.5, 1.5)
-                    heapq.heappush(pushes, (now + delay + (at - when), seq, idx, at))
+                    push_at = last_push[idx] = max(last_push[idx], now + delay + (at - when))
+                    heapq.heappush(pushes, (push_at, seq, idx, at))
                     seq += 1
     mixes.extend(mixer.flush())
     out.late = mixer.late
+    judged = [age for at, age in ages if SETTLE + 1.0 <= at < seconds - 0.3]
+    out.old_outputs = sum(1 for age in judged if age > OLD_OUTPUT) / max(1, len(judged))
     out.grid_dropped = grid.dropped()
     out.rebuilds = {name: counter.counts.get(name, 0) for name in names}
     out.sync_failures = {name: sm.sync_failures for name, sm in zip(names, syncs, strict=True)}
@@ -428,6 +443,10 @@ def scenarios(seconds: float = 20.0) -> dict[str, Trace]:
                 Member(sr_gaps=((2.0, 8.0),), outliers=((10.0, "video", 0.5),)),
                 Member(audio_first_sr_error=0.4, sr_interval=2.0),
             ),
+            seconds,
+        ),
+        "slow-router-path": Trace(
+            (Member(processing=0.05), Member(), Member(delay=0.06)),
             seconds,
         ),
         "restarts": Trace(
@@ -558,7 +577,8 @@ def _report(name: str, out: Outcome, elapsed: float) -> None:
         f"{name:14s} worst pair {worst.sender}->{worst.receiver}: {worst.ratio:7.2%} of "
         f"{worst.slots} slots (longest gap {worst.longest_gap_slots * GRID * 1000:.0f} ms); "
         f"rebuilds {sum(out.rebuilds.values())} {list(out.rebuilds.values())}; late {out.late}, "
-        f"grid-dropped {out.grid_dropped}, stale {out.stale_dropped}; {elapsed:.1f} s"
+        f"grid-dropped {out.grid_dropped}, stale {out.stale_dropped}; "
+        f"mixes > 40 ms old {out.old_outputs:.1%}; {elapsed:.1f} s"
     )
 
 

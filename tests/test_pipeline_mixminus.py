@@ -280,3 +280,29 @@ def test_a_peer_late_for_every_window_is_reanchored() -> None:
     assert max(missing) <= 0.4 + 0.1 + 0.06, "b was back in a's mix within the re-anchor time"
     assert all(ok for t, ok in heard_b if t > 0.6)
     assert m.late <= 6
+
+
+def test_a_peer_that_keeps_every_window_waiting_is_reanchored() -> None:
+    """b's frames carry the right timestamps but reach the mixer 50 ms after a's and c's (a slow
+    path into the router): every window waited for it, so every mix left 50 ms old, and the
+    outgoing track (which drops frames 40 ms past their timestamp) sent silence to everybody. After
+    500 ms of that, b's timestamps are shifted forward and the mixes leave fresh again."""
+    m = MixMinusMixer(max_lag=0.02, lag_reanchor_after=0.5)
+    ages: list[tuple[float, float]] = []
+    heard_b: list[tuple[float, bool]] = []
+    pushes = []
+    for k in range(150):
+        ts = k * 0.02
+        pushes += [(ts, "a", 0.01, ts), (ts + 0.001, "c", 0.001, ts), (ts + 0.05, "b", 0.1, ts)]
+    for now, peer, value, ts in sorted(pushes):
+        for o in m.push(audio(value, peer, ts), now):
+            ages.append((now, now - o.timestamp))
+            if o.to_peer == "a":
+                heard_b.append((o.timestamp, bool(np.isclose(o.samples[0], 0.101))))
+    assert m.reanchors == 1
+    assert all(age >= 0.045 for now, age in ages if 0.2 < now < 0.5), "the slow peer held them"
+    assert all(age <= 0.02 for now, age in ages if now > 1.0)
+    # b is missing from the windows before it was first heard, and from the two it skips when
+    # its timestamps move 40 ms forward; from every other window it is not.
+    missing = [round(ts, 2) for ts, ok in heard_b if not ok and ts > 0.1]
+    assert len(missing) <= 2, missing

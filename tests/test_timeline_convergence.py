@@ -56,6 +56,8 @@ def check_invariant(trace: object) -> None:
         # mapping is replaced, and otherwise at most every 2 s (backing off).
         assert out.rebuilds[name] <= 2 + 2 * len(member.restarts), out.rebuilds
     assert out.stale_dropped == 0
+    # The outgoing track drops a mix 40 ms past its timestamp: almost none may be that old.
+    assert out.old_outputs <= 0.05, out.old_outputs
 
 
 @pytest.mark.parametrize("name", sorted(BENCH.scenarios(SECONDS)))
@@ -135,6 +137,7 @@ def test_a_timeline_jump_forward_costs_only_the_skipped_time(jump: float) -> Non
 @pytest.mark.parametrize("offset", [-0.5, -0.15, 0.15, 0.5])
 def test_mixminus_reanchors_timestamps_that_run_off(offset: float) -> None:
     """Timestamps that run off a member's push time for good (not what the router produces, but
-    what another source might): MixMinus re-anchors within 0.7 s."""
+    what another source might): MixMinus re-anchors within 1.3 s (0.1 s late, or 0.5 s keeping
+    every window waiting, plus the windows in flight)."""
     took, _ = BENCH.reanchor_time(offset, offset_only=True)
-    assert took <= 0.7
+    assert took <= 1.3

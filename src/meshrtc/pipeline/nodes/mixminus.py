@@ -21,15 +21,13 @@ then on the peer is waited for.
 Re-anchoring (issue 11): a peer whose frames all come too late for their windows for
 ``reanchor_after`` (100 ms of ``now``) is not dropped for good. Its timestamps run behind the
 session's (its timeline jumped back, or the others' jumped ahead), so from then on they are shifted
-by a constant that puts its next frame into the oldest window still open (or the one after the
-newest mixed), and it is mixed again: ``reanchors`` counts it. The shift stays with the peer (a peer
-that returns with a shift that no longer fits is late again and re-anchored again, or is ahead and
-the others are).
-
-Frames of one window may differ in length: shorter ones are zero-padded to the longest. A frame whose
-sample rate or channel count differs from the window's is dropped and counted (put a Resample node in
-front of MixMinus when peers differ). The sum is limited per ``limiter``: ``clip`` (hard clip to
-[-1, 1]), ``soft`` (linear up to 0.8, then a tanh knee that never reaches 1) or ``none``.
+by a constant that puts its next frame into the newest window still open (or the one after the
+newest mixed), and it is mixed again: ``reanchors`` counts it. Likewise a peer whose frames arrive
+in time but keep every window waiting more than ``max_lag`` (20 ms) for 500 ms: every
+mix would leave that much older (the outgoing audio track drops frames 40 ms past their timestamp,
+so everybody heard silence). Its timestamps are shifted forward by the least the others' were ahead
+of its own (whole slots), and its frames open windows the others then complete. A shift stays with
+its peer (one that no longer fits makes the peer late again, or the others wait for nobody).
 
 :class:`MixMinusMixer` is the sans-IO core (time passed in as ``now``); :class:`MixMinus` is the
 thin trio node around it.
@@ -123,6 +121,11 @@ class MixMinusMixer:
     max_windows: int = 5
     #: A peer late for this long (seconds of ``now``) is re-anchored (module docstring).
     reanchor_after: float = 0.1
+    #: A peer that keeps every window waiting longer than ``max_lag`` (seconds) for
+    #: ``lag_reanchor_after`` is re-anchored too. Longer than the router grid's 200 ms bound on a
+    #: peer's lead, so a peer briefly ahead never makes the others look like laggards.
+    max_lag: float = 0.02
+    lag_reanchor_after: float = 0.5
 
     #: Open windows, oldest first.
     _open: list[_Window] = attrs.field(factory=list, init=False)
@@ -132,6 +135,14 @@ class MixMinusMixer:
     #: Per peer: the shift added to its timestamps, and since when its frames have all been late.
     _shift: dict[str, float] = attrs.field(factory=dict, init=False)
     _late_since: dict[str, float] = attrs.field(factory=dict, init=False)
+    #: Per peer: since when every frame of it kept its window waiting over ``max_lag``, and the
+    #: least wait since then.
+    _lag_since: dict[str, float] = attrs.field(factory=dict, init=False)
+    _lag_min: dict[str, float] = attrs.field(factory=dict, init=False)
+    #: The newest timestamp any peer pushed, and the slot length (the least gap seen between two
+    #: windows mixed one after the other; one Opus frame until then).
+    _newest: float = attrs.field(default=-math.inf, init=False)
+    _step: float = attrs.field(default=0.02, init=False)
 
     late: int = attrs.field(default=0, init=False)
     duplicates: int = attrs.field(default=0, init=False)
@@ -163,9 +174,11 @@ class MixMinusMixer:
                 self._last_seen[peer] = max(ts, self._last_seen.get(peer, -math.inf))
                 self.late += 1
                 return []
-            ts = self._reanchor(peer, ts, frame)
+            ts = self._reanchor(peer, ts)
         self._late_since.pop(peer, None)
         seen = max(ts, self._last_seen.get(peer, -math.inf))
+        newest = self._newest
+        self._newest = max(self._newest, ts)
         out: list[Audio] = []
         window = self._window_for(ts, frame, now, out)
         self._last_seen[peer] = seen  # after: a window never waits for the peer that opened it
@@ -184,17 +197,48 @@ class MixMinusMixer:
             self.duplicates += 1
         else:
             window.frames[peer] = frame
+            self._note_wait(peer, window, newest, now)
         out.extend(self._close_ready(now))
         return out
 
-    def _reanchor(self, peer: str, ts: float, frame: Audio) -> float:
-        """Shift ``peer``'s timestamps so this frame lands in the oldest open window it is not in
+    def _note_wait(self, peer: str, window: _Window, newest: float, now: float) -> None:
+        """A peer that keeps every window waiting more than ``max_lag`` for ``lag_reanchor_after``
+        is shifted forward by what it lags by at least (module docstring)."""
+        waited = now - (window.deadline - self.window_timeout)
+        if waited <= self.max_lag:
+            self._lag_since.pop(peer, None)
+            self._lag_min.pop(peer, None)
+            return
+        since = self._lag_since.setdefault(peer, now)
+        # How far the others' timestamps are ahead of this frame's: a whole number of slots.
+        behind = max(0.0, newest - window.ts)
+        least = self._lag_min[peer] = min(self._lag_min.get(peer, math.inf), behind)
+        if now - since < self.lag_reanchor_after:
+            return
+        # By what it lagged at least: never past its fastest frame, so the others do not end up
+        # waiting for it the other way round.
+        self._shift[peer] = self._shift.get(peer, 0.0) + (
+            least if least > self.tolerance else self._step
+        )
+        del self._lag_since[peer], self._lag_min[peer]
+        self.reanchors += 1
+        logger.info(
+            "MixMinus: peer %r kept every window waiting %.0f ms or more for %.0f ms: "
+            "re-anchored (its timestamps now shifted by %+.0f ms)",
+            peer,
+            least * 1000,
+            self.lag_reanchor_after * 1000,
+            self._shift[peer] * 1000,
+        )
+
+    def _reanchor(self, peer: str, ts: float) -> float:
+        """Shift ``peer``'s timestamps so this frame lands in the newest open window it is not in
         yet (or just after the newest window mixed, or after the newest open one)."""
-        step = frame.frames / frame.sample_rate
-        target = next((w.ts for w in self._open if peer not in w.frames), None)
+        # The newest open window it is not in: the one the others are filling now.
+        target = next((w.ts for w in reversed(self._open) if peer not in w.frames), None)
         if target is None:
             newest = self._open[-1].ts if self._open else self._last_mixed
-            target = newest + step
+            target = newest + self._step
         self._shift[peer] = self._shift.get(peer, 0.0) + (target - ts)
         del self._late_since[peer]
         self.reanchors += 1
@@ -255,6 +299,9 @@ class MixMinusMixer:
         frames = {peer: f.samples for peer, f in window.frames.items()}
         receivers = sorted(self.active_peers(ts) | frames.keys())
         rate, channels = window.rate_channels
+        gap = ts - self._last_mixed
+        if self.tolerance < gap < self._step:
+            self._step = gap
         self._last_mixed = max(self._last_mixed, ts)
         self.windows += 1
         for peer in [p for p, seen in self._last_seen.items() if seen < ts - self.peer_timeout]:
