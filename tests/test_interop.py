@@ -241,7 +241,6 @@ async def _flows(client: Client, server: PeerConnection, *, audio: bool, video: 
         assert frame is not None
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("offered", "rejected_kind"),
     [
@@ -393,7 +392,6 @@ def test_use_certificate_only_before_a_transport_exists() -> None:
     asyncio.run(check())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("rsa_role", ["dtls-server", "dtls-client"])
 async def test_a_peer_with_an_rsa_certificate_connects_and_media_flows(rsa_role: str) -> None:
     """The RSA peer offers (it is DTLS server: aiortc answers as client, ``setup:active``) or
@@ -493,7 +491,6 @@ async def test_meshrtc_peers_with_different_video_codecs_connect_with_audio_and_
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.slow
 async def test_meshrtc_serve_runs_with_video_codec_vp8() -> None:
     """The reported crash: ``meshrtc serve --video-codec VP8`` exited with a traceback at start."""
     from .browser_helpers import meshrtc_serve
