@@ -41,7 +41,12 @@ from meshrtc.rtc.aiortc_adapter import (
     tap_peer_connection,
 )
 from meshrtc.rtc.bridge import Bridge, ToTrio, open_bridge
-from meshrtc.rtc.tracks import AudioOutputTrack, TrackInputError, VideoOutputTrack
+from meshrtc.rtc.tracks import (
+    DEFAULT_SEND_LATENCY,
+    AudioOutputTrack,
+    TrackInputError,
+    VideoOutputTrack,
+)
 
 WIDTH, HEIGHT = 160, 120
 
@@ -262,7 +267,9 @@ async def test_outgoing_tracks_pace_and_stamp_pts() -> None:
 
         audio.put(tone(0.05))  # 2.5 frames: two whole frames go out, the half waits for more
         elapsed, frames = await bridge.run(pull_audio, 26)
-        assert [f.pts for f in frames] == [i * 960 for i in range(26)]
+        # pts on the media clock: the first sample is due one send latency after it was handed over.
+        first = round(DEFAULT_SEND_LATENCY * 48_000)
+        assert [f.pts for f in frames] == [first + i * 960 for i in range(26)]
         assert all(
             f.samples == 960 and f.sample_rate == 48_000 and f.format.name == "s16" for f in frames
         )
@@ -279,7 +286,7 @@ async def test_outgoing_tracks_pace_and_stamp_pts() -> None:
             return time.monotonic() - start, stamps
 
         elapsed, stamps = await bridge.run(pull_video, 11)
-        assert stamps == [i * 1800 for i in range(11)]  # 90 kHz / 50 fps
+        assert [b - a for a, b in itertools.pairwise(stamps)] == [1800] * 10  # 90 kHz / 50 fps
         assert video.repeated == 10  # one picture fed: repeated at the frame rate
         assert elapsed >= 0.18
 

@@ -257,7 +257,7 @@ class AudioOutputTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
         elif lag > MAX_LAG:
-            skip = int(lag / AUDIO_PTIME)
+            skip = int(lag / AUDIO_PTIME + 1e-9)  # (slots that passed; not one less by rounding)
             self._next += skip * AUDIO_FRAME_SAMPLES
             self.skipped += skip
         while frames and frames[0][0] < self._next - _HALF:
