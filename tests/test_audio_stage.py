@@ -270,3 +270,17 @@ def test_demo_table_shows_no_drift_until_it_can_stand_behind_it() -> None:
     assert drift_text(noisy) == "-"
     observe(est, -250, 60)
     assert drift_text(est) == "-250.0"
+
+
+def test_a_new_stream_starts_afresh() -> None:
+    """A restarted sender (new SSRC) with a continuous timeline: the stage re-primes for it."""
+    stage = DriftCompensationStage()
+    block = np.zeros((FRAME_SAMPLES, 1), np.float32)
+    frames: list[CompensatedFrame] = []
+    for n in range(20):
+        frames += stage.push(block, 100.0 + n * FRAME_SECONDS, stream=0x1111)
+    assert stage.resets == 0
+    for n in range(20, 40):
+        frames += stage.push(block, 100.0 + n * FRAME_SECONDS, stream=0x2222)
+    assert stage.resets == 1
+    assert all(b > a for a, b in itertools.pairwise(stamps(frames)))

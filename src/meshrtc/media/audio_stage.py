@@ -173,6 +173,7 @@ class DriftCompensationStage:
         self._to_drop = 0  # samples still to drop from the FIFO head
         self._next_stamp: float | None = None
         self._last_stamp: float | None = None
+        self._stream: int | None = None
         #: Frames emitted; whole slots skipped and frames of audio dropped to resync; fresh starts.
         self.frames_out = 0
         self.skipped_slots = 0
@@ -190,6 +191,7 @@ class DriftCompensationStage:
         self._fifo = None
         self._emitted = self._to_drop = 0
         self._next_stamp = None
+        self._stream = None
         self.lead_ms = None
 
     def push(
@@ -202,8 +204,13 @@ class DriftCompensationStage:
         rtp_timestamp: int | None = None,
         received_at: float | None = None,
         concealed: bool = False,
+        stream: int | None = None,
     ) -> list[CompensatedFrame]:
-        """One decoded block presented at ``local_time``; returns the frames it completed."""
+        """One decoded block presented at ``local_time``; returns the frames it completed.
+
+        ``stream`` identifies the RTP stream (its SSRC; None: the same as before): a new one is a
+        restarted sender, and the stage starts afresh for it.
+        """
         block = np.asarray(samples, dtype=np.float32)
         if block.ndim == 1:
             block = block.reshape(-1, 1)
@@ -213,6 +220,11 @@ class DriftCompensationStage:
             return []
         if not math.isfinite(local_time):
             raise CompensatorError(f"local_time must be finite, got {local_time!r}")
+        if stream is not None:
+            if self._stream is not None and stream != self._stream and self._blocks:
+                log.info("audio stage: stream %#x → %#x; starting afresh", self._stream, stream)
+                self._restart()
+            self._stream = stream
         comp = self.compensator
         if comp is not None and comp.channels != block.shape[1]:
             log.info(

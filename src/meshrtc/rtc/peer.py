@@ -1309,6 +1309,7 @@ class PeerConnection(StatefulModel):
                     item.frame.rtp_timestamp,
                     item.frame.received_at,
                     concealed=False,
+                    stream=item.frame.ssrc,
                 )
             return
         if isinstance(item, Gap):
@@ -1350,6 +1351,7 @@ class PeerConnection(StatefulModel):
         received_at: float | None,
         *,
         concealed: bool,
+        stream: int | None = None,
     ) -> None:
         """One decoded (or concealed) block through the link's drift compensation stage.
 
@@ -1370,6 +1372,7 @@ class PeerConnection(StatefulModel):
             rtp_timestamp=rtp_timestamp,
             received_at=received_at,
             concealed=concealed,
+            stream=stream,
         )
         for frame in frames:
             link.last_presented = max(link.last_presented, frame.local_time)
