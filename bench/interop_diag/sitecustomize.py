@@ -7,7 +7,8 @@ server's ``PYTHONPATH``, so the serve process wraps four methods (nothing in src
   how long after its presentation time an item reaches the pipeline), stale and grid drops;
 - ``MixMinusMixer.push`` / ``expire``: frames late for their window and re-anchors per peer; per
   receiver, outputs with sound or silent, and their age when emitted (``now - timestamp``);
-- ``AudioOutputTrack.recv``: per outgoing audio track, frames sent, late (dropped), silent.
+- ``AudioOutputTrack.recv`` / ``put``: per outgoing audio track, frames sent, late (dropped),
+  silent; timestamped puts that leave a gap after the queued audio or overlap it (and by how much).
 
 Lines look like ``INFO meshrtc.diag: age:bob {'n': 25, 'max_ms': 60, 'over40': 25}``. A method that
 no longer exists is reported once and left alone (this follows the code, it is not part of it).
@@ -106,6 +107,26 @@ def _install() -> None:
         return frame
 
     tracks.AudioOutputTrack.recv = diag_recv  # type: ignore[method-assign]
+
+    put = tracks.AudioOutputTrack.put
+
+    def diag_put(self: Any, samples: Any, timestamp: float | None = None) -> None:
+        tail = getattr(self, "_tail", None)
+        if timestamp is not None and tail is not None:
+            clock = self.media_clock
+            if clock.plausible(timestamp) is not None:
+                start = clock.pts(timestamp, tracks.AUDIO_SAMPLE_RATE)
+                jump = round((start - tail) / tracks.AUDIO_SAMPLE_RATE * 1000)
+                c = _counts[f"track:{id(self) & 0xFFFF:04x}"]
+                if jump > 2:
+                    c["puts_gap"] += 1
+                    c["gap_ms"] += jump
+                elif jump < -2:
+                    c["puts_overlap"] += 1
+                    c["overlap_ms"] -= jump
+        put(self, samples, timestamp)
+
+    tracks.AudioOutputTrack.put = diag_put  # type: ignore[method-assign]
 
 
 try:
