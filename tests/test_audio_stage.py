@@ -284,3 +284,15 @@ def test_a_new_stream_starts_afresh() -> None:
         frames += stage.push(block, 100.0 + n * FRAME_SECONDS, stream=0x2222)
     assert stage.resets == 1
     assert all(b > a for a, b in itertools.pairwise(stamps(frames)))
+
+
+def test_demo_json_carries_the_drift_figure_only_when_it_stands() -> None:
+    from meshrtc.demo import DemoResult, PeerFigures
+
+    figures = {
+        "peer1": PeerFigures("peer1", 500.0),
+        "peer2": PeerFigures("peer2", 700.0, drift_ppm=-12.345),
+    }
+    peers = DemoResult(figures, connect_ms=1.0, teardown_ms=1.0, seconds=1.0).to_json()["peers"]
+    assert peers["peer1"]["drift_ppm"] is None
+    assert peers["peer2"]["drift_ppm"] == -12.3

@@ -45,6 +45,7 @@ import trio
 
 from meshrtc.config import TransportConfig
 from meshrtc.errors import MeshRtcError
+from meshrtc.media.audio_stage import stable_drift_ppm
 from meshrtc.pipeline.manifest import Manifest, default_manifest
 from meshrtc.rtc.bridge import Bridge, open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedVideo
@@ -121,6 +122,9 @@ class PeerFigures:
     #: Transport-side figures for this peer's connection (filled by the live table / at the end).
     frames_in: int = 0
     frames_out: int = 0
+    #: The transport's drift estimate for this peer, ppm; None until it can be stood behind
+    #: (:func:`~meshrtc.media.audio_stage.stable_drift_ppm`: Stable, standard error <= 20 ppm).
+    drift_ppm: float | None = None
 
 
 @attrs.define
@@ -176,6 +180,7 @@ class DemoResult:
                     "data_echoed": p.data_echoed,
                     "frames_in": p.frames_in,
                     "frames_out": p.frames_out,
+                    "drift_ppm": _round(p.drift_ppm),
                     "heard": sorted(p.heard),
                     "latency_p50_ms": _pct(p.latencies_ms, 50),
                     "connect_ms": _round(p.connect_ms),
@@ -611,6 +616,10 @@ async def run_demo(
                         pid = s.figures.peer_id
                         s.figures.frames_in = running.router.frames_in.get(pid, 0)
                         s.figures.frames_out = running.router.frames_out.get(pid, 0)
+                        link = None if transport.peers is None else transport.peers.get_peer(pid)
+                        if link is not None:
+                            estimator = link.sync_manager.clock_drift_estimator
+                            s.figures.drift_ppm = stable_drift_ppm(estimator)
                     if on_tick is not None:
                         on_tick(transport, running, synthetic, connect_ms)
                     t_cancel = time.monotonic()
