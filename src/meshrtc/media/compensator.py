@@ -20,6 +20,9 @@ The drift estimate alone leaves whatever the buffer gained before the estimate e
 the buffer's level with each block, and a slow proportional trim (at most ``max_trim_ppm``, on a level
 low-passed over ``level_smoothing_s``) pulls the level back to the target; the factor actually applied
 still never leaves ±1% (invariant 4).
+
+In the live path each peer's decoded audio goes through one of these inside
+:class:`~meshrtc.media.audio_stage.DriftCompensationStage`, whose level is its frames' stamp lead.
 """
 
 from __future__ import annotations
