@@ -83,8 +83,8 @@ SYNC_MANAGER_MACHINE = register(
             "Unsynced → Syncing → Synced → [Drift Detected] → Resyncing → Synced (spec section 4). "
             "Syncing: a Sender Report arrived, but not every active stream has a fresh (≤ 5 s) "
             "and confirmed (two consistent SRs) NTP↔RTP mapping; a mapping going stale returns "
-            "here. Drift Detected: the drift "
-            "estimator suspects a new drift, or a stream's timestamps jumped; it is dismissed or "
+            "here. Drift Detected: the drift estimator suspects a new drift, or a stream's "
+            "timestamps jumped; it is dismissed or "
             "confirmed. Resyncing: the timeline is re-anchored (new slope, or rebuilt after a jump; "
             "at most one rebuild per 2 s, backing off to 30 s while rebuilds keep being asked for)."
         ),
@@ -358,6 +358,9 @@ class SyncManager(StatefulModel):
         self.clock_drift_estimator.reset()
         self._ssrc.clear()
         self._last_packet.clear()
+        self._rebuild_interval = self.min_rebuild_interval
+        self._last_rebuild_at = None
+        self._next_rebuild_at = None
         for accepted in self._accepted.values():
             accepted.clear()
         for lags in self._lags.values():
