@@ -132,7 +132,8 @@ class Outcome:
 
 
 class _Grid:
-    """``timestamp(peer, local_time) -> float | None`` (None: the frame is dropped)."""
+    """``timestamp(peer, local_time, arrived_at) -> float | None`` (None: the frame is dropped;
+    an old tree's grid knows no arrival time)."""
 
     def __init__(self) -> None:
         try:
@@ -143,7 +144,9 @@ class _Grid:
             router = SessionRouter.__new__(SessionRouter)
             router._origin = None
             router._last_slot = {}
-            self._fn: Callable[[str, float], float | None] = router.grid_timestamp
+            self._fn: Callable[[str, float, float], float | None] = lambda peer, local, _arrived: (
+                router.grid_timestamp(peer, local)
+            )
             self.origin: Callable[[], float | None] = lambda: router._origin
             self.dropped: Callable[[], int] = lambda: 0
             return
@@ -152,8 +155,8 @@ class _Grid:
         self.origin = lambda: grid.origin
         self.dropped = lambda: sum(grid.dropped.values())
 
-    def timestamp(self, peer: str, local_time: float) -> float | None:
-        return self._fn(peer, local_time)
+    def timestamp(self, peer: str, local_time: float, arrived_at: float) -> float | None:
+        return self._fn(peer, local_time, arrived_at)
 
 
 class _RebuildCounter(logging.Handler):
@@ -325,7 +328,7 @@ def _run(trace: Trace, names: list[str], rng: random.Random, counter: _RebuildCo
             if now - local > MAX_INPUT_AGE:
                 out.stale_dropped += 1
                 continue
-            ts = grid.timestamp(names[idx], local)
+            ts = grid.timestamp(names[idx], local, now)
             if ts is None:
                 continue
             frame = Audio(samples=markers[idx], peer_id=names[idx], timestamp=ts)
@@ -449,6 +452,10 @@ def scenarios(seconds: float = 20.0) -> dict[str, Trace]:
             (Member(processing=0.05), Member(), Member(delay=0.06)),
             seconds,
         ),
+        "loaded-router": Trace(
+            (Member(processing=0.05), Member(processing=0.05), Member(processing=0.025)),
+            seconds,
+        ),
         "restarts": Trace(
             (
                 Member(restarts=((6.0, True),), audio_first_sr_error=0.5),
@@ -544,7 +551,7 @@ def reanchor_time(
         expire_due = mixer.deadline
         if expire_due is not None and expire_due <= push:
             mixes.extend(mixer.expire(push))
-        ts = grid.timestamp(names[i], local)
+        ts = grid.timestamp(names[i], local, push)
         if ts is not None:
             frame = Audio(samples=markers[i], peer_id=names[i], timestamp=ts)
             mixes.extend(mixer.push(frame, push))

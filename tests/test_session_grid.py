@@ -115,3 +115,14 @@ def test_slots_strictly_increase_and_the_lead_stays_bounded(
                 last[peer] = slot
                 assert ts - clock[peer] <= grid.max_lead_slots * G + G / 2 + 1e-9
             clock[peer] += G
+
+
+def test_a_frame_that_reaches_the_router_late_is_placed_by_its_arrival() -> None:
+    """Frames reaching the router 100 ms after their presentation time (a loaded process): the mix
+    would carry slots already 100 ms past, too old for the outgoing track. Placed 20 ms before
+    their arrival instead; on-time frames keep their presentation time."""
+    grid = SessionGrid()
+    on_time = [grid.timestamp("a", 10.0 + i * G, 10.0 + i * G + 0.005) for i in range(5)]
+    late = [grid.timestamp("a", 10.1 + i * G, 10.2 + i * G) for i in range(5)]
+    assert on_time == pytest.approx([10.0 + i * G for i in range(5)])
+    assert late == pytest.approx([10.18 + i * G for i in range(5)])

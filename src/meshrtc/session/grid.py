@@ -20,7 +20,17 @@ within the jump's size (a jump back by D drops D of that peer's audio, which its
 twice, and no slot goes without it). A jump forward leaves the skipped slots empty; nothing else is
 to be done about audio that was never presented.
 
-Pure: no clock, no I/O. ``local_time`` values are the peers' (one monotonic clock per process).
+Late arrivals: a mix leaves MixMinus no earlier than its newest input reaches it, and the outgoing
+audio track sends a frame at its timestamp + 40 ms or drops it as late. The GStreamer runs (issue 11,
+docs/interop.md) saw every member's frames reach the router 40-280 ms after their presentation
+time on a loaded machine: every mix was then stamped with slots already past, and everybody heard
+silence. So a frame that reaches the router more than ``max_arrival_lag`` (20 ms) after its
+presentation time is placed as if presented 20 ms before it arrived: the mix is stamped with the
+time it can still be sent at. On-time frames keep their presentation time (less jitter than
+arrival times).
+
+Pure: no clock, no I/O (the router passes the arrival time). ``local_time`` values are the peers'
+(one monotonic clock per process).
 """
 
 from __future__ import annotations
@@ -29,7 +39,13 @@ import logging
 
 import attrs
 
-__all__ = ["DEFAULT_MAX_LEAD", "DEFAULT_REANCHOR_AFTER", "GRID_SECONDS", "SessionGrid"]
+__all__ = [
+    "DEFAULT_MAX_ARRIVAL_LAG",
+    "DEFAULT_MAX_LEAD",
+    "DEFAULT_REANCHOR_AFTER",
+    "GRID_SECONDS",
+    "SessionGrid",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +56,9 @@ GRID_SECONDS = 0.020
 DEFAULT_MAX_LEAD = 0.040
 #: How long (seconds of the peer's local time) a lead may last before the peer is re-anchored.
 DEFAULT_REANCHOR_AFTER = 0.200
+#: A frame reaching the router later than this after its presentation time counts as presented this
+#: long before it arrived: the outgoing audio track sends a mix 40 ms after its timestamp or drops it.
+DEFAULT_MAX_ARRIVAL_LAG = 0.020
 
 
 #: A frame within this many slots of its peer's next slot takes that slot (hysteresis: 0.8 slot,
@@ -65,9 +84,13 @@ class SessionGrid:
         *,
         max_lead: float = DEFAULT_MAX_LEAD,
         reanchor_after: float = DEFAULT_REANCHOR_AFTER,
+        max_arrival_lag: float = DEFAULT_MAX_ARRIVAL_LAG,
     ) -> None:
-        if step <= 0 or max_lead < 0 or reanchor_after < 0:
-            raise ValueError("step must be > 0; max_lead and reanchor_after must be >= 0")
+        if step <= 0 or min(max_lead, reanchor_after, max_arrival_lag) < 0:
+            raise ValueError(
+                "step must be > 0; max_lead, reanchor_after and max_arrival_lag must be >= 0"
+            )
+        self.max_arrival_lag = max_arrival_lag
         self.step = step
         self.max_lead_slots = round(max_lead / step)
         self.reanchor_after = reanchor_after
@@ -78,8 +101,17 @@ class SessionGrid:
         self.dropped: dict[str, int] = {}
         self.reanchors: dict[str, int] = {}
 
-    def timestamp(self, peer: str, local_time: float) -> float | None:
-        """The grid timestamp of a frame ``peer`` presented at ``local_time``; None: drop it."""
+    def timestamp(
+        self, peer: str, local_time: float, arrived_at: float | None = None
+    ) -> float | None:
+        """The grid timestamp of a frame ``peer`` presented at ``local_time``; None: drop it.
+
+        ``arrived_at`` (same clock): when the frame reached the router. A frame that arrives more
+        than ``max_arrival_lag`` after its presentation time is placed as if presented that long
+        before it arrived (module docstring).
+        """
+        if arrived_at is not None:
+            local_time = max(local_time, arrived_at - self.max_arrival_lag)
         if self.origin is None:
             self.origin = local_time
         x = (local_time - self.origin) / self.step

@@ -6,7 +6,9 @@ on the common monotonic timeline (``local_time``), so the router snaps every aud
 ``local_time`` onto a 20 ms grid shared by the whole session (``meshrtc.session.grid.SessionGrid``):
 each peer's slots strictly increase, a peer may run at most 40 ms (for at most 200 ms) ahead of its
 own time, and a peer whose timeline jumped back is re-anchored by dropping the frames its timeline
-presents twice (counted in ``grid_dropped``), instead of staying ahead for good.
+presents twice (counted in ``grid_dropped``), instead of staying ahead for good. A frame that reaches
+the router more than 20 ms after its presentation time is placed as if presented 20 ms before it
+arrived, so the mix is stamped with a time it can still be sent at.
 ``meshrtc.media.sync.collect_aligned_frames`` groups *SyncManager items* by sender wall clock; here
 the items come already presented and decoded from ``PeerConnection.received``, so the grid does the
 same job on the timeline they carry without re-buffering them.
@@ -124,7 +126,7 @@ class SessionRouter:
     def convert(self, item: ReceivedMedia) -> RuntimeData | None:
         """Pipeline data for ``item``; None for an audio frame the grid drops (counted)."""
         if isinstance(item, ReceivedAudio):
-            ts = self.grid_timestamp(item.peer_id, item.local_time)
+            ts = self.grid.timestamp(item.peer_id, item.local_time, self._clock())
             if ts is None:
                 self.grid_dropped[item.peer_id] = self.grid_dropped.get(item.peer_id, 0) + 1
                 return None
