@@ -381,12 +381,19 @@ def judge(
     if r is None:
         tail = " / ".join(list(client.stderr)[-6:])
         return [f"no result (exit {client.process.returncode}): {tail}"], {}
+    return judge_result(r, client.process.returncode, both_connected, cert)
+
+
+def judge_result(
+    r: dict[str, Any], returncode: int | None, both_connected: float | None, cert: Certificate
+) -> tuple[list[str], dict[str, Any]]:
+    """:func:`judge` on a client's result object (what tests/gst_client.py prints last)."""
     reasons = list(r["errors"])
     figures: dict[str, Any] = {
         k: r.get(k) for k in ("video_frames", "video_size", "data_sent", "data_echoed")
     }
-    if client.process.returncode != 0:
-        reasons.append(f"exit status {client.process.returncode} (teardown)")
+    if returncode != 0:
+        reasons.append(f"exit status {returncode} (teardown)")
     if r["connected_at"] is None or both_connected is None:
         reasons.append("not connected (both clients)")
         return reasons, figures
