@@ -9,6 +9,13 @@ constant a receiver's lip sync would show), the largest deviation of one event f
 and the worst |skew|; then the p95 of |skew| over every event of every connection. Goal (issue 11):
 p95 |skew| <= 10 ms on every connection.
 
+``--transport``: the way the issue measured it, through the server. A ``WebRtcTransport`` runs a
+manifest that returns each member's own audio and video (one ``PassThrough``, target ``sender``);
+the member (a meshrtc PeerManager) sends the events to the transport and maps what comes back
+through the *transport's* Sender Reports. That adds the member's send path, the transport's
+receive-side A/V sync (SyncManager) and the router's 20 ms audio grid to the send path measured
+without it.
+
 ``--no-timestamps`` hands frames over without a capture time (a library user's plain
 ``send_audio(samples)``): the track then stamps them when handed over.
 
@@ -21,13 +28,16 @@ every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import math
 import os
 import pathlib
 import sys
+from collections.abc import AsyncIterator
 
+import attrs
 import trio
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -44,7 +54,13 @@ from tests.av_probe import (
 from tests.peer_helpers import wired_pair
 
 from meshrtc.config import TransportConfig
-from meshrtc.rtc.peer import PeerOptions
+from meshrtc.pipeline.manifest import Manifest
+from meshrtc.rtc.peer import PeerConnection, PeerOptions
+from meshrtc.rtc.peers import PeerManager
+from meshrtc.rtc.stun import StunServer
+from meshrtc.signaling.client import SignalingClient
+from meshrtc.signaling.server import SignalingServer
+from meshrtc.transport import WebRtcTransport
 
 
 def _load() -> str:
@@ -56,8 +72,17 @@ def _ms(value: float) -> str:
 
 
 async def one_connection(
-    codec: str, seconds: float, period: float, fps: float, timestamps: bool, window: float
+    codec: str,
+    seconds: float,
+    period: float,
+    fps: float,
+    timestamps: bool,
+    window: float,
+    transport: bool = False,
 ) -> tuple[Skew, list[tuple[float, Skew]]]:
+    if transport:
+        async with _through_transport(codec) as member:
+            return await _measure(member, member, seconds, period, fps, timestamps, window)
     config = TransportConfig(video_codec=codec)
     async with wired_pair(config=config, media=("audio", "video"), options=PeerOptions()) as pair:
         nursery, a, b = pair.nursery, pair.a, pair.b
@@ -67,29 +92,78 @@ async def one_connection(
         with trio.fail_after(20):
             await a.wait_state("Connected")
             await b.wait_state("Connected")
-        stamped = timestamps and supports_timestamps(a)
-        got = Received()
-        windows: list[tuple[float, Skew]] = []
-        async with trio.open_nursery() as inner:
-            inner.start_soon(receive, b, got)
-            done = 0.0
-            while done < seconds:
-                step = min(window, seconds - done) if window > 0 else seconds
-                await send_events(a, step, period=period, fps=fps, timestamps=stamped)
-                done += step
-                if window > 0:
-                    await trio.sleep(0.3)
-                    windows.append((done, analyse(got, period=period)))
-                    print(
-                        f"  t={done:>6.0f} s median {_ms(windows[-1][1].median)} ms "
-                        f"events {len(windows[-1][1].skews)} {_load()}",
-                        flush=True,
-                    )
-                    got.audio.clear()
-                    got.video.clear()
-            await trio.sleep(0.5)
-            inner.cancel_scope.cancel()
-        return analyse(got, period=period), windows
+        return await _measure(a, b, seconds, period, fps, timestamps, window)
+
+
+@contextlib.asynccontextmanager
+async def _through_transport(codec: str) -> AsyncIterator[PeerConnection]:
+    """A transport echoing each member's media, and one member's connection to it (Connected)."""
+    manifest = Manifest.from_dict(
+        {
+            "version": "v1",
+            "nodes": [{"id": "echo", "node_type": "PassThrough", "params": {"target": "sender"}}],
+            "connections": [],
+        }
+    )
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        server: SignalingServer = await nursery.start(SignalingServer(port=0).run)
+        config = TransportConfig(
+            signaling_url=server.url, stun_servers=[stun.url], video_codec=codec
+        )
+        async with WebRtcTransport(attrs.evolve(config, peer_id="server")) as transport:
+            await nursery.start(transport.run_session, manifest)
+            client = SignalingClient(server.url, "alice")
+            await nursery.start(client.run)
+            manager = PeerManager(attrs.evolve(config, peer_id="alice"), client)
+            await nursery.start(manager.run)
+
+            async def drain() -> None:
+                async for _event in manager.events:
+                    pass
+
+            nursery.start_soon(drain)
+            with trio.fail_after(20):
+                while (peer := manager.get_peer("server")) is None:
+                    await trio.sleep(0.05)
+                await peer.wait_state("Connected")
+            yield peer
+        nursery.cancel_scope.cancel()
+
+
+async def _measure(
+    a: PeerConnection,
+    b: PeerConnection,
+    seconds: float,
+    period: float,
+    fps: float,
+    timestamps: bool,
+    window: float,
+) -> tuple[Skew, list[tuple[float, Skew]]]:
+    """``a`` sends the events and ``b`` maps them (one connection both ways through a transport)."""
+    stamped = timestamps and supports_timestamps(a)
+    got = Received()
+    windows: list[tuple[float, Skew]] = []
+    async with trio.open_nursery() as inner:
+        inner.start_soon(receive, b, got)
+        done = 0.0
+        while done < seconds:
+            step = min(window, seconds - done) if window > 0 else seconds
+            await send_events(a, step, period=period, fps=fps, timestamps=stamped)
+            done += step
+            if window > 0:
+                await trio.sleep(0.3)
+                windows.append((done, analyse(got, period=period)))
+                print(
+                    f"  t={done:>6.0f} s median {_ms(windows[-1][1].median)} ms "
+                    f"events {len(windows[-1][1].skews)} {_load()}",
+                    flush=True,
+                )
+                got.audio.clear()
+                got.video.clear()
+        await trio.sleep(0.5)
+        inner.cancel_scope.cancel()
+    return analyse(got, period=period), windows
 
 
 def main() -> None:
@@ -100,11 +174,13 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=10.0, help="pictures fed per second")
     parser.add_argument("--codecs", default="VP9,H264")
     parser.add_argument("--no-timestamps", action="store_true")
+    parser.add_argument("--transport", action="store_true", help="through a WebRtcTransport")
     parser.add_argument("--window", type=float, default=0.0, help="long run: seconds per window")
     args = parser.parse_args()
     print(
         f"{os.cpu_count()} cores, {_load()}; {args.connections} connections x {args.seconds:g} s, "
-        f"event every {args.period:g} s, {'no ' if args.no_timestamps else ''}capture timestamps",
+        f"event every {args.period:g} s, {'no ' if args.no_timestamps else ''}capture timestamps, "
+        f"{'through a transport' if args.transport else 'wired pair'}",
         flush=True,
     )
     p95_all: list[float] = []
@@ -124,6 +200,7 @@ def main() -> None:
                     args.fps,
                     not args.no_timestamps,
                     args.window,
+                    args.transport,
                 )
             )
             if windows:

@@ -6,34 +6,42 @@ sender's NTP time through that stream's Sender Reports; audio and video are in s
 both mappings agree with the capture times. So both tracks of a connection share one
 :class:`MediaClock`: a frame captured (or presented, for pipeline outputs) at monotonic time ``t``
 gets ``pts = round((t - epoch + latency) * rate)`` in its track's clock rate, ``epoch`` being the
-first timestamp either track saw; it is due on the wire at ``epoch + pts / rate = t + latency``;
-and the adapter (:class:`~meshrtc.rtc.aiortc_adapter.SenderControl`) makes each Sender Report map
-the RTP timestamp it carries to :meth:`MediaClock.ntp` of that pts, not to when the packet happened
-to be sent (which would add encode time and queue level, differently per stream). A frame handed
-over without a timestamp is stamped with the time it was handed over (audio that continues the
-queued samples is chained to them instead, so a clip handed over in one call stays contiguous).
+first timestamp either track saw, and the adapter
+(:class:`~meshrtc.rtc.aiortc_adapter.SenderControl`) makes each Sender Report map the RTP timestamp
+it carries to :meth:`MediaClock.ntp` of that pts (``t + latency`` on the wall clock), not to when
+the packet happened to be sent (which adds encode time and queue level, differently per stream).
+A frame handed over without a timestamp is stamped with the time it was handed over (audio that
+continues the queued samples is chained to them instead, so a clip handed over in one call stays
+contiguous).
 
 **Levels, not drift.** aiortc's ``RTCRtpSender`` pulls ``recv()`` as fast as it returns and never
-paces, so each track waits for a frame's due time itself. Audio is a contiguous stream of 20 ms
-slots: at each slot's due time the track sends the queued frame of that slot, or 20 ms of silence
-when there is none (the RTP clock keeps running and the remote jitter buffer stays primed). A frame
-that arrives after its slot went out as silence is *late*: it is dropped and counted, and the next
-frames keep their own times, so one underrun costs one gap instead of shifting every later frame
-(what pacing on the track's own clock did). Video sends each picture at its due time, only the
-newest when several are due (the others are dropped and counted), and repeats the last picture one
-frame interval later when nothing new came (a keyframe request is always answered and the
-encoder's rate control stays steady). A stalled loop skips the slots that passed instead of
-bursting.
+paces, so each track paces itself: a frame is *released* at its capture time ``t`` (at once, for
+the usual frame handed over after it was captured; a clip is paced at its own rate) and its
+*deadline* is ``t + latency``. Audio is a contiguous stream of 20 ms slots: each slot carries its
+queued frame, or 20 ms of silence when a later frame is already queued or the slot's deadline
+passed with none (the RTP clock keeps running and the remote jitter buffer stays primed). A frame
+that arrives after its slot went out as silence is *late*: dropped and counted, and the next frames
+keep their own times, so one underrun costs one gap instead of shifting every later frame (what
+pacing on the track's own clock did). Video sends each picture once released, only the newest when
+several are (the others are dropped and counted), and repeats the last picture when the deadline
+of a picture one frame interval later passed with nothing new (a keyframe request is always
+answered and the encoder's rate control stays steady). A stalled loop skips the slots that passed
+instead of bursting.
+
+``latency`` is therefore not a delay but a tolerance: how late a producer may hand a frame over
+before its audio slot is given up. The receiver's jitter buffer absorbs the hand-over jitter.
 
 The hand-over from trio is a ``collections.deque``: ``put()`` appends from the trio thread and
-``recv()`` pops on the asyncio thread (both atomic in CPython), so feeding costs no cross-thread
-wake-up. Queues are bounded; overflow drops the oldest frames and counts them.
+``recv()`` pops on the asyncio thread (both atomic in CPython). Only a ``recv()`` parked waiting
+for a frame is woken (one ``call_soon_threadsafe``). Queues are bounded; overflow drops the oldest
+frames and counts them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fractions
 import logging
 import math
@@ -71,9 +79,10 @@ VIDEO_CLOCK_RATE: Final = 90_000
 VIDEO_TIME_BASE: Final = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 #: Behind schedule by more than this (a stalled loop), the track skips ahead instead of bursting.
 MAX_LAG: Final = 0.1
-#: From a frame's capture (or presentation) time to its due time on the wire, by default: the room
-#: the producer has to hand it over (a pipeline output's timestamp is in the recent past).
-DEFAULT_SEND_LATENCY: Final = 0.04
+#: From a frame's capture (or presentation) time to its deadline, by default: how late a producer
+#: may hand it over (a pipeline output's timestamp is in the past: MixMinus alone may wait 60 ms
+#: for a window). Not a delay: a frame goes out as soon as it is handed over.
+DEFAULT_SEND_LATENCY: Final = 0.1
 #: Timestamped audio this close to the end of the queued samples continues them (2 ms): pipeline
 #: timestamps are on a 20 ms grid, so this only absorbs floating-point rounding.
 CONTIGUOUS: Final = 96
@@ -134,8 +143,12 @@ class MediaClock:
         """Where a frame captured at ``timestamp`` goes on a ``rate`` Hz RTP clock."""
         return round((timestamp - self._anchor(timestamp) + self.latency) * rate)
 
-    def due(self, pts: int, rate: int) -> float:
-        """When ``pts`` is due on the wire (monotonic seconds)."""
+    def release(self, pts: int, rate: int) -> float:
+        """When ``pts`` was captured: not sent before (monotonic seconds)."""
+        return self._anchor(self.now()) + pts / rate - self.latency
+
+    def deadline(self, pts: int, rate: int) -> float:
+        """When ``pts`` is too late: its slot goes out without it (monotonic seconds)."""
         return self._anchor(self.now()) + pts / rate
 
     def ntp(self, pts: int, rate: int) -> int:
@@ -143,6 +156,38 @@ class MediaClock:
         unix = self._anchor(self.now()) + self._wall_offset + pts / rate
         fraction, seconds = math.modf(unix + NTP_EPOCH_OFFSET)
         return (int(seconds) << 32) | min(int(fraction * (1 << 32)), 0xFFFFFFFF)
+
+
+class _Wakeup:
+    """Lets ``put()`` (trio's thread) wake a ``recv()`` parked on the loop, only while one is parked:
+    a steady stream whose frames are already queued costs no cross-thread call at all."""
+
+    __slots__ = ("_event", "_loop")
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def notify(self) -> None:
+        event, loop = self._event, self._loop
+        if event is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait(self, seconds: float, ready: Callable[[], bool]) -> None:
+        """Until notified, ``ready()`` or ``seconds`` passed (whichever is first)."""
+        loop = self._loop = asyncio.get_running_loop()
+        event = self._event = asyncio.Event()
+        try:
+            if ready():
+                return  # put() came between the caller's check and _event being set
+            handle = loop.call_later(max(0.0, seconds), event.set)
+            try:
+                await event.wait()
+            finally:
+                handle.cancel()
+        finally:
+            self._event = None
 
 
 class AudioOutputTrack(MediaStreamTrack):
@@ -175,6 +220,7 @@ class AudioOutputTrack(MediaStreamTrack):
         self._tail: int | None = None
         self._silence = np.zeros((1, AUDIO_FRAME_SAMPLES * channels), dtype=np.int16)
         self._next: int | None = None
+        self._wakeup = _Wakeup()
         self._started = threading.Event()
         #: Frames handed to the sender, of which silence (nothing queued for that slot).
         self.sent = 0
@@ -208,7 +254,8 @@ class AudioOutputTrack(MediaStreamTrack):
             start = clock.pts(now, AUDIO_SAMPLE_RATE)
             # Continue the queued samples while their end is not due yet; else start at now.
             contiguous = (
-                tail is not None and clock.due(tail - len(self._partial), AUDIO_SAMPLE_RATE) > now
+                tail is not None
+                and clock.deadline(tail - len(self._partial), AUDIO_SAMPLE_RATE) > now
             )
         else:
             start = clock.pts(timestamp, AUDIO_SAMPLE_RATE)
@@ -228,6 +275,7 @@ class AudioOutputTrack(MediaStreamTrack):
         self._partial = pcm[whole:]
         self._tail = start + len(pcm)
         self._started.set()
+        self._wakeup.notify()
 
     def _append(self, pts: int, pcm: npt.NDArray[np.int16]) -> None:
         frames = self._frames
@@ -244,31 +292,45 @@ class AudioOutputTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
             await asyncio.sleep(AUDIO_PTIME)
-        if self.readyState != "live":
-            raise MediaStreamError
         clock = self.media_clock
         frames = self._frames
         if self._next is None:
             head = frames[0] if frames else None
             self._next = head[0] if head else clock.pts(clock.now(), AUDIO_SAMPLE_RATE)
-        lag = clock.now() - clock.due(self._next, AUDIO_SAMPLE_RATE)
-        if lag < 0:
-            await asyncio.sleep(-lag)
+        while True:
             if self.readyState != "live":
                 raise MediaStreamError
-        elif lag > MAX_LAG:
-            skip = int(lag / AUDIO_PTIME + 1e-9)  # (slots that passed; not one less by rounding)
-            self._next += skip * AUDIO_FRAME_SAMPLES
-            self.skipped += skip
-        while frames and frames[0][0] < self._next - _HALF:
-            frames.popleft()  # its slot went out (as silence): sending it now would delay the rest
-            self.dropped += 1
-            self.late += 1
-        if frames and frames[0][0] <= self._next + _HALF:
-            pts, data = frames.popleft()
-        else:
-            pts, data = self._next, self._silence
-            self.silent += 1
+            slot = self._next
+            now = clock.now()
+            lag = now - clock.deadline(slot, AUDIO_SAMPLE_RATE)
+            if lag > MAX_LAG:  # a stalled loop: skip the slots that passed
+                skip = int(lag / AUDIO_PTIME + 1e-9)  # (not one less by rounding)
+                slot = self._next = slot + skip * AUDIO_FRAME_SAMPLES
+                self.skipped += skip
+            while frames and frames[0][0] < slot - _HALF:
+                frames.popleft()  # its slot went out (as silence): sending it now delays the rest
+                self.dropped += 1
+                self.late += 1
+            head = frames[0] if frames else None
+            if head is not None:
+                # The slot's frame, or a later one (then this slot's will not come: silence).
+                pts = head[0] if head[0] <= slot + _HALF else slot
+                wait = clock.release(pts, AUDIO_SAMPLE_RATE) - now
+                if wait > 0:
+                    await asyncio.sleep(wait)  # a clip: no earlier than it was captured
+                    continue
+                if pts == head[0]:
+                    data = frames.popleft()[1]
+                else:
+                    data = self._silence
+                    self.silent += 1
+                break
+            wait = clock.deadline(slot, AUDIO_SAMPLE_RATE) - now
+            if wait <= 0:
+                pts, data = slot, self._silence
+                self.silent += 1
+                break
+            await self._wakeup.wait(wait, lambda: bool(frames))
         self._next = pts + AUDIO_FRAME_SAMPLES
         frame = av.AudioFrame.from_ndarray(data, format="s16", layout=self._layout)
         frame.sample_rate = AUDIO_SAMPLE_RATE
@@ -287,7 +349,8 @@ class VideoOutputTrack(MediaStreamTrack):
 
     :meth:`put` takes an ``av.VideoFrame`` or an ``(h, w, 3)`` uint8 RGB array and optionally its
     capture ``timestamp``, from any thread; the track owns what it is given. With nothing new it
-    repeats the last picture every ``1/fps``; before the first picture it sends nothing.
+    repeats the last picture every ``1/fps`` (``latency`` behind); before the first picture it sends
+    nothing.
     """
 
     kind = "video"
@@ -307,6 +370,7 @@ class VideoOutputTrack(MediaStreamTrack):
         )
         self._last: av.VideoFrame | None = None
         self._last_pts = 0
+        self._wakeup = _Wakeup()
         self.sent = 0
         self.repeated = 0
         #: Pictures dropped: queue full, or a newer one was due too (``late``, included).
@@ -335,33 +399,20 @@ class VideoOutputTrack(MediaStreamTrack):
         if len(self._frames) == self._frames.maxlen:
             self.dropped += 1
         self._frames.append((pts, picture))
+        self._wakeup.notify()
 
     async def recv(self) -> av.VideoFrame:
         clock = self.media_clock
         frames = self._frames
+        rate = VIDEO_CLOCK_RATE
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
-            head = frames[0] if frames else None
-            if head is None and self._last is None:
-                await asyncio.sleep(1 / self.fps)  # nothing to send yet
-                continue
-            repeat = self._last_pts + self._step if self._last is not None else None
-            if head is None:
-                assert repeat is not None
-                wake = repeat
-            else:
-                wake = head[0] if repeat is None else min(head[0], repeat)
-            lag = clock.now() - clock.due(wake, VIDEO_CLOCK_RATE)
-            if lag < 0:
-                await asyncio.sleep(-lag)
-                if self.readyState != "live":
-                    raise MediaStreamError
             now = clock.now()
             picked: tuple[int, av.VideoFrame] | None = None
-            while frames and clock.due(frames[0][0], VIDEO_CLOCK_RATE) <= now:
+            while frames and clock.release(frames[0][0], rate) <= now:
                 if picked is not None:
-                    self.dropped += 1  # superseded: the newer one is due too
+                    self.dropped += 1  # superseded: a newer one is released too
                     self.late += 1
                 picked = frames.popleft()
             if picked is not None and self._last is not None and picked[0] <= self._last_pts:
@@ -370,20 +421,29 @@ class VideoOutputTrack(MediaStreamTrack):
                 picked = None
             if picked is not None:
                 pts, frame = picked
-            elif repeat is not None and self._last is not None and repeat <= wake:
-                pts, frame = repeat, self._last
-                behind = now - clock.due(pts, VIDEO_CLOCK_RATE)
-                if behind > MAX_LAG:  # a stalled loop: skip the repeats that passed
-                    pts += int(behind * VIDEO_CLOCK_RATE / self._step) * self._step
-                self.repeated += 1
-            else:
-                continue  # woke for a picture that was dropped
-            self._last = frame
-            self._last_pts = pts
-            frame.pts = pts
-            frame.time_base = VIDEO_TIME_BASE
-            self.sent += 1
-            return frame
+                break
+            wake = now + 1 / self.fps  # nothing to send yet: wait for a picture
+            if self._last is not None:
+                # A repeat stands in for a picture that did not come: it waits for that picture's
+                # deadline, so one handed over late (but in time) is sent instead, not dropped.
+                repeat = self._last_pts + self._step
+                behind = now - clock.deadline(repeat, rate)
+                if behind >= 0:
+                    if behind > MAX_LAG:  # a stalled loop: skip the repeats that passed
+                        repeat += int(behind * rate / self._step) * self._step
+                    pts, frame = repeat, self._last
+                    self.repeated += 1
+                    break
+                wake = now - behind
+            if frames:
+                wake = min(wake, clock.release(frames[0][0], rate))
+            await self._wakeup.wait(wake - now, lambda: bool(frames))
+        self._last = frame
+        self._last_pts = pts
+        frame.pts = pts
+        frame.time_base = VIDEO_TIME_BASE
+        self.sent += 1
+        return frame
 
     def ntp_time(self, pts: int) -> int:
         """NTP time of ``pts`` (what the adapter puts in this stream's Sender Reports)."""
