@@ -129,6 +129,7 @@ def main() -> int:
                             "index": r.index,
                             "certificate": r.certificate,
                             "passed": r.passed,
+                            "retried": r.retried,
                             "failures": r.failures,
                             "figures": r.figures,
                             "server": counts,
