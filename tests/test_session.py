@@ -151,7 +151,8 @@ class SessionsMachine(RuleBasedStateMachine):
             session = StreamSession(default_manifest(), session_id=sid, clock=lambda: self.t)
             session.activate()
             self.sessions[sid] = session
-            self.routers[sid] = SessionRouter(session, stream)
+            # The router's clock is the items' clock: it places late items by their arrival.
+            self.routers[sid] = SessionRouter(session, stream, clock=lambda: self.t)
             self.recv[sid] = recv_in
         self.expected_inputs = {"s1": 0, "s2": 0}
 
