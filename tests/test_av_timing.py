@@ -137,6 +137,15 @@ def test_audio_without_timestamps_continues_the_queue_or_restarts_at_now() -> No
     assert audio.skipped > 0  # the slots the idle second would have held were skipped, not sent
 
 
+def test_a_clip_longer_than_the_queue_plays_its_end_from_now() -> None:
+    fake = FakeClock()
+    audio = AudioOutputTrack(clock=_clock(fake), max_queued=0.1)  # 5 frames
+    audio.put(np.repeat(np.arange(1, 11, dtype=np.int16), 960))  # 10 frames, no timestamp
+    assert (audio.queued, audio.dropped) == (5, 5)
+    frame = _pull(audio)
+    assert (frame.pts, _level(frame)) == (round(LATENCY * 48_000), 6)  # not 100 ms of silence
+
+
 def test_audio_frames_queued_before_the_sender_started_are_late_not_sent_late() -> None:
     fake = FakeClock()
     audio = AudioOutputTrack(clock=_clock(fake))

@@ -269,6 +269,13 @@ class AudioOutputTrack(MediaStreamTrack):
             padded[: len(self._partial)] = self._partial
             assert tail is not None
             self._append(tail - len(self._partial), padded)
+        capacity = self._frames.maxlen or 1
+        excess = len(pcm) // AUDIO_FRAME_SAMPLES - capacity
+        if timestamp is None and excess > 0:
+            # A clip longer than the queue: its oldest part is dropped (counted) and the rest plays
+            # from where the clip starts, not after a silence as long as what was dropped.
+            pcm = pcm[excess * AUDIO_FRAME_SAMPLES :]
+            self.dropped += excess
         whole = len(pcm) - len(pcm) % AUDIO_FRAME_SAMPLES
         for offset in range(0, whole, AUDIO_FRAME_SAMPLES):
             self._append(start + offset, pcm[offset : offset + AUDIO_FRAME_SAMPLES])
