@@ -223,9 +223,9 @@ class PeerOptions:
     #: transport uses that).
     audio_send_queue: float = attrs.field(default=2.0, validator=_positive)
     #: From a frame's capture time (the ``timestamp`` given to :meth:`PeerConnection.send_audio` /
-    #: :meth:`~PeerConnection.send_video`, else when it was handed over) to its due time on the
-    #: wire. A frame handed over later than that is dropped (audio) or sent late (video) and
-    #: counted on its track; both tracks of a connection share it, so A/V sync holds either way.
+    #: :meth:`~PeerConnection.send_video`, else when it was handed over) to its deadline: a
+    #: tolerance, not a delay (a frame goes out once handed over). Audio handed over later loses
+    #: its slot to silence and is dropped, counted on its track (``late``); see rtc/tracks.py.
     send_latency: float = attrs.field(default=DEFAULT_SEND_LATENCY, validator=_positive)
     #: Items :attr:`PeerConnection.received` holds before newer ones are dropped (and counted).
     max_received: int = attrs.field(default=1000, validator=_positive)
