@@ -118,14 +118,18 @@ async def _through_transport(codec: str) -> AsyncIterator[PeerConnection]:
             manager = PeerManager(attrs.evolve(config, peer_id="alice"), client)
             await nursery.start(manager.run)
 
+            added = trio.Event()
+
             async def drain() -> None:
                 async for _event in manager.events:
-                    pass
+                    if manager.get_peer("server") is not None:
+                        added.set()
 
             nursery.start_soon(drain)
             with trio.fail_after(20):
-                while (peer := manager.get_peer("server")) is None:
-                    await trio.sleep(0.05)
+                await added.wait()
+                peer = manager.get_peer("server")
+                assert peer is not None
                 await peer.wait_state("Connected")
             yield peer
         nursery.cancel_scope.cancel()

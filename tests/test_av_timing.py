@@ -20,6 +20,7 @@ import trio
 
 from meshrtc.config import TransportConfig
 from meshrtc.media.rtcp import NTP_EPOCH_OFFSET, ntp_to_seconds
+from meshrtc.pipeline.data import Audio, Video
 from meshrtc.rtc.aiortc_adapter import (
     SENDER_NTP_TIMESTAMP,
     SENDER_RTP_TIMESTAMP,
@@ -27,6 +28,8 @@ from meshrtc.rtc.aiortc_adapter import (
 )
 from meshrtc.rtc.peer import PeerOptions
 from meshrtc.rtc.tracks import AudioOutputTrack, MediaClock, VideoOutputTrack
+from meshrtc.session.router import _send as router_send
+from meshrtc.session.stream import SessionPeer
 
 from .av_probe import Received, analyse, receive, send_events
 from .peer_helpers import wired_pair
@@ -233,6 +236,31 @@ def test_sender_report_pair_is_restamped_from_the_track_clock() -> None:
     assert pts == 1920 + 2 * 960
     assert ntp == track.ntp_time(pts)  # capture time of that RTP timestamp, not send time
     assert (control.reports_stamped, control.reports_unmatched, control.errors) == (3, 0, 0)
+
+
+# --- the router hands each output's timestamp to the peer -----------------------------------------
+
+
+async def test_router_sends_media_with_the_outputs_timestamp() -> None:
+    got: list[tuple[str, float | None]] = []
+
+    class Peer:
+        peer_id = "p"
+
+        async def send_audio(self, samples: Any, timestamp: float | None = None) -> None:
+            got.append(("audio", timestamp))
+
+        async def send_video(self, frame: Any, timestamp: float | None = None) -> None:
+            got.append(("video", timestamp))
+
+        async def send_data(self, data: Any) -> None:
+            got.append(("data", None))
+
+    peer = Peer()
+    assert isinstance(peer, SessionPeer)
+    await router_send(peer, Audio(samples=np.zeros(960, np.float32), timestamp=12.5))
+    await router_send(peer, Video(frame=np.zeros((4, 4, 3), np.uint8), timestamp=12.52))
+    assert got == [("audio", 12.5), ("video", 12.52)]
 
 
 # --- loopback: wire skew through the Sender Reports ----------------------------------------------
