@@ -83,8 +83,9 @@ def test_audio_and_video_share_one_epoch_and_map_to_the_same_ntp() -> None:
     assert audio.ntp_time(frame.pts) - video.ntp_time(picture.pts) == pytest.approx(
         0.51 * 2**32, abs=2**32 * 1e-5
     )
-    epoch_ntp = ntp_to_seconds(video.ntp_time(0))
-    assert epoch_ntp == pytest.approx(WALL - 0.01 + NTP_EPOCH_OFFSET, abs=1e-5)
+    # ... and it is the capture time on the wall clock (the picture was captured 10 ms before START).
+    captured = ntp_to_seconds(video.ntp_time(picture.pts))
+    assert captured == pytest.approx(WALL - 0.01 + NTP_EPOCH_OFFSET, abs=1e-5)
 
 
 def test_a_timestamp_on_another_clock_counts_as_handed_over_now() -> None:

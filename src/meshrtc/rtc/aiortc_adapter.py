@@ -782,8 +782,8 @@ class SenderControl:
     a :class:`TimedTrack` (meshrtc's outgoing tracks), the NTP half of that pair is re-stamped with
     the track's media-clock time of the same RTP timestamp: the pair stays one consistent point (so
     ``_run_rtcp``'s ``__lsr``, derived from it, still matches what the remote echoes and aiortc's RTT
-    stays right), only it now says when the frame was *captured* (plus the clock's latency), on the
-    clock both tracks share. The hook is a wrapper of ``_next_encoded_frame`` on the instance:
+    stays right), only it now says when the frame was *captured*, on the clock both tracks
+    share. The hook is a wrapper of ``_next_encoded_frame`` on the instance:
     ``_run_rtp`` calls it right after the previous frame's last packet went out, with no await in
     between (sending a packet on UDP does not suspend), so no SR can read the unstamped pair.
     """

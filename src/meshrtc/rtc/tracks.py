@@ -8,7 +8,7 @@ both mappings agree with the capture times. So both tracks of a connection share
 gets ``pts = round((t - epoch + latency) * rate)`` in its track's clock rate, ``epoch`` being the
 first timestamp either track saw, and the adapter
 (:class:`~meshrtc.rtc.aiortc_adapter.SenderControl`) makes each Sender Report map the RTP timestamp
-it carries to :meth:`MediaClock.ntp` of that pts (``t + latency`` on the wall clock), not to when
+it carries to :meth:`MediaClock.ntp` of that pts (``t`` on the wall clock), not to when
 the packet happened to be sent (which adds encode time and queue level, differently per stream).
 A frame handed over without a timestamp is stamped with the time it was handed over (audio that
 continues the queued samples is chained to them instead, so a clip handed over in one call stays
@@ -152,8 +152,9 @@ class MediaClock:
         return self._anchor(self.now()) + pts / rate
 
     def ntp(self, pts: int, rate: int) -> int:
-        """``pts``'s NTP time (64-bit): what a Sender Report carrying its RTP timestamp says."""
-        unix = self._anchor(self.now()) + self._wall_offset + pts / rate
+        """``pts``'s capture time as NTP (64-bit): what a Sender Report carrying its RTP timestamp
+        says (so a receiver's ``sender_time`` is the capture time, not the deadline)."""
+        unix = self._anchor(self.now()) + self._wall_offset + pts / rate - self.latency
         fraction, seconds = math.modf(unix + NTP_EPOCH_OFFSET)
         return (int(seconds) << 32) | min(int(fraction * (1 << 32)), 0xFFFFFFFF)
 
