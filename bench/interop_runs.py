@@ -24,7 +24,9 @@ prints them for failed runs.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import re
 import subprocess
 import sys
 import time
@@ -105,6 +107,7 @@ def main() -> int:
                 label: sum(marker in line for line in result.server_log)
                 for marker, label in MARKERS.items()
             }
+            counts.update(_diag_totals(result.server_log))
             extra = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
             print(result.summary() + (f" [server: {extra}]" if extra else ""), flush=True)
             if args.verbose and not result.passed:
@@ -141,6 +144,21 @@ def main() -> int:
             )
         )
     return 0  # a measurement: the figures are the output (make bench runs every script)
+
+
+_DIAG_TRACK = re.compile(r"meshrtc\.diag: track:\w+ (\{.*\})")
+
+
+def _diag_totals(lines: list[str]) -> dict[str, int]:
+    """With --diag: the send tracks' late and silent frames over the run (all tracks)."""
+    totals = {"send_late": 0, "send_silent": 0}
+    for line in lines:
+        match = _DIAG_TRACK.search(line)
+        if match:
+            counters = ast.literal_eval(match.group(1))
+            totals["send_late"] += counters.get("late", 0)
+            totals["send_silent"] += counters.get("silent", 0)
+    return totals
 
 
 def matrix(args: argparse.Namespace, where: str) -> int:
