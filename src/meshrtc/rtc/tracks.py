@@ -15,21 +15,23 @@ continues the queued samples is chained to them instead, so a clip handed over i
 contiguous).
 
 **Levels, not drift.** aiortc's ``RTCRtpSender`` pulls ``recv()`` as fast as it returns and never
-paces, so each track paces itself: a frame is *released* at its capture time ``t`` (at once, for
-the usual frame handed over after it was captured; a clip is paced at its own rate) and its
-*deadline* is ``t + latency``. Audio is a contiguous stream of 20 ms slots: each slot carries its
-queued frame, or 20 ms of silence when a later frame is already queued or the slot's deadline
-passed with none (the RTP clock keeps running and the remote jitter buffer stays primed). A frame
-that arrives after its slot went out as silence is *late*: dropped and counted, and the next frames
-keep their own times, so one underrun costs one gap instead of shifting every later frame (what
-pacing on the track's own clock did). Video sends each picture once released, only the newest when
-several are (the others are dropped and counted), and repeats the last picture when the deadline
-of a picture one frame interval later passed with nothing new (a keyframe request is always
-answered and the encoder's rate control stays steady). A stalled loop skips the slots that passed
-instead of bursting.
+paces, so each track paces itself: a frame is *released* at ``t + smoothing`` (20 ms: a producer's
+hand-over jitter up to that goes out evenly paced; a frame handed over later goes at once; a clip
+is paced at its own rate) and its *deadline* is ``t + latency``. Audio is a contiguous stream of
+20 ms slots: each slot carries its queued frame, or 20 ms of silence when a later frame is already
+queued or the slot's deadline passed with none (the RTP clock keeps running and the remote jitter
+buffer stays primed). A frame that arrives after its slot went out as silence is *late*: dropped
+and counted, and the next frames keep their own times, so one underrun costs one gap instead of
+shifting every later frame (what pacing on the track's own clock did). Video sends each picture
+once released, only the newest when several are (the others are dropped and counted), and repeats
+the last picture when the deadline of a picture one frame interval later passed with nothing new
+(a keyframe request is always answered and the encoder's rate control stays steady). A stalled loop
+skips the slots that passed instead of bursting.
 
 ``latency`` is therefore not a delay but a tolerance: how late a producer may hand a frame over
-before its audio slot is given up. The receiver's jitter buffer absorbs the hand-over jitter.
+before its audio slot is given up; only ``smoothing`` is added (the old per-track pacer added a
+random 0-20 ms and whatever its queue held). A receiver's jitter buffer absorbs hand-over jitter
+beyond ``smoothing``.
 
 The hand-over from trio is a ``collections.deque``: ``put()`` appends from the trio thread and
 ``recv()`` pops on the asyncio thread (both atomic in CPython). Only a ``recv()`` parked waiting
@@ -62,6 +64,7 @@ __all__ = [
     "AUDIO_FRAME_SAMPLES",
     "AUDIO_SAMPLE_RATE",
     "DEFAULT_SEND_LATENCY",
+    "DEFAULT_SMOOTHING",
     "VIDEO_CLOCK_RATE",
     "AudioOutputTrack",
     "MediaClock",
@@ -83,6 +86,9 @@ MAX_LAG: Final = 0.1
 #: may hand it over (a pipeline output's timestamp is in the past: MixMinus alone may wait 60 ms
 #: for a window). Not a delay: a frame goes out as soon as it is handed over.
 DEFAULT_SEND_LATENCY: Final = 0.1
+#: From a frame's capture time to its release (the earliest it is sent), by default: one audio frame,
+#: so hand-over jitter up to that is smoothed out rather than passed onto the wire.
+DEFAULT_SMOOTHING: Final = 0.02
 #: Timestamped audio this close to the end of the queued samples continues them (2 ms): pipeline
 #: timestamps are on a 20 ms grid, so this only absorbs floating-point rounding.
 CONTIGUOUS: Final = 96
@@ -108,12 +114,16 @@ class MediaClock:
         self,
         *,
         latency: float = DEFAULT_SEND_LATENCY,
+        smoothing: float = DEFAULT_SMOOTHING,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         if not 0 <= latency <= 1:
             raise TrackInputError(f"latency must be in [0, 1] s, got {latency}")
+        if smoothing < 0:
+            raise TrackInputError(f"smoothing must be >= 0, got {smoothing}")
         self.latency = latency
+        self.smoothing = min(smoothing, latency)  # never released after its own deadline
         self.now = clock
         self._wall_offset = wall() - clock()
         self._epoch: float | None = None
@@ -144,8 +154,8 @@ class MediaClock:
         return round((timestamp - self._anchor(timestamp) + self.latency) * rate)
 
     def release(self, pts: int, rate: int) -> float:
-        """When ``pts`` was captured: not sent before (monotonic seconds)."""
-        return self._anchor(self.now()) + pts / rate - self.latency
+        """When ``pts`` may be sent: ``smoothing`` after its capture (monotonic seconds)."""
+        return self._anchor(self.now()) + pts / rate - self.latency + self.smoothing
 
     def deadline(self, pts: int, rate: int) -> float:
         """When ``pts`` is too late: its slot goes out without it (monotonic seconds)."""
