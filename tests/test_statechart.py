@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import filecmp
 import itertools
 from pathlib import Path
@@ -135,6 +136,43 @@ def test_typed_model_gets_its_declared_triggers() -> None:
     with pytest.raises(MachineError):
         door.open()
     assert not hasattr(door, "to_Shut"), "auto transitions must stay off"
+
+
+class _DoorState(enum.StrEnum):
+    Shut = "Shut"
+    Open = "Open"
+
+
+class _TypedDoor(StatefulModel):
+    state: _DoorState
+    open = trigger_stub()
+    is_Open = trigger_stub()  # noqa: N815 - transitions names it after the state
+
+
+def test_enum_states_run_as_members_and_render_as_names() -> None:
+    spec = MachineSpec(
+        name="Door",
+        states=_DoorState,
+        initial=_DoorState.Shut,
+        transitions=[("open", _DoorState.Shut, _DoorState.Open), ("shut", "Open", "Shut")],
+    )
+    assert spec.state_enum is _DoorState
+    assert statechart.to_mermaid(spec) == statechart.to_mermaid(_DOOR)
+    door = _TypedDoor()
+    spec.build(door)
+    assert door.state is _DoorState.Shut
+    assert not door.is_Open()
+    door.open()
+    assert door.state is _DoorState.Open
+    assert door.is_Open()
+
+
+def test_enum_whose_names_are_not_its_values_is_refused() -> None:
+    class Renamed(enum.Enum):
+        A = "a"
+
+    with pytest.raises(StatechartError, match="names equal their values"):
+        MachineSpec(name="Bad", states=Renamed, initial="a", transitions=[])
 
 
 # --- Every registered machine behaves exactly as its table says --------------------------------

@@ -6,12 +6,18 @@ runtime builds a plain synchronous ``transitions.Machine`` from the spec; ``pyth
 statecharts`` renders the same spec as Mermaid (always) and DOT/SVG (with Graphviz), so a diagram can
 never drift from the code that runs.
 
-Typed models: a class declares ``state: str`` and one ``name = trigger_stub()`` per trigger, so mypy
-sees every trigger; the machine is built with ``model_override=True`` and replaces exactly those.
+States are a str-valued :class:`enum.Enum` (``class JitterState(enum.StrEnum)``) whose member names
+equal their values, so a diagram keeps the names the data model draws and the runtime compares enum
+members, never bare strings. A spec still accepts plain string states (a test's throwaway machine).
+
+Typed models: a class declares ``state: SomeState`` and one ``name = trigger_stub()`` per trigger (and
+per ``is_<State>``/``may_<trigger>`` it asks), so mypy sees every one; the machine is built with
+``model_override=True`` and replaces exactly those.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
 import logging
 import shutil
@@ -33,6 +39,7 @@ __all__ = [
     "all_specs",
     "register",
     "render",
+    "state_name",
     "to_dot",
     "to_mermaid",
     "trigger_stub",
@@ -70,13 +77,42 @@ class _SkipBindingFilter(logging.Filter):
 logging.getLogger("transitions.core").addFilter(_SkipBindingFilter())
 
 
+def state_name(state: object) -> str:
+    """The diagram name of a state: an Enum member's value, or the string itself."""
+    if isinstance(state, enum.Enum):
+        return str(state.value)
+    if isinstance(state, str):
+        return state
+    raise StatechartError(f"a state must be a str or a str-valued Enum member, not {state!r}")
+
+
+def _state_tuple(states: type[enum.Enum] | Iterable[str]) -> tuple[str, ...]:
+    """Keep Enum members as they are (they are str), so :meth:`MachineSpec.build` can hand the
+    Enum to transitions; check that each member's name is its value (diagram name = code name)."""
+    members = tuple(states)
+    for member in members:
+        if isinstance(member, enum.Enum) and (
+            not isinstance(member, str) or member.name != member.value
+        ):
+            raise StatechartError(
+                f"state {member!r}: use a str-valued Enum whose member names equal their values"
+            )
+    return members
+
+
+def _name_tuple(states: str | Iterable[str]) -> tuple[str, ...]:
+    if isinstance(states, str):
+        return (state_name(states),)
+    return tuple(state_name(s) for s in states)
+
+
 @attrs.frozen
 class Transition:
     """One arrow (or one arrow from each of several sources) of a statechart."""
 
     trigger: str
-    source: tuple[str, ...]
-    dest: str
+    source: tuple[str, ...] = attrs.field(converter=_name_tuple)
+    dest: str = attrs.field(converter=state_name)
     #: Name of a model method that must return True for the transition to happen (a guard). A
     #: guarded trigger whose guard is false returns False and leaves the state unchanged.
     condition: str | None = None
@@ -110,8 +146,9 @@ def _transitions(rows: Iterable[Row | Transition]) -> tuple[Transition, ...]:
             out.append(row)
             continue
         trigger, source, dest, *condition = row
-        sources = (source,) if isinstance(source, str) else tuple(source)
-        out.append(Transition(trigger, sources, dest, condition[0] if condition else None))
+        out.append(
+            Transition(trigger, _name_tuple(source), dest, condition[0] if condition else None)
+        )
     return tuple(out)
 
 
@@ -120,12 +157,14 @@ class MachineSpec:
     """A statechart as data.
 
     ``transitions`` rows are ``(trigger, source_or_sources, dest[, condition])``; ``labels`` gives
-    display names where the spec's wording is not an identifier ("Gathering ICE").
+    display names where the spec's wording is not an identifier ("Gathering ICE"). ``states`` is a
+    str-valued Enum class (the runtime's states are then its members) or, for throwaway machines,
+    a tuple of names; rows and ``initial`` may name states by member or by string.
     """
 
     name: str
-    states: tuple[str, ...]
-    initial: str
+    states: tuple[str, ...] = attrs.field(converter=_state_tuple)
+    initial: str = attrs.field(converter=state_name)
     transitions: tuple[Transition, ...] = attrs.field(converter=_transitions)
     labels: Mapping[str, str] = attrs.field(factory=dict)
     doc: str = ""
@@ -133,16 +172,31 @@ class MachineSpec:
     def __attrs_post_init__(self) -> None:
         self.validate()
 
+    @property
+    def state_enum(self) -> type[enum.Enum] | None:
+        """The Enum the states came from, if any (what ``model.state`` holds at run time)."""
+        first = self.states[0] if self.states else None
+        return type(first) if isinstance(first, enum.Enum) else None
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(state_name(s) for s in self.states)
+
     def validate(self) -> None:
-        known = set(self.states)
+        names = self.state_names
+        known = set(names)
         problems: list[str] = []
-        if len(known) != len(self.states):
+        if self.states and any(
+            isinstance(s, enum.Enum) != isinstance(self.states[0], enum.Enum) for s in self.states
+        ):
+            problems.append("states mix Enum members and plain strings")
+        if len(known) != len(names):
             problems.append("duplicate state")
         if self.initial not in known:
             problems.append(f"initial state {self.initial!r} is not a state")
         problems += [
             f"{name!r} is not an identifier"
-            for name in (*self.states, *self.triggers())
+            for name in (*names, *self.triggers())
             if not name.isidentifier()
         ]
         problems += [
@@ -159,7 +213,7 @@ class MachineSpec:
                 if t.dest not in reachable and reachable.intersection(t.source):
                     reachable.add(t.dest)
                     grew = True
-        if unreachable := [s for s in self.states if s not in reachable]:
+        if unreachable := [s for s in names if s not in reachable]:
             problems.append(f"unreachable states {unreachable}")
         if problems:
             raise StatechartError(f"{self.name}: " + "; ".join(problems))
@@ -169,7 +223,8 @@ class MachineSpec:
         return tuple(dict.fromkeys(t.trigger for t in self.transitions))
 
     def label(self, state: str) -> str:
-        return self.labels.get(state, state)
+        name = state_name(state)
+        return self.labels.get(name, name)
 
     def edges(self) -> list[tuple[str, str, str]]:
         """``(source, dest, label)`` for every arrow, in declaration order."""
@@ -181,11 +236,12 @@ class MachineSpec:
 
     def build(self, model: object, *, model_override: bool = True, **kwargs: Any) -> Machine:
         """Attach a machine for this spec to ``model``: no auto ``to_*`` triggers, invalid raises."""
+        states_enum = self.state_enum
         return Machine(
             model=model,
-            states=list(self.states),
+            states=states_enum if states_enum is not None else list(self.states),
             transitions=[t.as_transitions_dict() for t in self.transitions],
-            initial=self.initial,
+            initial=states_enum[self.initial] if states_enum is not None else self.initial,
             auto_transitions=False,
             ignore_invalid_triggers=False,
             model_override=model_override,
@@ -229,7 +285,7 @@ def all_specs() -> list[MachineSpec]:
 def to_mermaid(spec: MachineSpec) -> str:
     """Render as Mermaid ``stateDiagram-v2`` (deterministic text; GitHub renders it)."""
     lines = ["---", f"title: {spec.name}", "---", "stateDiagram-v2", "  direction LR"]
-    lines += [f'  state "{spec.label(s)}" as {(s)}' for s in spec.states]
+    lines += [f'  state "{spec.label(s)}" as {s}' for s in spec.state_names]
     lines.append(f"  [*] --> {(spec.initial)}")
     lines += [f"  {(a)} --> {(b)}: {t}" for a, b, t in spec.edges()]
     return "\n".join(lines) + "\n"
@@ -245,7 +301,7 @@ def to_dot(spec: MachineSpec) -> str:
     model = _Model()
     GraphMachine(
         model=model,
-        states=list(spec.states),
+        states=list(spec.state_names),
         transitions=[t.as_transitions_dict() for t in spec.transitions],
         initial=spec.initial,
         auto_transitions=False,
