@@ -68,7 +68,7 @@ class SessionManager:
         return self._sessions.get(session_id)
 
     def list_active(self) -> list[StreamSession]:
-        return [r.session for r in self._sessions.values() if r.session.state != "Closed"]
+        return [r.session for r in self._sessions.values() if not r.session.closed]
 
     @asynccontextmanager
     async def open_session(
@@ -88,18 +88,16 @@ class SessionManager:
                     try:
                         yield running
                     finally:
-                        # Give in-flight outputs their bounded drain, then close for good.
+                        # Give in-flight outputs their bounded drain, then close through the
+                        # guard; if they did not drain in time, the teardown aborts.
                         with trio.move_on_after(session.drain_timeout) as drain:
                             drain.shield = True
                             await router.wait_drained()
-                            session.close()
-                        if session.state != "Closed":
-                            session.pending_outputs = 0
-                            session.close()
+                        if not session.close():
+                            session.abort()
                         nursery.cancel_scope.cancel()
         finally:
-            if session.state != "Closed":
-                session.pending_outputs = 0
-                session.close()
+            if session.may_abort():
+                session.abort()
             self._sessions.pop(session.session_id, None)
             logger.debug("session %s closed: %r", session.session_id, session)

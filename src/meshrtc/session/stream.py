@@ -1,11 +1,12 @@
-"""StreamSession: one pipeline run shared by the peers of a session (spec section 3).
+"""StreamSession: one pipeline run shared by the peers of a session (spec/data-model.md).
 
-The statechart is declared here, where the StreamSession class lives (issue 6). A session only becomes
+The statechart is declared here, where the StreamSession class lives. A session only becomes
 Active with a validated manifest, and only closes once its pending outputs drained or timed out.
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import time
 import uuid
@@ -19,19 +20,32 @@ from meshrtc.errors import MeshRtcError
 from meshrtc.pipeline.manifest import Manifest
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
+
+class SessionState(enum.StrEnum):
+    Initializing = "Initializing"
+    Active = "Active"
+    Paused = "Paused"
+    Closed = "Closed"
+
+
+_S = SessionState
+
 STREAM_SESSION_MACHINE = register(
     MachineSpec(
         name="StreamSession",
-        doc="Initializing → Active → [Paused ⇄ Active] → Closed (spec section 3).",
-        states=("Initializing", "Active", "Paused", "Closed"),
-        initial="Initializing",
+        doc="Initializing → Active → [Paused ⇄ Active] → Closed (spec/data-model.md). A session "
+        "pauses when its last member leaves and resumes when a member joins; `abort` is the "
+        "teardown that closes without waiting any longer for outputs.",
+        states=SessionState,
+        initial=_S.Initializing,
         transitions=(
-            ("activate", "Initializing", "Active"),
-            ("pause", "Active", "Paused"),
-            ("resume", "Paused", "Active"),
+            ("activate", _S.Initializing, _S.Active),
+            ("pause", _S.Active, _S.Paused),
+            ("resume", _S.Paused, _S.Active),
             # Spec: "cannot close session with pending outputs". The guard is the session's own
             # judgement: outputs drained, or the bounded drain timeout passed.
-            ("close", ("Initializing", "Active", "Paused"), "Closed", "outputs_drained"),
+            ("close", (_S.Initializing, _S.Active, _S.Paused), _S.Closed, "outputs_drained"),
+            ("abort", (_S.Initializing, _S.Active, _S.Paused), _S.Closed),
         ),
     )
 )
@@ -67,13 +81,17 @@ class StreamSession(StatefulModel):
     the data. Closing is guarded: while outputs taken from the pipeline are still on their way to
     peers, ``close()`` returns False until they drained or ``drain_timeout`` passed since the first
     attempt, so a user never loses the tail of a reply by closing early, and never hangs on a dead peer.
+    Membership drives pause/resume: the last member leaving pauses the session (inputs are refused),
+    a member joining a paused session resumes it.
     """
 
-    state: str
+    state: SessionState
     activate = trigger_stub()
     pause = trigger_stub()
     resume = trigger_stub()
     close = trigger_stub()
+    abort = trigger_stub()
+    may_abort = trigger_stub()
 
     def __init__(
         self,
@@ -113,16 +131,25 @@ class StreamSession(StatefulModel):
 
     # -- peers ------------------------------------------------------------------------------------
     def add_peer(self, peer: SessionPeer) -> None:
-        if self.state == "Closed":
+        if self.closed:
             raise SessionError(f"session {self.session_id} is closed; cannot add {peer.peer_id}")
         self.peers[peer.peer_id] = peer
+        if self.state is _S.Paused:
+            self.resume()
 
     def remove_peer(self, peer_id: str) -> SessionPeer | None:
-        return self.peers.pop(peer_id, None)
+        peer = self.peers.pop(peer_id, None)
+        if peer is not None and not self.peers and self.state is _S.Active:
+            self.pause()
+        return peer
 
     @property
     def accepts_inputs(self) -> bool:
-        return self.state == "Active"
+        return self.state is _S.Active
+
+    @property
+    def closed(self) -> bool:
+        return self.state is _S.Closed
 
     def __repr__(self) -> str:
         return (
