@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from meshrtc.errors import ConfigError
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.keyframe import (
+    KeyframePolicy,
     h264_is_keyframe,
     is_keyframe_for,
     vp8_is_keyframe,
@@ -134,3 +137,113 @@ def test_is_keyframe_for_reads_the_frame_payload() -> None:
 def test_is_keyframe_for_unknown_codec() -> None:
     with pytest.raises(ConfigError, match="AV1"):
         is_keyframe_for("AV1")
+
+
+# --- KeyframePolicy (sans-IO: the time is passed in) --------------------------------------------
+
+
+def test_a_loss_sends_one_pli_and_a_burst_of_reasons_does_not_storm() -> None:
+    policy = KeyframePolicy(min_interval=0.3, retry_interval=1.0)
+    assert policy.need(10.0)  # the jitter buffer's KeyframeRequest: a PLI now
+    assert policy.wanted_since == 10.0
+    # More reasons right after (decode failures, backlog drops): no second PLI within the interval.
+    assert not policy.need(10.05)
+    assert not policy.decoded(10.1, pictures=0, errors=1)
+    assert not policy.backlog_full(10.2)
+    assert not policy.poll(10.29)
+    assert policy.requests == 1
+    assert policy.wanted_since == 10.0  # since the first reason, not the latest
+
+
+def test_an_unanswered_request_is_repeated_after_the_retry_interval() -> None:
+    policy = KeyframePolicy(min_interval=0.3, retry_interval=1.0)
+    assert policy.need(0.0)
+    assert not policy.poll(0.5)
+    assert not policy.poll(0.999)
+    assert policy.poll(1.0)
+    assert not policy.poll(1.5)
+    assert policy.poll(2.0)
+    assert policy.requests == 3
+
+
+def test_a_decoded_picture_satisfies_the_request() -> None:
+    policy = KeyframePolicy()
+    assert policy.need(0.0)
+    assert not policy.decoded(0.1, pictures=1, errors=0)
+    assert policy.wanted_since is None
+    assert not any(policy.poll(t) for t in (1.0, 2.0, 5.0, 60.0))
+    assert policy.requests == 1
+
+
+def test_a_broken_decoder_asks_until_it_produces_a_picture() -> None:
+    policy = KeyframePolicy(min_interval=0.3, retry_interval=1.0)
+    assert policy.decoded(0.0, pictures=0, errors=1)
+    # Picture-less results after the failure keep asking (at most every min_interval).
+    assert not policy.decoded(0.1, pictures=0, errors=0)
+    assert policy.decoded(0.4, pictures=0, errors=0)
+    assert not policy.decoded(0.8, pictures=1, errors=0)
+    assert not policy.decoded(1.5, pictures=0, errors=0)  # healthy again: an empty result is fine
+    assert policy.requests == 2
+
+
+def test_after_a_backlog_drop_frames_are_skipped_until_a_keyframe() -> None:
+    policy = KeyframePolicy()
+    assert policy.admit(keyframe=False, recognisable=True)
+    assert policy.backlog_full(0.0)
+    assert policy.skipping
+    assert not policy.admit(keyframe=False, recognisable=True)
+    assert policy.admit(keyframe=False, recognisable=False)  # cannot tell keyframes: never skip
+    assert policy.admit(keyframe=True, recognisable=True)
+    policy.submitted()
+    assert not policy.skipping
+    assert policy.admit(keyframe=False, recognisable=True)
+
+
+def test_policy_intervals_are_checked() -> None:
+    with pytest.raises(ConfigError):
+        KeyframePolicy(min_interval=0.0)
+    with pytest.raises(ConfigError):
+        KeyframePolicy(min_interval=2.0, retry_interval=1.0)
+
+
+_EVENTS = st.lists(
+    st.tuples(
+        st.floats(0.0, 0.5),  # time step
+        st.sampled_from(["need", "poll", "backlog", "picture", "error", "empty"]),
+    ),
+    max_size=200,
+)
+
+
+@given(events=_EVENTS)
+def test_policy_invariants_over_any_event_order(events: list[tuple[float, str]]) -> None:
+    """PLIs are never closer than min_interval; while a keyframe is wanted and the loop keeps
+    polling, the next PLI comes within retry_interval (plus one poll step); a satisfied policy that
+    sees no new reason never sends."""
+    policy = KeyframePolicy(min_interval=0.3, retry_interval=1.0)
+    now = 0.0
+    sent: list[float] = []
+    last_reason_or_pli: float | None = None
+    for step, event in events:
+        now += step
+        if event == "need":
+            pli = policy.need(now)
+        elif event == "poll":
+            pli = policy.poll(now)
+        elif event == "backlog":
+            pli = policy.backlog_full(now)
+        else:
+            errors = int(event == "error")
+            pli = policy.decoded(now, pictures=int(event == "picture"), errors=errors)
+        if pli:
+            sent.append(now)
+        if event == "poll" and policy.wanted_since is not None and last_reason_or_pli is not None:
+            assert now - sent[-1] < policy.retry_interval or pli
+        if event in ("need", "backlog", "error") or pli:
+            last_reason_or_pli = now
+        if event == "picture":
+            last_reason_or_pli = None
+            assert policy.wanted_since is None
+            assert not policy.poll(now + 1e6)  # nothing wanted: no retry, however late
+    assert all(b - a >= policy.min_interval for a, b in itertools.pairwise(sent))
+    assert policy.requests == len(sent)

@@ -12,10 +12,19 @@ A detector answers for the *first packet of a frame*: each one also requires the
 The VP9 detector is :func:`meshrtc.media.vp9.is_keyframe`: it uses the RFC 9628 descriptor parser
 the depayloader uses, so "keyframe" means the same thing to the jitter buffer and the decoder (a
 descriptor that does not parse is not a keyframe to either).
+
+:class:`KeyframePolicy` is the one place that decides keyframe *recovery* for a received video
+stream: when a keyframe request (RTCP PLI) goes out, how often it is repeated while none has been
+decoded, when frames are skipped until a keyframe, and when the decoder's failures call for one. It
+is sans-IO (the caller passes the time and carries out "send a PLI now"); the rtc layer's
+:class:`~meshrtc.rtc.receiver.MediaReceiver` feeds it the jitter buffer's ``KeyframeRequest`` items
+(the buffer detects the loss; it does not decide about PLIs), the decode results and the decode
+backlog.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from meshrtc.errors import ConfigError
@@ -23,6 +32,7 @@ from meshrtc.media.frame import MediaFrame
 from meshrtc.media.vp9 import is_keyframe as vp9_is_keyframe
 
 __all__ = [
+    "KeyframePolicy",
     "h264_is_keyframe",
     "is_keyframe_for",
     "vp8_is_keyframe",
@@ -121,3 +131,97 @@ def is_keyframe_for(codec: str) -> Callable[[MediaFrame], bool]:
 
     is_keyframe.__name__ = f"{codec.lower()}_frame_is_keyframe"
     return is_keyframe
+
+
+#: Keyframe requests (PLI) for one stream are at least this far apart (seconds).
+PLI_INTERVAL = 0.3
+#: While a requested keyframe has not been decoded, the request is repeated this often: the jitter
+#: buffer reports a loss once per episode, and a keyframe that is itself lost or late would otherwise
+#: leave video frozen until the sender's next periodic keyframe (aiortc: every 3000 frames).
+PLI_RETRY = 1.0
+
+
+class KeyframePolicy:
+    """Keyframe recovery of one received video stream (one per link): every decision, no I/O.
+
+    Each input returns True when a PLI is to be sent *now*; the caller sends it and counts it. The
+    rules:
+
+    * a keyframe is *wanted* from the first reason on (a loss the jitter buffer reported, a decode
+      failure, a frame dropped because decoding fell behind) until a picture is decoded;
+    * PLIs are at least ``min_interval`` apart, whatever asks (no PLI storm from a burst of reasons);
+    * while wanted, :meth:`poll` repeats the request every ``retry_interval``;
+    * after a decode failure, every later decode result without a picture asks again (rate-limited);
+    * after a frame was dropped for the backlog, frames are skipped until a keyframe (those after the
+      drop reference it), unless keyframes of this codec cannot be recognised.
+    """
+
+    __slots__ = (
+        "_decoder_broken",
+        "_last_request",
+        "min_interval",
+        "requests",
+        "retry_interval",
+        "skipping",
+        "wanted_since",
+    )
+
+    def __init__(
+        self, *, min_interval: float = PLI_INTERVAL, retry_interval: float = PLI_RETRY
+    ) -> None:
+        if not 0 < min_interval <= retry_interval:
+            raise ConfigError(
+                "min_interval/retry_interval",
+                (min_interval, retry_interval),
+                "0 < min_interval <= retry_interval",
+            )
+        self.min_interval = min_interval
+        self.retry_interval = retry_interval
+        #: Since when a keyframe has been wanted and not yet decoded (None: none wanted).
+        self.wanted_since: float | None = None
+        #: A frame was dropped (decoding fell behind): frames are skipped until a keyframe.
+        self.skipping = False
+        #: PLIs decided over the policy's life.
+        self.requests = 0
+        self._last_request = -math.inf
+        self._decoder_broken = False
+
+    def need(self, now: float) -> bool:
+        """A keyframe is needed (the jitter buffer lost the decoder's references, or any reason)."""
+        if self.wanted_since is None:
+            self.wanted_since = now
+        if now - self._last_request < self.min_interval:
+            return False
+        self._last_request = now
+        self.requests += 1
+        return True
+
+    def poll(self, now: float) -> bool:
+        """Called on every wake-up of the receive loop: repeat an unanswered request."""
+        if self.wanted_since is not None and now - self._last_request >= self.retry_interval:
+            return self.need(now)
+        return False
+
+    def admit(self, *, keyframe: bool, recognisable: bool) -> bool:
+        """Whether a frame goes to the decoder; ``recognisable``: this codec's keyframes can be told
+        (otherwise skipping would never end)."""
+        return keyframe or not recognisable or not self.skipping
+
+    def backlog_full(self, now: float) -> bool:
+        """The decoder could not take a frame: it is dropped; skip to a keyframe and ask for one."""
+        self.skipping = True
+        return self.need(now)
+
+    def submitted(self) -> None:
+        """A frame went to the decoder: the skip (if any) is over."""
+        self.skipping = False
+
+    def decoded(self, now: float, *, pictures: int, errors: int) -> bool:
+        """One frame's decode result: a picture satisfies the request; a failure (and every
+        picture-less result after it) asks for a keyframe."""
+        if pictures:
+            self.wanted_since = None
+            self._decoder_broken = False
+        if errors:
+            self._decoder_broken = True
+        return self._decoder_broken and self.need(now)
