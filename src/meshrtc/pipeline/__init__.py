@@ -22,8 +22,8 @@ from meshrtc.pipeline.node import Emit as Emit
 from meshrtc.pipeline.node import Node as Node
 from meshrtc.pipeline.node import NodeOutput as NodeOutput
 from meshrtc.pipeline.node import Params as Params
-from meshrtc.pipeline.node import node_types as node_types
 from meshrtc.pipeline.node import register_node as register_node
+from meshrtc.pipeline.registry import node_types as node_types
 from meshrtc.pipeline.runner import PipelineRunner as PipelineRunner
 from meshrtc.pipeline.runner import PipelineStream as PipelineStream
 from meshrtc.pipeline.runner import RunStats as RunStats

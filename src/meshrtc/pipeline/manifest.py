@@ -28,7 +28,8 @@ import attrs
 import yaml
 
 from meshrtc.pipeline.errors import ManifestError, ParamError
-from meshrtc.pipeline.node import Node, resolve_node_type
+from meshrtc.pipeline.node import Node
+from meshrtc.pipeline.registry import resolve_node_type
 
 __all__ = [
     "DEFAULT_MANIFEST",

@@ -1,5 +1,9 @@
 """The node base class, the node-type registry and a small params reader.
 
+Looking a name up (:func:`~meshrtc.pipeline.registry.resolve_node_type`) lives in
+:mod:`meshrtc.pipeline.registry`: it needs the built-in nodes loaded, and they import this module
+(for :class:`Node` and :func:`register_node`), so keeping it here made an import cycle.
+
 A node is the unit a manifest names. The base class is deliberately small:
 
 * ``check_params(params)`` (classmethod) validates the manifest's ``params`` *before* anything runs
@@ -17,7 +21,6 @@ delivers what a node accepts, and the manifest refuses a connection along which 
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias, TypeVar
@@ -33,9 +36,7 @@ __all__ = [
     "Node",
     "NodeOutput",
     "Params",
-    "node_types",
     "register_node",
-    "resolve_node_type",
 ]
 
 Emit: TypeAlias = Callable[[RuntimeData], Awaitable[None]]
@@ -92,43 +93,6 @@ def register_node(cls: N) -> N:
         raise ValueError(f"node type {name!r} is already registered by {existing.__qualname__}")
     NODE_TYPES[name] = cls
     return cls
-
-
-def node_types() -> dict[str, type[Node]]:
-    """Every registered node type, built-ins included."""
-    import meshrtc.pipeline.nodes  # noqa: F401  (registers the built-ins)
-
-    return dict(NODE_TYPES)
-
-
-def resolve_node_type(name: str) -> type[Node]:
-    """A registered name, or ``"package.module:Class"`` for a user node.
-
-    Raises ``LookupError`` with a readable reason; the manifest turns it into a ManifestError.
-    Importing by path runs that module's code: manifests are trusted configuration, like a settings file.
-    """
-    registered = node_types()
-    if name in registered:
-        return registered[name]
-    if ":" not in name:
-        known = ", ".join(sorted(registered))
-        raise LookupError(f"unknown node type {name!r} (built-ins: {known}; or 'module:Class')")
-    module_name, _, attr_path = name.partition(":")
-    if not module_name or not attr_path:
-        raise LookupError(f"import path {name!r} must look like 'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise LookupError(f"cannot import module {module_name!r}: {exc}") from exc
-    obj: object = module
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise LookupError(f"module {module_name!r} has no attribute {attr_path!r}") from None
-    if not (isinstance(obj, type) and issubclass(obj, Node)):
-        raise LookupError(f"{name!r} is not a subclass of meshrtc.pipeline.Node")
-    return obj
 
 
 _MISSING: Any = object()
