@@ -170,7 +170,7 @@ async def test_browser_media_and_data_through_the_pipeline(codec: str) -> None:
                     assert peer.state == "Connected"
                     assert peer.codecs[FrameType.VIDEO].lower() == f"video/{codec}".lower()
                     assert peer.codecs[FrameType.AUDIO].lower() == "audio/opus"
-                    assert served.running.router.frames_in.get("alice", 0) > 0
+                    assert served.running.router.statistics().frames_in.get("alice", 0) > 0
                     # The browser trickled its candidates, and only loopback ones (ice=loopback).
                     assert peer.remote_candidates
                     assert all(_loopback(c) for c in peer.remote_candidates), peer.remote_candidates

@@ -280,8 +280,8 @@ async def test_stale_media_is_dropped_data_never() -> None:
     assert await router.accept(_audio("a", 9.8), stream.inputs)  # 200 ms old: fed
     assert not await router.accept(_audio("a", 9.7), stream.inputs)  # 300 ms old: stale
     assert await router.accept(ReceivedData(peer_id="a", data="hi", local_time=1.0), stream.inputs)
-    assert router.stale_dropped == {"a": 1}
-    assert router.frames_in == {"a": 2}
+    assert router.statistics().stale_dropped == {"a": 1}
+    assert router.statistics().frames_in == {"a": 2}
     fed = [recv_in.receive_nowait() for _ in range(2)]
     assert [type(x).__name__ for x in fed] == ["Audio", "Text"]
 
@@ -329,4 +329,4 @@ async def test_a_peer_waiting_for_its_data_channel_holds_back_nobody() -> None:
         # The channel reopened: its messages went out, in order, and nothing is pending.
     assert stuck.data == ["m0", "m1", "m2"]
     assert session.pending_outputs == 0
-    assert router.frames_out == {"stuck": 4, "fine": 2}
+    assert router.statistics().frames_out == {"stuck": 4, "fine": 2}

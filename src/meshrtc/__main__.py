@@ -168,6 +168,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ):  # fmt: skip
             t.add_column(col, justify="right")
         assert transport.peers is not None
+        routed = running.router.statistics()
         for s in peers:
             pid = s.figures.peer_id
             pc = transport.peers.get_peer(pid)
@@ -185,8 +186,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 _fmt(sm.presentation_delay_ms),
                 _fmt(sm.sync_offset_ms),
                 drift_text(sm.clock_drift_estimator),
-                str(running.router.frames_in.get(pid, 0)),
-                str(running.router.frames_out.get(pid, 0)),
+                str(routed.frames_in.get(pid, 0)),
+                str(routed.frames_out.get(pid, 0)),
             )
         live.update(t, refresh=True)
 

@@ -611,11 +611,12 @@ async def run_demo(
                     transport_cpu_pct = _cpu_pct(
                         time.process_time() - cpu0, time.monotonic() - wall0
                     )
-                    added_ms = [1000.0 * v for v in running.router.added_latency]
+                    routed = running.router.statistics()
+                    added_ms = [1000.0 * v for v in routed.added_latency]
                     for s in synthetic:
                         pid = s.figures.peer_id
-                        s.figures.frames_in = running.router.frames_in.get(pid, 0)
-                        s.figures.frames_out = running.router.frames_out.get(pid, 0)
+                        s.figures.frames_in = routed.frames_in.get(pid, 0)
+                        s.figures.frames_out = routed.frames_out.get(pid, 0)
                         link = None if transport.peers is None else transport.peers.get_peer(pid)
                         if link is not None:
                             estimator = link.sync_manager.clock_drift_estimator

@@ -15,8 +15,11 @@ same job on the timeline they carry without re-buffering them.
 
 Added latency: for every grid slot the router remembers the earliest packet arrival among the audio
 frames snapped onto it; when an output stamped with that slot leaves for a peer, ``now - arrival``
-is what this process added (jitter buffer, decode, pipeline, routing). ``added_latency`` keeps the
-recent values (seconds) for metrics and the benchmark.
+is what this process added (jitter buffer, decode, pipeline, routing). The router keeps the recent
+values (seconds) for metrics and the benchmark: ``statistics().added_latency``.
+
+Counters: the router alone changes its counters; readers take a frozen snapshot with
+:meth:`SessionRouter.statistics` (as trio's channels do), never the live fields.
 
 Staleness: media is real time. After a stall (a busy process, a slow node) the peers' items queue
 up in front of the pipeline, and since they keep arriving at the rate the pipeline can take, such a
@@ -34,9 +37,10 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import numpy as np
 import trio
 
@@ -46,7 +50,7 @@ from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, Recei
 from meshrtc.session.grid import GRID_SECONDS, SessionGrid
 from meshrtc.session.stream import SessionPeer, StreamSession
 
-__all__ = ["GRID_SECONDS", "MAX_INPUT_AGE", "SessionRouter", "to_runtime"]
+__all__ = ["GRID_SECONDS", "MAX_INPUT_AGE", "RouterStatistics", "SessionRouter", "to_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +86,24 @@ def to_runtime(item: ReceivedMedia, timestamp: float) -> RuntimeData:
     raise TypeError(f"unknown received item {type(item).__name__}")
 
 
+@attrs.frozen
+class RouterStatistics:
+    """What a :class:`SessionRouter` counted, at one instant (:meth:`SessionRouter.statistics`).
+
+    Per-peer mappings are keyed by peer id; ``added_latency`` holds the recent added-latency
+    samples, in seconds, oldest first (module docstring).
+    """
+
+    frames_in: Mapping[str, int]
+    frames_out: Mapping[str, int]
+    stale_dropped: Mapping[str, int]
+    grid_dropped: Mapping[str, int]
+    send_errors: int
+    inputs_dropped: int
+    outputs_unroutable: int
+    added_latency: tuple[float, ...]
+
+
 class SessionRouter:
     """Moves data between one session's peers and its pipeline stream."""
 
@@ -98,19 +120,38 @@ class SessionRouter:
         self.max_input_age = max_input_age
         self._clock = clock
         #: Audio/video items per peer dropped as stale (see the module docstring).
-        self.stale_dropped: dict[str, int] = {}
+        self._stale_dropped: dict[str, int] = {}
         #: The session's slots (sans-IO: see meshrtc.session.grid).
         self.grid = SessionGrid(GRID_SECONDS)
         #: Audio frames per peer the grid dropped to re-anchor a peer whose timeline jumped back.
-        self.grid_dropped: dict[str, int] = {}
+        self._grid_dropped: dict[str, int] = {}
         #: Items per peer that reached the pipeline / that the router sent to the peer.
-        self.frames_in: dict[str, int] = {}
-        self.frames_out: dict[str, int] = {}
-        self.send_errors = 0
+        self._frames_in: dict[str, int] = {}
+        self._frames_out: dict[str, int] = {}
+        #: Peers' sends that raised, and data messages dropped because the peer's queue was full.
+        self._send_errors = 0
+        #: Items refused because the session was not Active (paused, initializing, closed) or did
+        #: not hold their peer.
+        self._inputs_dropped = 0
+        #: Outputs addressed to a peer the session does not hold (left before its reply).
+        self._outputs_unroutable = 0
         self._drained: trio.Event | None = None
         self._arrivals: collections.OrderedDict[float, float] = collections.OrderedDict()
         #: Seconds from a packet's arrival to the output of its slot leaving (audio; see module doc).
-        self.added_latency: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self._added_latency: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+
+    def statistics(self) -> RouterStatistics:
+        """A frozen snapshot of the router's counters (only the router changes them)."""
+        return RouterStatistics(
+            frames_in=dict(self._frames_in),
+            frames_out=dict(self._frames_out),
+            stale_dropped=dict(self._stale_dropped),
+            grid_dropped=dict(self._grid_dropped),
+            send_errors=self._send_errors,
+            inputs_dropped=self._inputs_dropped,
+            outputs_unroutable=self._outputs_unroutable,
+            added_latency=tuple(self._added_latency),
+        )
 
     async def wait_drained(self) -> None:
         """Return once no output taken from the pipeline is still on its way to a peer."""
@@ -128,7 +169,7 @@ class SessionRouter:
         if isinstance(item, ReceivedAudio):
             ts = self.grid.timestamp(item.peer_id, item.local_time, self._clock())
             if ts is None:
-                self.grid_dropped[item.peer_id] = self.grid_dropped.get(item.peer_id, 0) + 1
+                self._grid_dropped[item.peer_id] = self._grid_dropped.get(item.peer_id, 0) + 1
                 return None
             if item.received_at is not None:
                 arrivals = self._arrivals
@@ -146,21 +187,21 @@ class SessionRouter:
         """Feed one item unless the session is not Active (then it is counted as dropped)."""
         session = self.session
         if not session.accepts_inputs or item.peer_id not in session.peers:
-            session.inputs_dropped += 1
+            self._inputs_dropped += 1
             return False
         if (
             self.max_input_age is not None
             and not isinstance(item, ReceivedData)
             and self._clock() - item.local_time > self.max_input_age
         ):
-            self.stale_dropped[item.peer_id] = self.stale_dropped.get(item.peer_id, 0) + 1
+            self._stale_dropped[item.peer_id] = self._stale_dropped.get(item.peer_id, 0) + 1
             return False
         data = self.convert(item)
         if data is None:
             return False
         await inputs.send(data)
         session.input_seq += 1
-        self.frames_in[item.peer_id] = self.frames_in.get(item.peer_id, 0) + 1
+        self._frames_in[item.peer_id] = self._frames_in.get(item.peer_id, 0) + 1
         return True
 
     async def route_to_pipeline(self, received: trio.abc.ReceiveChannel[ReceivedMedia]) -> None:
@@ -184,16 +225,16 @@ class SessionRouter:
                 try:
                     await _send(peer, data)
                 except Exception as exc:  # noqa: BLE001  (one peer's failure must not stop others)
-                    self.send_errors += 1
+                    self._send_errors += 1
                     logger.debug(
                         "session %s: send to %s failed: %r", session.session_id, peer.peer_id, exc
                     )
                     continue
-                self.frames_out[peer.peer_id] = self.frames_out.get(peer.peer_id, 0) + 1
+                self._frames_out[peer.peer_id] = self._frames_out.get(peer.peer_id, 0) + 1
             if targets and isinstance(data, Audio):
                 arrival = self._arrivals.get(data.timestamp)
                 if arrival is not None:
-                    self.added_latency.append(self._clock() - arrival)
+                    self._added_latency.append(self._clock() - arrival)
         finally:
             session.pending_outputs -= 1
             if session.pending_outputs == 0 and self._drained is not None:
@@ -237,7 +278,7 @@ class SessionRouter:
             try:
                 entry[1].send_nowait(data)
             except trio.WouldBlock:
-                self.send_errors += 1
+                self._send_errors += 1
                 logger.warning(
                     "session %s: %d data messages already wait for %s; dropping one",
                     session.session_id,
@@ -256,12 +297,12 @@ class SessionRouter:
                 try:
                     await _send(peer, data)
                 except Exception as exc:  # noqa: BLE001  (counted; the next message is tried)
-                    self.send_errors += 1
+                    self._send_errors += 1
                     logger.debug(
                         "session %s: send to %s failed: %r", session.session_id, peer.peer_id, exc
                     )
                 else:
-                    self.frames_out[peer.peer_id] = self.frames_out.get(peer.peer_id, 0) + 1
+                    self._frames_out[peer.peer_id] = self._frames_out.get(peer.peer_id, 0) + 1
                 finally:
                     session.pending_outputs -= 1
                     if session.pending_outputs == 0 and self._drained is not None:
@@ -274,7 +315,7 @@ class SessionRouter:
             return list(session.peers.values())
         peer = session.peers.get(data.to_peer)
         if peer is None:
-            session.outputs_unroutable += 1
+            self._outputs_unroutable += 1
             return []
         return [peer]
 

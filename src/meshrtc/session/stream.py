@@ -109,10 +109,6 @@ class StreamSession(StatefulModel):
         self.input_seq = 0
         self.output_seq = 0
         self.pending_outputs = 0
-        #: Inputs refused because the session was not Active (paused, initializing, closed).
-        self.inputs_dropped = 0
-        #: Outputs addressed to a peer the session does not hold (left before its reply).
-        self.outputs_unroutable = 0
         self._close_requested_at: float | None = None
         STREAM_SESSION_MACHINE.build(self)
 
