@@ -266,6 +266,14 @@ class StatefulModel:
     trigger = trigger_stub()
     may_trigger = trigger_stub()
 
+    def fire_if_taken(self, trigger: str) -> bool:
+        """Fire ``trigger`` if the machine takes it from the current state and its guard agrees.
+
+        For a real event that is meaningful in some states only (an observation, a timer tick):
+        the runtime fires it here and the machine decides; returns whether the state changed.
+        """
+        return bool(self.may_trigger(trigger)) and bool(self.trigger(trigger))
+
 
 def register(spec: MachineSpec) -> MachineSpec:
     existing = _REGISTRY.get(spec.name)

@@ -70,9 +70,6 @@ SAMPLE_RATE = 48_000
 #: One Opus frame, one grid slot of the session router.
 FRAME_SAMPLES = 960
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
-#: The estimator states in which its figure has been Stable since its last reset (Drift Detected and
-#: Adjusting only ever follow Stable).
-_ESTIMATED = frozenset({"Stable", "DriftDetected", "Adjusting"})
 #: A drift figure is shown only once its standard error is this small: "Stable" is reached after 10
 #: SRs, which with aiortc's ~1 s RTCP interval is 10 s of data and can be thousands of ppm off.
 DISPLAY_MAX_STDERR_PPM = 20.0
@@ -80,7 +77,8 @@ DISPLAY_MAX_STDERR_PPM = 20.0
 
 def applied_correction(estimator: ClockDriftEstimator) -> float:
     """The factor the stage resamples by: the estimator's once it is Stable, else 1.0."""
-    return estimator.correction_factor if estimator.state in _ESTIMATED else 1.0
+    # has_estimate holds from Stable on (Drift Detected and Adjusting only ever follow Stable).
+    return estimator.correction_factor if estimator.has_estimate else 1.0
 
 
 def stable_drift_ppm(
@@ -93,7 +91,7 @@ def stable_drift_ppm(
     174 ppm for two peers sharing one clock) and showing it only misleads.
     """
     ppm = estimator.drift_ppm
-    if ppm is None or estimator.state not in _ESTIMATED:
+    if ppm is None or not estimator.has_estimate:
         return None
     if not estimator.stderr_ppm <= max_stderr_ppm:
         return None

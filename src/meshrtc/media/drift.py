@@ -1,4 +1,4 @@
-"""ClockDriftEstimator: how fast the sender's clock runs against ours (spec section 7).
+"""ClockDriftEstimator: how fast the sender's clock runs against ours (spec/data-model.md).
 
 Every RTCP Sender Report gives one observation: the sender's wall-clock time in the SR (its NTP
 timestamp) and our monotonic clock when the SR arrived. Over minutes, local arrival time is a straight
@@ -29,9 +29,11 @@ returns to Initializing; the estimator also resets itself when an observation la
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 
@@ -46,6 +48,7 @@ __all__ = [
     "ClockDriftEstimator",
     "DriftEstimate",
     "DriftEstimatorError",
+    "DriftState",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,28 +60,37 @@ MAX_CORRECTION = 0.01
 #: ``confidence = 1 / (1 + stderr_ppm / CONFIDENCE_SCALE_PPM)``: 0.5 at a 10 ppm standard error.
 CONFIDENCE_SCALE_PPM = 10.0
 
-_ALL = ("Initializing", "CollectingSamples", "Stable", "DriftDetected", "Adjusting")
+
+class DriftState(enum.StrEnum):
+    Initializing = "Initializing"
+    CollectingSamples = "CollectingSamples"
+    Stable = "Stable"
+    DriftDetected = "DriftDetected"
+    Adjusting = "Adjusting"
+
+
+_D = DriftState
 
 CLOCK_DRIFT_MACHINE = register(
     MachineSpec(
         name="ClockDriftEstimator",
         doc=(
             "Initializing → Collecting Samples → Stable → [Drift Detected] → Adjusting → Stable "
-            "(spec section 7). A drift change is *detected* when the estimate leaves the applied "
+            "(spec/data-model.md). A drift change is *detected* when the estimate leaves the applied "
             "correction by more than the threshold, *confirmed* by the next observation (else "
             "dismissed), and the correction then slews towards it (Adjusting) until it settles."
         ),
-        states=_ALL,
-        initial="Initializing",
+        states=DriftState,
+        initial=_D.Initializing,
         labels={"CollectingSamples": "Collecting Samples", "DriftDetected": "Drift Detected"},
         transitions=(
-            ("first_observation", "Initializing", "CollectingSamples"),
-            ("estimate_ready", "CollectingSamples", "Stable"),
-            ("drift_detected", "Stable", "DriftDetected"),
-            ("drift_confirmed", "DriftDetected", "Adjusting"),
-            ("drift_dismissed", "DriftDetected", "Stable"),
-            ("settled", "Adjusting", "Stable"),
-            ("reset", _ALL, "Initializing"),
+            ("first_observation", _D.Initializing, _D.CollectingSamples),
+            ("estimate_ready", _D.CollectingSamples, _D.Stable, "has_estimate"),
+            ("drift_detected", _D.Stable, _D.DriftDetected, "estimate_off_correction"),
+            ("drift_confirmed", _D.DriftDetected, _D.Adjusting, "estimate_off_correction"),
+            ("drift_dismissed", _D.DriftDetected, _D.Stable, "estimate_near_correction"),
+            ("settled", _D.Adjusting, _D.Stable, "correction_settled"),
+            ("reset", tuple(DriftState), _D.Initializing),
         ),
     )
 )
@@ -111,10 +123,12 @@ class ClockDriftEstimator(StatefulModel):
 
     Observations need not be evenly spaced; ones closer than ``min_interval`` local seconds to the
     previous one are ignored, so a burst of SRs (audio and video of the same sender arrive together)
-    cannot crowd the window.
+    cannot crowd the window. ``on_transition`` (if set) is told every state entered, so an
+    observer (the SyncManager) learns of a detection that a single observation both entered and
+    left.
     """
 
-    state: str
+    state: DriftState
     first_observation = trigger_stub()
     estimate_ready = trigger_stub()
     drift_detected = trigger_stub()
@@ -173,14 +187,46 @@ class ClockDriftEstimator(StatefulModel):
         self.reset_count = 0
         #: The most recent states entered, oldest first: a confirmation and its slew can pass
         #: through Adjusting within one observation, and logs and tests want to see that.
-        self.history: deque[str] = deque([CLOCK_DRIFT_MACHINE.initial], maxlen=64)
-        #: Transitions so far (never reset): tells an observer how much of ``history`` is new.
+        self.history: deque[DriftState] = deque([_D.Initializing], maxlen=64)
+        #: Transitions so far (never reset).
         self.transition_count = 0
+        #: Called with each state entered, right after the transition.
+        self.on_transition: Callable[[DriftState], None] | None = None
+        #: Where the fitted estimate wants the correction (set per observation; the guards read it).
+        self._target = 1.0
         CLOCK_DRIFT_MACHINE.build(self, after_state_change=self._record_state)
 
     def _record_state(self) -> None:
         self.history.append(self.state)
         self.transition_count += 1
+        if self.on_transition is not None:
+            self.on_transition(self.state)
+
+    # --- guards (the machine's conditions) -----------------------------------------------------
+
+    def _gap_ppm(self) -> float:
+        return abs(self._target - self._correction) * 1e6
+
+    def estimate_off_correction(self) -> bool:
+        """The estimate left the applied correction by more than the detection threshold (at
+        least three standard errors, so a noisy fit cannot trigger it)."""
+        return self._gap_ppm() > max(self.detect_threshold_ppm, 3.0 * self._stderr * 1e6)
+
+    def estimate_near_correction(self) -> bool:
+        return not self.estimate_off_correction()
+
+    def correction_settled(self) -> bool:
+        return self._gap_ppm() <= self.settle_threshold_ppm
+
+    @property
+    def suspects_drift(self) -> bool:
+        """A drift change is detected but not yet confirmed or dismissed."""
+        return self.state is _D.DriftDetected
+
+    @property
+    def adjusting(self) -> bool:
+        """The correction is slewing towards a confirmed new drift."""
+        return self.state is _D.Adjusting
 
     def on_enter_Initializing(self) -> None:  # noqa: N802 - transitions' callback naming
         """Whatever led here (reconnection, jump, discontinuity), nothing learnt before still holds."""
@@ -215,7 +261,8 @@ class ClockDriftEstimator(StatefulModel):
             if abs(local_time - self._predict(sender_time)) > self.jump_threshold:
                 self._restart("sender clock jumped", sender_time, local_time)
                 return
-        elif self.state == "Initializing":
+        else:
+            # Only Initializing has no observations (entering it clears them).
             self.first_observation()
         self._obs.append(_Obs(sender_time, local_time))
         self.last_observation_time = local_time
@@ -225,9 +272,8 @@ class ClockDriftEstimator(StatefulModel):
         ):
             self._obs.popleft()
         self._fit()
+        self.fire_if_taken("estimate_ready")
         if self._drift is not None:
-            if self.state == "CollectingSamples":
-                self.estimate_ready()
             self._follow(local_time)
 
     def _restart(self, why: str, sender_time: float, local_time: float) -> None:
@@ -275,32 +321,20 @@ class ClockDriftEstimator(StatefulModel):
     def _follow(self, now: float) -> None:
         """Drive the statechart and slew the applied correction towards the estimate."""
         assert self._drift is not None
-        target = min(1 + MAX_CORRECTION, max(1 - MAX_CORRECTION, 1.0 / (1.0 + self._drift)))
-        gap_ppm = abs(target - self._correction) * 1e6
-        threshold = max(self.detect_threshold_ppm, 3.0 * self._stderr * 1e6)
-        if self.state == "Stable" and gap_ppm > threshold:
-            self.drift_detected()
-        elif self.state == "DriftDetected":
-            if gap_ppm > threshold:
-                self.drift_confirmed()
-            else:
-                self.drift_dismissed()
-        if self.state != "DriftDetected":
+        self._target = min(1 + MAX_CORRECTION, max(1 - MAX_CORRECTION, 1.0 / (1.0 + self._drift)))
+        # Stable: detect; Drift Detected: confirm or dismiss (the guards decide which).
+        if not self.fire_if_taken("drift_detected"):
+            self.fire_if_taken("drift_confirmed") or self.fire_if_taken("drift_dismissed")
+        if not self.suspects_drift:
             # Stable only follows slowly (estimator noise, thermal wander); a real change is
             # detected, confirmed, and then slewed to at the faster rate.
-            rate = (
-                self.max_slew_ppm_per_s if self.state == "Adjusting" else self.stable_slew_ppm_per_s
-            )
+            rate = self.max_slew_ppm_per_s if self.adjusting else self.stable_slew_ppm_per_s
             elapsed = 0.0 if self._slewed_at is None else now - self._slewed_at
             step = rate * 1e-6 * max(0.0, elapsed)
-            delta = target - self._correction
+            delta = self._target - self._correction
             self._correction += max(-step, min(step, delta))
         self._slewed_at = now
-        if (
-            self.state == "Adjusting"
-            and abs(target - self._correction) * 1e6 <= self.settle_threshold_ppm
-        ):
-            self.settled()
+        self.fire_if_taken("settled")
 
     # --- queries -------------------------------------------------------------------------------
 

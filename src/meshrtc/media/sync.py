@@ -38,6 +38,7 @@ window, for the SessionRouter.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections import deque
@@ -46,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from meshrtc.errors import MeshRtcError
-from meshrtc.media.drift import ClockDriftEstimator
+from meshrtc.media.drift import ClockDriftEstimator, DriftState
 from meshrtc.media.frame import CLOCK_RATES, FrameType, MediaFrame
 from meshrtc.media.jitter import (
     AudioPacket,
@@ -68,19 +69,30 @@ __all__ = [
     "AlignedWindow",
     "SyncError",
     "SyncManager",
+    "SyncState",
     "collect_aligned_frames",
 ]
 
 log = logging.getLogger(__name__)
 
-_ALL = ("Unsynced", "Syncing", "Synced", "DriftDetected", "Resyncing")
-_ALIGNED = ("Synced", "DriftDetected", "Resyncing")
+
+class SyncState(enum.StrEnum):
+    Unsynced = "Unsynced"
+    Syncing = "Syncing"
+    Synced = "Synced"
+    DriftDetected = "DriftDetected"
+    Resyncing = "Resyncing"
+
+
+_S = SyncState
+#: The states that have (or are building) an A/V timeline.
+_ALIGNED = (_S.Synced, _S.DriftDetected, _S.Resyncing)
 
 SYNC_MANAGER_MACHINE = register(
     MachineSpec(
         name="SyncManager",
         doc=(
-            "Unsynced → Syncing → Synced → [Drift Detected] → Resyncing → Synced (spec section 4). "
+            "Unsynced → Syncing → Synced → [Drift Detected] → Resyncing → Synced (spec/data-model.md). "
             "Syncing: a Sender Report arrived, but not every active stream has a fresh (≤ 5 s) "
             "and confirmed (two consistent SRs) NTP↔RTP mapping; a mapping going stale returns "
             "here. Drift Detected: the drift estimator suspects a new drift, or a stream's "
@@ -88,18 +100,18 @@ SYNC_MANAGER_MACHINE = register(
             "confirmed. Resyncing: the timeline is re-anchored (new slope, or rebuilt after a jump; "
             "at most one rebuild per 2 s, backing off to 30 s while rebuilds keep being asked for)."
         ),
-        states=_ALL,
-        initial="Unsynced",
+        states=SyncState,
+        initial=_S.Unsynced,
         labels={"DriftDetected": "Drift Detected"},
         transitions=(
-            ("begin", "Unsynced", "Syncing"),
-            ("synced", "Syncing", "Synced"),
-            ("drift_detected", "Synced", "DriftDetected"),
-            ("drift_dismissed", "DriftDetected", "Synced"),
-            ("resync", "DriftDetected", "Resyncing"),
-            ("resynced", "Resyncing", "Synced"),
-            ("mapping_stale", _ALIGNED, "Syncing"),
-            ("reset", _ALL, "Unsynced"),
+            ("begin", _S.Unsynced, _S.Syncing, "heard_sender_report"),
+            ("synced", _S.Syncing, _S.Synced, "mappings_fresh"),
+            ("drift_detected", _S.Synced, _S.DriftDetected, "drift_or_rebuild"),
+            ("drift_dismissed", _S.DriftDetected, _S.Synced, "drift_gone"),
+            ("resync", _S.DriftDetected, _S.Resyncing, "resync_wanted"),
+            ("resynced", _S.Resyncing, _S.Synced, "estimator_settled"),
+            ("mapping_stale", _ALIGNED, _S.Syncing, "mappings_not_fresh"),
+            ("reset", tuple(SyncState), _S.Unsynced),
         ),
     )
 )
@@ -254,7 +266,7 @@ class SyncManager(StatefulModel):
     jitter buffer (see :func:`meshrtc.media.keyframe.is_keyframe_for`).
     """
 
-    state: str
+    state: SyncState
     begin = trigger_stub()
     synced = trigger_stub()
     drift_detected = trigger_stub()
@@ -263,6 +275,7 @@ class SyncManager(StatefulModel):
     resynced = trigger_stub()
     mapping_stale = trigger_stub()
     reset = trigger_stub()
+    may_resynced = trigger_stub()
 
     def __init__(
         self,
@@ -340,10 +353,17 @@ class SyncManager(StatefulModel):
         self._played_audio: deque[tuple[float, float]] = deque(maxlen=64)
         self.late_frames = 0
         self._resync_needed = False
-        self._drift_seen = 0
+        # What the drift estimator reported since the last refresh (it can enter and leave Drift
+        # Detected within one SR), and what the guards judge by during a refresh.
+        self._drift_entered: set[DriftState] = set()
+        self.clock_drift_estimator.on_transition = self._drift_entered.add
+        self._mappings_fresh = False
+        self._drift_suspected = False
+        self._drift_adjusting = False
+        self._rebuild_due = False
         self.last_rtcp_time: float | None = None
         self.sync_failures = 0
-        self.history: deque[str] = deque([SYNC_MANAGER_MACHINE.initial], maxlen=64)
+        self.history: deque[SyncState] = deque([_S.Unsynced], maxlen=64)
         SYNC_MANAGER_MACHINE.build(self, after_state_change=self._record_state)
 
     def _record_state(self) -> None:
@@ -374,7 +394,7 @@ class SyncManager(StatefulModel):
         self._released = dict.fromkeys(FrameType)
         self._played_audio.clear()
         self._resync_needed = False
-        self._drift_seen = self.clock_drift_estimator.transition_count
+        self._drift_entered.clear()
         self.last_rtcp_time = None
 
     # --- input ---------------------------------------------------------------------------------
@@ -488,23 +508,52 @@ class SyncManager(StatefulModel):
     def _rebuild_allowed(self, now: float) -> bool:
         return self._next_rebuild_at is None or now >= self._next_rebuild_at
 
-    def _refresh(self, now: float) -> None:
-        if self.state == "Unsynced":
-            if self.last_rtcp_time is None:
-                return
-            self.begin()
+    # --- guards (the machine's conditions; _refresh sets what they judge by) ----------------
+
+    def heard_sender_report(self) -> bool:
+        return self.last_rtcp_time is not None
+
+    def mappings_fresh(self) -> bool:
+        return self._mappings_fresh
+
+    def mappings_not_fresh(self) -> bool:
+        return not self._mappings_fresh
+
+    def resync_wanted(self) -> bool:
+        """The estimator is slewing to a confirmed drift, or a timeline rebuild is due."""
+        return self._drift_adjusting or self._rebuild_due
+
+    def drift_or_rebuild(self) -> bool:
+        return self._drift_suspected or self.resync_wanted()
+
+    def drift_gone(self) -> bool:
+        return not self._drift_suspected and not self.resync_wanted()
+
+    def estimator_settled(self) -> bool:
         est = self.clock_drift_estimator
-        new = min(est.transition_count - self._drift_seen, len(est.history))
-        recent = list(est.history)[-new:] if new > 0 else []
-        self._drift_seen = est.transition_count
-        # The estimator may pass Drift Detected → Adjusting → Stable within one SR.
-        detected = est.state == "DriftDetected" or "DriftDetected" in recent
-        adjusting = est.state == "Adjusting" or "Adjusting" in recent
-        stale = not self.mappings_ready(now)
-        if self.state in _ALIGNED and stale:
-            self.mapping_stale()
-        if self.state == "Syncing" and not stale:
-            self.synced()
+        return not est.adjusting and not est.suspects_drift
+
+    @property
+    def aligned(self) -> bool:
+        """Synced, or moving between drift figures: the states that keep an A/V timeline."""
+        return self.state in _ALIGNED
+
+    def _refresh(self, now: float) -> None:
+        """Offer the machine what changed (an SR, time passing) and let its guards decide."""
+        if not self.heard_sender_report():
+            return  # Unsynced: nothing to sync to before a Sender Report
+        self.fire_if_taken("begin")
+        est = self.clock_drift_estimator
+        # The estimator may pass Drift Detected → Adjusting → Stable within one SR: it reported
+        # every state it entered.
+        entered = set(self._drift_entered)
+        self._drift_entered.clear()
+        self._drift_suspected = est.suspects_drift or DriftState.DriftDetected in entered
+        self._drift_adjusting = est.adjusting or DriftState.Adjusting in entered
+        self._mappings_fresh = self.mappings_ready(now)
+        self._rebuild_due = False
+        self.fire_if_taken("mapping_stale")
+        if self.fire_if_taken("synced"):
             if self._timeline is None:
                 self._resync_needed = False
             if not self._resync_needed:
@@ -513,14 +562,10 @@ class SyncManager(StatefulModel):
         # ``_rebuild_interval`` (which doubles while rebuilds keep being asked for), so a mapping
         # that keeps disagreeing cannot make the timeline thrash.
         rebuild = self._resync_needed and self._rebuild_allowed(now)
-        if self.state == "Synced" and (detected or adjusting or rebuild):
-            self.drift_detected()
-        if self.state == "DriftDetected":
-            if adjusting or rebuild:
-                self.resync()
-            elif not detected:
-                self.drift_dismissed()
-        if self.state == "Resyncing" and est.state != "Adjusting" and est.state != "DriftDetected":
+        self._rebuild_due = rebuild
+        self.fire_if_taken("drift_detected")
+        self.fire_if_taken("resync") or self.fire_if_taken("drift_dismissed")
+        if self.may_resynced():
             if rebuild:
                 self._rebuild(now)
             self.resynced()
@@ -667,7 +712,7 @@ class SyncManager(StatefulModel):
         self._seq += 1
         pending = _Pending(kind, item, sender, release, self._seq)
         if sender is not None:
-            if self._timeline is None and self.state in _ALIGNED:
+            if self._timeline is None and self.aligned:
                 self._start_timeline(sender, release)
             timeline = self._timeline
             if timeline is not None:
