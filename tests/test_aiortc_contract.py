@@ -30,6 +30,12 @@ from meshrtc.rtc import aiortc_adapter as adapter
 RECEIVE_SOURCE_SHA256 = "d6d8d8d7a0bf4e95f3fb7cb78cf275d0a5f50c4912e0cb8498272008779916ef"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _installed() -> None:
+    """Several checks read the wrappers themselves; open_bridge installs them, so do what it does."""
+    adapter.install_aiortc_patches()
+
+
 def _source(obj: Any) -> str:
     return inspect.getsource(obj)
 

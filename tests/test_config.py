@@ -16,8 +16,6 @@ def test_defaults_follow_the_spec() -> None:
     assert c.enable_data_channel is True
     assert c.data_channel_mode is DataChannelMode.RELIABLE
     assert c.jitter_buffer_size_ms == 50
-    assert c.enable_rtcp is True
-    assert c.rtcp_interval_ms == 5000
     assert len(c.stun_servers) == 1
     assert c.stun_servers[0].startswith("stun:127.0.0.1")
 
@@ -72,8 +70,6 @@ def test_turn_servers_from_dicts() -> None:
         ({"max_peers": True}, "max_peers", "1 to 10"),
         ({"jitter_buffer_size_ms": 49}, "jitter_buffer_size_ms", "50 to 200"),
         ({"jitter_buffer_size_ms": 201}, "jitter_buffer_size_ms", "50 to 200"),
-        ({"rtcp_interval_ms": 999}, "rtcp_interval_ms", "1000 to 10000"),
-        ({"rtcp_interval_ms": 10001}, "rtcp_interval_ms", "1000 to 10000"),
         ({"stun_servers": []}, "stun_servers", "at least one"),
         ({"stun_servers": "stun:127.0.0.1"}, "stun_servers", "list"),
         ({"stun_servers": ["http://127.0.0.1"]}, "stun_servers", "stun:"),
@@ -84,7 +80,6 @@ def test_turn_servers_from_dicts() -> None:
         ({"audio_codec": "pcmu"}, "audio_codec", "'opus'"),
         ({"video_codec": "AV1"}, "video_codec", "'VP9' or 'H264' or 'VP8'"),
         ({"data_channel_mode": "sometimes"}, "data_channel_mode", "reliable"),
-        ({"enable_rtcp": 1}, "enable_rtcp", "True or False"),
         ({"peer_id": ""}, "peer_id", "1-64"),
         ({"peer_id": "x" * 65}, "peer_id", "1-64"),
         ({"peer_id": "no spaces"}, "peer_id", "1-64"),
@@ -129,3 +124,10 @@ def test_config_is_immutable() -> None:
     c = TransportConfig()
     with pytest.raises(AttributeError):
         c.max_peers = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("field", ["enable_rtcp", "rtcp_interval_ms"])
+def test_rtcp_is_not_configurable(field: str) -> None:
+    """RTCP drives sync and quality control: there is no switch or interval to set (README)."""
+    with pytest.raises(TypeError, match=field):
+        TransportConfig(**{field: 5000})

@@ -1,7 +1,8 @@
 """The peer's receive path plays audio through the drift compensation stage.
 
-No network: a PeerConnection's ``_play`` is driven directly with what its SyncManager would release
-for a sender whose clock runs 0.5% fast, with the peer's own drift estimator Stable at that figure.
+No network: a PeerConnection's receiver (``MediaReceiver.play``) is driven directly with what its
+SyncManager would release for a sender whose clock runs 0.5% fast, with the peer's own drift
+estimator Stable at that figure.
 What comes out of ``received`` must follow *our* clock (one 960-sample frame per 20 ms of it, 20 ms
 apart), not the sender's (one frame per packet).
 """
@@ -21,7 +22,8 @@ from meshrtc.media.jitter import AudioPacket, Gap
 from meshrtc.media.sync import AlignedItem
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.events import ReceivedAudio
-from meshrtc.rtc.peer import PeerConnection, PeerOptions, _Link
+from meshrtc.rtc.peer import PeerConnection, PeerOptions
+from meshrtc.rtc.receiver import MediaReceiver
 
 DRIFT_PPM = 5000.0  # within the ±1% the correction may take; large enough to count in 2 minutes
 PACKETS = 6000  # two minutes of the sender's clock
@@ -67,20 +69,32 @@ async def test_the_peer_delivers_frames_on_our_clock_not_the_senders() -> None:
             options=PeerOptions(max_received=PACKETS + 100),
         )
         k = _stable_estimator(peer, DRIFT_PPM)
-        link: Any = _Link(1, True, None, None, None, None, None, None, 0.0)
-        link.audio_decoder = FakeDecoder()
+        tap: Any = None  # the decoder is in place: the tap is never asked for a codec
+        link = MediaReceiver(
+            "bob",
+            tap=tap,
+            bridge=bridge,
+            sync=peer.sync_manager,
+            quality=peer.quality,
+            stats=peer.stats,
+            sender_reports=peer.sender_reports,
+            deliver=peer._deliver,
+            close_timeout=1.0,
+            started_at=0.0,
+        )
+        link.audio_decoder = FakeDecoder()  # type: ignore[assignment]
         lost = range(3000, 3003)  # one Gap of three packets on the way
         for n in range(PACKETS):
             if n in lost:
                 if n == lost[0]:
                     gap = Gap(FrameType.AUDIO, n, len(lost), 960 * n, 0.0)
                     t = 500.0 + n * 0.020 * k
-                    peer._play(link, AlignedItem(FrameType.AUDIO, gap, None, t, t))
+                    link.play(AlignedItem(FrameType.AUDIO, gap, None, t, t))
                 continue
             frame = MediaFrame(FrameType.AUDIO, 960 * n, n & 0xFFFF, b"x", 0.0, False, 1, 111)
             t = 500.0 + n * 0.020 * k  # the SyncManager's timeline advances k·20 ms a packet
             item = AlignedItem(FrameType.AUDIO, AudioPacket(frame, t), None, t, t)
-            peer._play(link, item)
+            link.play(item)
         got: list[ReceivedAudio] = []
         while True:
             try:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from meshrtc.rtc import peer as peer_module
+from meshrtc.rtc import receiver as receiver_module
 from meshrtc.rtc.events import ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.peer import PeerConnection
 
@@ -64,7 +64,7 @@ async def test_video_decodes_on_a_per_link_thread_that_closing_joins() -> None:
         assert a.stats.video_frames_dropped == 0
         link = a._link
         assert link is not None
-        worker = link.video_worker
+        worker = link.receiver.video_worker
         assert worker is not None
         assert worker.submitted >= len(video)
 
@@ -78,14 +78,14 @@ async def test_a_decoder_that_falls_behind_drops_frames_and_asks_for_a_keyframe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gate = threading.Event()
-    real = peer_module._decode_on_worker
+    real = receiver_module._decode_on_worker
 
     def stuck(decoder: Any, job: Any) -> Any:
         assert gate.wait(15), "the test never let the decoder go"
         return real(decoder, job)
 
-    monkeypatch.setattr(peer_module, "_decode_on_worker", stuck)
-    monkeypatch.setattr(peer_module, "_VIDEO_BACKLOG", 2)
+    monkeypatch.setattr(receiver_module, "_decode_on_worker", stuck)
+    monkeypatch.setattr(receiver_module, "_VIDEO_BACKLOG", 2)
     async with _pair() as (a, b):
         await b.send_audio(tone(4.0))  # audio keeps flowing: it is what wakes this test up
         await b.send_video(picture(80))
@@ -97,7 +97,7 @@ async def test_a_decoder_that_falls_behind_drops_frames_and_asks_for_a_keyframe(
         assert a.stats.keyframe_requests >= 1
         link = a._link
         assert link is not None
-        worker = link.video_worker
+        worker = link.receiver.video_worker
         assert worker is not None
         assert worker.pending == 2  # the backlog never grew past its bound
         requests = a.stats.keyframe_requests
@@ -108,7 +108,7 @@ async def test_a_decoder_that_falls_behind_drops_frames_and_asks_for_a_keyframe(
             while sum(isinstance(x, ReceivedVideo) for x in got) < 6:
                 got.append(await a.received.receive())
         assert a.stats.keyframe_requests >= requests
-        assert not link.video_skip_to_keyframe
+        assert not link.receiver.keyframes.skipping
         video = [x for x in got if isinstance(x, ReceivedVideo)]
         assert all(y.frame.pts > x.frame.pts for x, y in itertools.pairwise(video))  # type: ignore[operator]
         assert all(y.local_time >= x.local_time for x, y in itertools.pairwise(got))

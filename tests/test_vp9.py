@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from meshrtc.config import TransportConfig, VideoCodec
 from meshrtc.errors import ConfigError
 from meshrtc.media.frame import FrameType, MediaFrame
+from meshrtc.media.keyframe import KeyframePolicy
 from meshrtc.media.vp9 import (
     DEFAULT_MAX_PAYLOAD_SIZE,
     MAX_PICTURE_ID,
@@ -618,9 +619,10 @@ def test_video_decoder_decodes_vp9_and_asks_for_a_keyframe_after_damage() -> Non
     assert len(payloads) > 2
     # The keyframe loses its middle packet: nothing decoded, a keyframe wanted.
     damaged = _media_frames(payloads, seq, ts)
+    policy = KeyframePolicy()
     assert decoder.decode([damaged[0], *damaged[2:]]) == []
-    assert decoder.keyframe_needed
     assert decoder.errors == 1
+    assert policy.decoded(0.0, pictures=0, errors=1)  # a PLI now
     seq += len(payloads)
     # A P frame before any keyframe cannot be decoded either.
     payloads, ts = encoder.encode(moving_picture(1))
@@ -636,7 +638,9 @@ def test_video_decoder_decodes_vp9_and_asks_for_a_keyframe_after_damage() -> Non
     payloads, ts = encoder.encode(moving_picture(2), force_keyframe=True)
     pictures = decoder.decode(_media_frames(payloads, seq, ts))
     assert [(p.width, p.height) for p in pictures] == [(W, H)]
-    assert not decoder.keyframe_needed
+    assert decoder.errors == 3
+    assert not policy.decoded(5.0, pictures=len(pictures), errors=0)
+    assert policy.wanted_since is None
     assert psnr(moving_picture(2), pictures[0]) > 25
 
 

@@ -1,4 +1,4 @@
-"""Transport configuration (spec section 9, plus the WebRtcTransport rules of section 1).
+"""Transport configuration: every field a :class:`~meshrtc.transport.WebRtcTransport` reads.
 
 Validation happens when the object is built, so a bad value fails at start-up with the field's name
 rather than minutes later inside ICE or a codec.
@@ -35,7 +35,6 @@ PEER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_PEERS_LIMIT = 10
 _E = TypeVar("_E", bound=enum.StrEnum)
 JITTER_BUFFER_RANGE_MS = (50, 200)
-RTCP_INTERVAL_RANGE_MS = (1000, 10000)
 
 
 class AudioCodec(enum.StrEnum):
@@ -222,6 +221,10 @@ class TransportConfig:
 
     Defaults follow the spec. The STUN default points at loopback because meshrtc ships its own
     binding responder for demos and tests: an unanswered STUN server costs aiortc 5 s of ICE gathering.
+
+    There is no RTCP switch or interval: Sender Reports are what A/V sync maps RTP to wall-clock
+    time with, and receiver reports what quality control reads, so RTCP is always on, at aiortc's
+    own cadence (0.5–1.5 s, randomised per report; README "Configuration").
     """
 
     signaling_url: str = attrs.field(
@@ -237,6 +240,8 @@ class TransportConfig:
     max_peers: int = attrs.field(
         default=MAX_PEERS_LIMIT, validator=_int_in_range(1, MAX_PEERS_LIMIT)
     )
+    #: The audio codec offered and accepted (an offer without it gets its audio section rejected).
+    #: Opus is the only one: it is the one meshrtc decodes.
     audio_codec: AudioCodec = attrs.field(default=AudioCodec.OPUS, converter=_audio_codec)
     video_codec: VideoCodec = attrs.field(default=VideoCodec.VP9, converter=_video_codec)
     enable_data_channel: bool = attrs.field(default=True, validator=_bool("enable_data_channel"))
@@ -247,7 +252,6 @@ class TransportConfig:
     jitter_buffer_size_ms: int = attrs.field(
         default=50, validator=_int_in_range(*JITTER_BUFFER_RANGE_MS)
     )
-    enable_rtcp: bool = attrs.field(default=True, validator=_bool("enable_rtcp"))
     ice_transport_policy: IceTransportPolicy = attrs.field(
         default=IceTransportPolicy.ALL, converter=_ice_transport_policy
     )
@@ -255,7 +259,4 @@ class TransportConfig:
     #: loopback); tests and the demo use ``("127.0.0.1",)`` so media never leaves loopback.
     ice_host_addresses: tuple[str, ...] | None = attrs.field(
         default=None, converter=_host_addresses
-    )
-    rtcp_interval_ms: int = attrs.field(
-        default=5000, validator=_int_in_range(*RTCP_INTERVAL_RANGE_MS)
     )

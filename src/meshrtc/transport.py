@@ -21,7 +21,6 @@ from meshrtc.errors import MeshRtcError
 from meshrtc.pipeline.manifest import Manifest
 from meshrtc.pipeline.runner import PipelineRunner
 from meshrtc.rtc.bridge import open_bridge
-from meshrtc.rtc.host_candidates import set_host_addresses
 from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerOptions
 from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
 from meshrtc.session.manager import RunningSession, SessionManager
@@ -101,7 +100,6 @@ class WebRtcTransport(StatefulModel):
         if self.state != "Created":
             raise TransportError(f"a transport runs once (state {self.state})")
         started = time.monotonic()
-        set_host_addresses(self.config.ice_host_addresses)
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:

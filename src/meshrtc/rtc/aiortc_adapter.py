@@ -1111,7 +1111,8 @@ class VideoDecoder:
     concatenation with aiortc's decoder (libvpx / FFmpeg h264 via PyAV); VP9 goes through
     :class:`~meshrtc.media.vp9.Vp9Depayloader` (a frame must run B … E) and
     :class:`~meshrtc.rtc.vp9_codec.Vp9Decoder`. A malformed or incomplete frame or a decode failure
-    returns no frames and sets :attr:`keyframe_needed` (send a PLI, then wait for a keyframe).
+    returns no frames and counts in :attr:`errors`; whether that calls for a keyframe is decided by
+    :class:`~meshrtc.media.keyframe.KeyframePolicy`, not here.
     """
 
     def __init__(self, codec: RTCRtpCodecParameters) -> None:
@@ -1126,7 +1127,6 @@ class VideoDecoder:
         else:
             self._decoder = get_decoder(codec)
         self.errors = 0
-        self.keyframe_needed = False
 
     def decode(self, packets: Sequence[MediaFrame]) -> list[av.VideoFrame]:
         if not packets:
@@ -1143,10 +1143,7 @@ class VideoDecoder:
             frames = cast(list[av.VideoFrame], decoded)
         except (ValueError, av.FFmpegError):
             self.errors += 1
-            self.keyframe_needed = True
             return []
-        if frames:
-            self.keyframe_needed = False
         return frames
 
 

@@ -11,9 +11,9 @@ on Python 3.14 (docs/rtc-bridge.md, design section 2). So:
 * asyncio → trio: :class:`ToTrio` queues items from the asyncio thread and flushes them into a trio
   memory channel with one ``run_sync_soon`` per batch, so packet-rate producers cost one cross-thread
   wake-up per batch rather than per item, and the asyncio thread never waits on trio.
-* :func:`open_bridge` starts the thread and stops it: registered aiortc objects are closed, leftover
-  tasks cancelled, the default executor (aiortc encodes in it) shut down, and the thread joined, each
-  step bounded in time.
+* :func:`open_bridge` installs meshrtc's aiortc patches (once), starts the thread and stops it:
+  registered aiortc objects are closed, leftover tasks cancelled, the default executor (aiortc
+  encodes in it) shut down, and the thread joined, each step bounded in time.
 * The GIL: while a bridge is open the interpreter's switch interval is lowered (default 5 ms to
   :data:`SWITCH_INTERVAL`). Trio's thread releases the GIL on every I/O poll and then waits for it
   behind the encoder and asyncio threads; with the default interval each wait can cost 5 ms, and an
@@ -37,6 +37,7 @@ from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple
 import trio
 
 from meshrtc.errors import MeshRtcError
+from meshrtc.rtc.aiortc_adapter import install_aiortc_patches
 
 __all__ = [
     "Bridge",
@@ -381,10 +382,16 @@ async def open_bridge(
 ) -> AsyncIterator[Bridge]:
     """Run an asyncio loop in a dedicated thread for the duration of the block.
 
+    First installs meshrtc's aiortc/aioice patches (idempotent;
+    :func:`~meshrtc.rtc.aiortc_adapter.install_aiortc_patches`): importing meshrtc changes no
+    aiortc global, opening a bridge is what makes VP9, the RSA DTLS suites and per-connection
+    ICE host addresses available.
+
     On exit (normal, error or cancellation) registered objects are closed, remaining tasks cancelled
     and the thread joined; each step is bounded by ``close_timeout`` seconds and a step that overruns
     is logged, never waited on forever.
     """
+    install_aiortc_patches()
     token = trio.lowlevel.current_trio_token()
     loop = asyncio.new_event_loop()
     started = trio.Event()

@@ -12,13 +12,9 @@ is polite and gives way when both offer at once.
 
 One task, :meth:`PeerConnection._supervise`, makes every negotiation and state decision, reading a
 single control channel (signals from the remote, aiortc state changes, timers), so there is no
-interleaving to reason about. Per link, one media task feeds the tap's packets and Sender Reports
-into the :class:`~meshrtc.media.sync.SyncManager`, sleeps until its ``next_due()`` (or the next
-packet), decodes what is due and hands it to :attr:`PeerConnection.received`. Audio (cheap Opus)
-is decoded in that task; video goes to the link's own decode thread (a
-:class:`~meshrtc.rtc.decode_worker.DecodeWorker` named ``meshrtc-video-<peer>``, started by the first
-frame, joined when the link is dropped), so a slow decode never blocks trio, and a second task
-delivers its pictures in order.
+interleaving to reason about. Per link, a :class:`~meshrtc.rtc.receiver.MediaReceiver` runs the
+receive path (ingest → SyncManager → decode → keyframe policy) and hands what is due to
+:attr:`PeerConnection.received`; this class only builds it and joins it with the link.
 
 The state mirrors aiortc's connection state (invariant 8): Connected is entered on aiortc's
 ``connected`` (never without a remote SDP: the transition is guarded), and left the moment aiortc
@@ -28,7 +24,6 @@ reports ``failed``/``closed``, a remote re-offer replaces the link, or the media
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -56,11 +51,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from meshrtc.config import DataChannelMode, IceTransportPolicy, TransportConfig
 from meshrtc.errors import ConfigError, MeshRtcError
-from meshrtc.media.audio_stage import SAMPLE_RATE as STAGE_SAMPLE_RATE
-from meshrtc.media.audio_stage import DriftCompensationStage, applied_correction
 from meshrtc.media.frame import FrameType, MediaFrame
-from meshrtc.media.jitter import AudioPacket, Gap, InsertResult, KeyframeRequest, VideoFrame
-from meshrtc.media.keyframe import is_keyframe_for
 from meshrtc.media.negotiation import accepted_kinds
 from meshrtc.media.quality import (
     BitrateAction,
@@ -69,20 +60,15 @@ from meshrtc.media.quality import (
     ConnectionQuality,
     ConnectionQualityMetrics,
 )
-from meshrtc.media.rtcp import NTP_EPOCH_OFFSET, ReceptionReport, SenderReport
-from meshrtc.media.sync import AlignedItem, SyncManager
+from meshrtc.media.rtcp import SenderReport
+from meshrtc.media.sync import SyncManager
 from meshrtc.rtc.aiortc_adapter import (
-    AudioDecoder,
     CandidatePairInfo,
     ImpairmentConfig,
     NegotiatedAnswer,
     PathControl,
     PeerTap,
-    RembReport,
-    RtcpActivity,
-    TapEvent,
     UnanswerableOfferError,
-    VideoDecoder,
     answer_offer,
     apply_answer,
     codec_preferences,
@@ -91,11 +77,11 @@ from meshrtc.rtc.aiortc_adapter import (
     tap_peer_connection,
 )
 from meshrtc.rtc.bridge import Bridge, ToTrio
-from meshrtc.rtc.decode_worker import DecodeWorker
-from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
+from meshrtc.rtc.events import ReceivedMedia
 from meshrtc.rtc.host_candidates import set_host_addresses
+from meshrtc.rtc.peer_stats import PeerStats
+from meshrtc.rtc.receiver import ChannelMessage, MediaEvent, MediaReceiver
 from meshrtc.rtc.tracks import (
-    AUDIO_FRAME_SAMPLES,
     DEFAULT_SEND_LATENCY,
     AudioOutputTrack,
     MediaClock,
@@ -153,23 +139,6 @@ _CODEC_MIME = {"H264": "video/H264", "VP8": "video/VP8", "VP9": "video/VP9"}
 _MEDIA_KINDS = frozenset({"audio", "video", "data"})
 #: ``PeerOptions.audio_send_queue`` for real-time producers (a pipeline, a microphone): 100 ms.
 REALTIME_SEND_QUEUE = 0.1
-#: Keyframe requests (PLI) for one link are at least this far apart.
-_PLI_INTERVAL = 0.3
-#: While a requested keyframe has not been decoded, the request is repeated this often: the jitter
-#: buffer asks once per loss episode, and a keyframe that is itself lost or late would otherwise
-#: leave video frozen until the sender's next periodic keyframe (aiortc: every 3000 frames).
-_PLI_RETRY = 1.0
-#: Audio packet duration assumed for concealment and for the sender time of concealed packets.
-_AUDIO_STEP = AUDIO_FRAME_SAMPLES / 48_000
-#: A decoded picture waits at most this long for the audio presented with it to leave the audio
-#: stage (which holds audio 5-25 ms; more only if the trio thread is stalled).
-_VIDEO_WAITS_FOR_AUDIO = 0.1
-#: Audio presented within this long before a picture counts as flowing (worth waiting for).
-_AUDIO_FLOWING = 0.1
-#: Video frames a link's decode thread may have in hand (queued, decoding, or decoded and not yet
-#: delivered). Beyond it the decoder is not keeping up: a frame is dropped and a keyframe asked
-#: for, instead of every later picture arriving later (at 30 fps, 4 frames is ~130 ms).
-_VIDEO_BACKLOG = 4
 
 
 class PeerError(MeshRtcError):
@@ -235,44 +204,6 @@ class PeerOptions:
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
 
 
-@attrs.define
-class PeerStats:
-    """Counters over the PeerConnection's life (all links)."""
-
-    audio_packets: int = 0
-    video_packets: int = 0
-    #: Packets the jitter buffers refused: behind the playout point (or too old), or copies.
-    late_packets: int = 0
-    duplicate_packets: int = 0
-    sender_reports: int = 0
-    #: Sender Reports for an SSRC no packet has been seen from yet (dropped: its kind is unknown).
-    unmatched_sender_reports: int = 0
-    reception_reports: int = 0
-    #: Audio items delivered: decoded packets and concealed packets.
-    audio_frames: int = 0
-    concealed_frames: int = 0
-    video_frames: int = 0
-    video_decode_errors: int = 0
-    #: Video frames not decoded because decoding fell behind (``_VIDEO_BACKLOG``), and the frames
-    #: after such a drop skipped until the next keyframe (they reference the dropped one).
-    video_frames_dropped: int = 0
-    keyframe_requests: int = 0
-    data_sent: int = 0
-    data_received: int = 0
-    #: Items dropped because nobody read ``received`` in time.
-    received_dropped: int = 0
-    #: Remote candidates refused by validation.
-    invalid_candidates: int = 0
-    #: Colliding offers ignored (we are the impolite, lower id) and answers to abandoned attempts.
-    ignored_offers: int = 0
-    stale_answers: int = 0
-    #: Offers we could not answer at all (the offerer got a ``peer.error``).
-    refused_offers: int = 0
-    #: Links built (the first connection and every rebuild) and reconnections that succeeded.
-    links: int = 0
-    reconnects: int = 0
-
-
 # --- control messages (all handled by the supervisor task) -----------------------------------
 
 
@@ -302,37 +233,7 @@ class _ChannelReady:
 _Control: TypeAlias = _Signal | _StartOffer | _PcState | _ChannelReady
 
 
-@attrs.frozen
-class _Message:
-    data: bytes | str
-    at: float
-
-
-_MediaEvent: TypeAlias = TapEvent | _Message
-
-
-@attrs.frozen(eq=False)
-class _VideoJob:
-    """One video frame for the link's decode thread, with what its delivery needs afterwards."""
-
-    frame: VideoFrame
-    sender_time: float | None
-    presentation_time: float
-
-
-@attrs.frozen(eq=False)
-class _Decoded:
-    pictures: list[av.VideoFrame]
-    #: Decode failures during this frame, and the decoder's ``keyframe_needed`` afterwards.
-    errors: int
-    keyframe_needed: bool
-
-
-def _decode_on_worker(decoder: VideoDecoder, job: _VideoJob) -> _Decoded:
-    """On the link's decode thread: the only place ``decoder`` is used once it has a thread."""
-    errors = decoder.errors
-    pictures = decoder.decode(job.frame.packets)
-    return _Decoded(pictures, decoder.errors - errors, decoder.keyframe_needed)
+_MediaEvent: TypeAlias = MediaEvent
 
 
 @attrs.define(eq=False)
@@ -348,35 +249,25 @@ class _Link:
     audio_track: AudioOutputTrack | None
     video_track: VideoOutputTrack | None
     started_at: float
+    #: The link's receive path: ingest, sync, decode, keyframe policy.
+    receiver: MediaReceiver
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    nursery: trio.Nursery | None = None
     offer_tag: str | None = None
     remote_set: bool = False
     pending_candidates: list[RTCIceCandidate | None] = attrs.Factory(list)
     #: Media kinds the negotiation accepted (a section the answer rejected carries nothing).
     kinds: frozenset[str] = frozenset()
     channel: RTCDataChannel | None = None
-    last_activity: float = 0.0
-    audio_decoder: AudioDecoder | None = None
-    #: Built on the trio thread, then used only by ``video_worker``'s thread.
-    video_decoder: VideoDecoder | None = None
-    video_worker: DecodeWorker[_VideoJob, _Decoded] | None = None
-    #: A frame was dropped (decoding fell behind): skip frames until a keyframe.
-    video_skip_to_keyframe: bool = False
-    ssrc_kinds: dict[int, FrameType] = attrs.Factory(dict)
-    keyframe_detectors: dict[int, Callable[[MediaFrame], bool]] = attrs.Factory(dict)
-    last_pli: float = -math.inf
-    #: Since when a keyframe has been asked for and not yet decoded (None: none wanted).
-    keyframe_wanted_since: float | None = None
-    last_presented: float = -math.inf
     controllers: dict[FrameType, BitrateController] = attrs.Factory(dict)
-    #: Decoded audio → 960-sample frames 20 ms apart on our clock (drift compensated); one per
-    #: link, so a rebuilt link starts it afresh.
-    audio_stage: DriftCompensationStage = attrs.Factory(DriftCompensationStage)
-    #: Presentation time of the newest decoded audio block handed to ``audio_stage``.
-    audio_input_time: float = -math.inf
-    #: Set (and replaced) each time ``audio_stage`` delivers frames: video waiting for its audio.
-    audio_progress: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def last_activity(self) -> float:
+        """Newest arrival of anything from the remote (the media timeout reads it)."""
+        return self.receiver.last_activity
+
+    @last_activity.setter
+    def last_activity(self, value: float) -> None:
+        self.receiver.last_activity = value
 
 
 # --- SDP helpers --------------------------------------------------------------------------------
@@ -470,12 +361,6 @@ async def _local_answer(
 
 async def _apply_answer(pc: RTCPeerConnection, answer: str) -> tuple[int, ...]:
     return await apply_answer(pc, answer)
-
-
-def _ntp_now_at(monotonic_time: float) -> int:
-    """Our 64-bit NTP wall clock at ``monotonic_time`` (what aiortc stamps its SRs with)."""
-    wall = time.time() - (time.monotonic() - monotonic_time)
-    return int((wall + NTP_EPOCH_OFFSET) * 4294967296.0)
 
 
 class PeerConnection(StatefulModel):
@@ -623,13 +508,8 @@ class PeerConnection(StatefulModel):
     @property
     def codecs(self) -> dict[FrameType, str]:
         """The negotiated codec (MIME type) of each kind the current link has started decoding."""
-        out: dict[FrameType, str] = {}
         link = self._link
-        if link is not None and link.audio_decoder is not None:
-            out[FrameType.AUDIO] = link.audio_decoder.codec.mimeType
-        if link is not None and link.video_decoder is not None:
-            out[FrameType.VIDEO] = link.video_decoder.codec.mimeType
-        return out
+        return {} if link is None else link.receiver.codecs
 
     def get_metrics(self) -> ConnectionQualityMetrics:
         """The latest quality snapshot (refreshed every ``quality_interval``; computed if none yet)."""
@@ -1069,8 +949,21 @@ class PeerConnection(StatefulModel):
         )
         self.bridge.register(pc)
         now = time.monotonic()
-        link = _Link(generation, offerer, pc, tap, media_pipe, media, audio_track, video_track, now)
-        link.last_activity = now
+        receiver = MediaReceiver(
+            self.peer_id,
+            tap=tap,
+            bridge=self.bridge,
+            sync=self.sync_manager,
+            quality=self.quality,
+            stats=self.stats,
+            sender_reports=self.sender_reports,
+            deliver=self._deliver,
+            close_timeout=self.options.close_timeout,
+            started_at=now,
+        )
+        link = _Link(
+            generation, offerer, pc, tap, media_pipe, media, audio_track, video_track, now, receiver
+        )
         self._link = link
         self.stats.links += 1
         self._nursery.start_soon(self._run_link, link)
@@ -1148,7 +1041,9 @@ class PeerConnection(StatefulModel):
         self, generation: int, channel: RTCDataChannel, media_pipe: ToTrio[_MediaEvent]
     ) -> None:
         """On the loop thread: messages to the link's media channel, readiness to the supervisor."""
-        channel.on("message", media_pipe.handler(lambda data: _Message(data, time.monotonic())))
+        channel.on(
+            "message", media_pipe.handler(lambda data: ChannelMessage(data, time.monotonic()))
+        )
         ready = _ChannelReady(generation, channel)
         if channel.readyState == "open":
             self._control_pipe.send(ready)
@@ -1162,8 +1057,7 @@ class PeerConnection(StatefulModel):
             return
         link.scope.cancel()
         link.media_pipe.close()
-        if link.video_worker is not None:
-            await link.video_worker.aclose()  # shielded, bounded by close_timeout
+        await link.receiver.aclose()  # the decode thread: shielded, bounded by close_timeout
         with trio.CancelScope(shield=True), trio.move_on_after(self.options.close_timeout) as scope:
             try:
                 await self.bridge.call(link.tap.close)
@@ -1182,103 +1076,14 @@ class PeerConnection(StatefulModel):
 
     async def _run_link(self, link: _Link) -> None:
         with link.scope:
-            async with trio.open_nursery() as nursery:
-                link.nursery = nursery
-                await self._media_loop(link)
+            await link.receiver.run(link.media)
 
-    # --- receive path ---------------------------------------------------------------------------
+    # --- receive path (rtc/receiver.py) ---------------------------------------------------------
 
     def _is_keyframe(self, frame: MediaFrame) -> bool:
-        """The video jitter buffer's keyframe test, for whatever codec this link negotiated."""
+        """The video jitter buffer's keyframe test: the current link's receiver knows the codec."""
         link = self._link
-        if link is None:
-            return False
-        detector = link.keyframe_detectors.get(frame.payload_type)
-        if detector is None:
-            codec = link.tap.codec(frame)
-            if codec is None:
-                return False
-            try:
-                detector = is_keyframe_for(codec.name)
-            except ConfigError:
-                log.warning("peer %s: no keyframe detector for %s", self.peer_id, codec.name)
-                return False
-            link.keyframe_detectors[frame.payload_type] = detector
-        return detector(frame)
-
-    async def _media_loop(self, link: _Link) -> None:
-        """Packets in as they come, media out when the SyncManager says it is due."""
-        media = link.media
-        sync = self.sync_manager
-        while True:
-            now = time.monotonic()
-            due = sync.next_due()
-            wait = math.inf if due is None else due - now
-            if wait > 0:
-                with trio.move_on_after(wait):
-                    try:
-                        event = await media.receive()
-                    except (trio.EndOfChannel, trio.ClosedResourceError):
-                        return
-                    arrived = time.monotonic()
-                    self._ingest(link, event, arrived)
-                    while True:
-                        try:
-                            event = media.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                        except (trio.EndOfChannel, trio.ClosedResourceError):
-                            return
-                        self._ingest(link, event, arrived)
-            now = time.monotonic()
-            items = sync.pop_next_aligned(now)
-            for item in items:
-                self._play(link, item)
-            if link.keyframe_wanted_since is not None and now - link.last_pli >= _PLI_RETRY:
-                self._request_keyframe(link)
-            if not items and wait <= 0:
-                await trio.sleep(0.001)  # due now but nothing released: do not spin
-
-    def _ingest(self, link: _Link, event: _MediaEvent, arrived: float) -> None:
-        """One event from the tap. ``arrived`` is when it reached this task: the jitter buffer
-        times packets by when *it* can have them, so the hand-over from the asyncio thread is
-        part of the jitter it absorbs; the quality figures use the network arrival time."""
-        stats = self.stats
-        if isinstance(event, MediaFrame):
-            if event.received_at > link.last_activity:
-                link.last_activity = event.received_at
-            kind = event.frame_type
-            if event.ssrc not in link.ssrc_kinds:
-                link.ssrc_kinds[event.ssrc] = kind
-            if kind is FrameType.AUDIO:
-                stats.audio_packets += 1
-            else:
-                stats.video_packets += 1
-            self.quality.on_packet(event)
-            result = self.sync_manager.insert(event, arrived)
-            if result is InsertResult.LATE:
-                stats.late_packets += 1
-            elif result is InsertResult.DUPLICATE:
-                stats.duplicate_packets += 1
-        elif isinstance(event, _Message):
-            link.last_activity = max(link.last_activity, event.at)
-            stats.data_received += 1
-            self._deliver(ReceivedData(self.peer_id, event.data, event.at))
-        elif isinstance(event, SenderReport):
-            link.last_activity = max(link.last_activity, event.received_at)
-            sr_kind = link.ssrc_kinds.get(event.ssrc)
-            if sr_kind is None:
-                stats.unmatched_sender_reports += 1
-                return
-            stats.sender_reports += 1
-            self.sender_reports[sr_kind] = event
-            self.sync_manager.on_sender_report(sr_kind, event)
-        elif isinstance(event, ReceptionReport):
-            link.last_activity = max(link.last_activity, event.received_at)
-            stats.reception_reports += 1
-            self.quality.on_reception_report(event, arrival_ntp=_ntp_now_at(event.received_at))
-        elif isinstance(event, RembReport | RtcpActivity):
-            link.last_activity = max(link.last_activity, event.received_at)
+        return link is not None and link.receiver.is_keyframe(frame)
 
     def _deliver(self, item: ReceivedMedia) -> None:
         try:
@@ -1287,206 +1092,6 @@ class PeerConnection(StatefulModel):
             self.stats.received_dropped += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-
-    def _play(self, link: _Link, aligned: AlignedItem) -> None:
-        item = aligned.item
-        sender = aligned.sender_unix_time
-        if isinstance(item, AudioPacket):
-            decoder = link.audio_decoder
-            if decoder is None:
-                codec = link.tap.codec(item.frame)
-                if codec is None:
-                    return
-                decoder = link.audio_decoder = AudioDecoder(codec)
-            pcm = decoder.decode(item.frame)
-            if len(pcm):
-                self.stats.audio_frames += 1
-                self._play_audio(
-                    link,
-                    pcm,
-                    aligned.presentation_time,
-                    sender,
-                    item.frame.rtp_timestamp,
-                    item.frame.received_at,
-                    concealed=False,
-                    stream=item.frame.ssrc,
-                )
-            return
-        if isinstance(item, Gap):
-            if item.frame_type is not FrameType.AUDIO:
-                return
-            decoder = link.audio_decoder
-            for i in range(item.count):
-                if decoder is None:
-                    pcm = np.zeros((AUDIO_FRAME_SAMPLES, 2), dtype=np.float32)
-                else:
-                    pcm = decoder.conceal(AUDIO_FRAME_SAMPLES)
-                self.stats.audio_frames += 1
-                self.stats.concealed_frames += 1
-                self._play_audio(
-                    link,
-                    pcm,
-                    aligned.presentation_time + i * _AUDIO_STEP,
-                    None if sender is None else sender + i * _AUDIO_STEP,
-                    (item.rtp_timestamp + i * AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF,
-                    None,
-                    concealed=True,
-                )
-            return
-        # The timeline is floating point: items due together can differ in the last bits. Keep the
-        # promise that a peer's local times never go backwards.
-        link.last_presented = max(link.last_presented, aligned.presentation_time)
-        if isinstance(item, VideoFrame):
-            self._decode_video(link, aligned, item)
-        elif isinstance(item, KeyframeRequest):
-            self._request_keyframe(link)
-
-    def _play_audio(
-        self,
-        link: _Link,
-        pcm: npt.NDArray[np.float32],
-        presented: float,
-        sender: float | None,
-        rtp_timestamp: int,
-        received_at: float | None,
-        *,
-        concealed: bool,
-        stream: int | None = None,
-    ) -> None:
-        """One decoded (or concealed) block through the link's drift compensation stage.
-
-        What comes out is 960-sample frames whose local times advance by exactly 20 ms of our
-        clock (docs/media-sync.md, "Drift compensation in the live path"), resampled by the drift
-        estimator's factor once it is Stable: the router's grid then gets one frame per slot from
-        a sender whose clock runs fast or slow. A frame's local time is the presentation time of
-        its first sample, so it leaves the stage 5-25 ms after that time (resampler delay plus the
-        part of a frame still being filled); video waits for it in :meth:`_video_results`.
-        """
-        when = link.audio_input_time = max(link.audio_input_time, presented)
-        factor = applied_correction(self.sync_manager.clock_drift_estimator)
-        frames = link.audio_stage.push(
-            pcm,
-            when,
-            factor,
-            sender_time=sender,
-            rtp_timestamp=rtp_timestamp,
-            received_at=received_at,
-            concealed=concealed,
-            stream=stream,
-        )
-        for frame in frames:
-            link.last_presented = max(link.last_presented, frame.local_time)
-            self._deliver(
-                ReceivedAudio(
-                    self.peer_id,
-                    frame.samples,
-                    STAGE_SAMPLE_RATE,
-                    frame.samples.shape[1],
-                    frame.sender_time,
-                    frame.local_time,
-                    frame.concealed,
-                    frame.rtp_timestamp,
-                    frame.received_at,
-                )
-            )
-        if frames:
-            link.audio_progress.set()
-            link.audio_progress = trio.Event()
-
-    async def _wait_for_audio(self, link: _Link, presented: float) -> None:
-        """Until the audio presented up to ``presented`` has left the audio stage (bounded).
-
-        The stage delivers a frame once it is whole, up to 25 ms after its first sample's time;
-        a picture delivered before that would put :attr:`received` out of time order and show
-        ahead of its sound. Audio that is not flowing (nothing presented within
-        ``_AUDIO_FLOWING`` of the picture) is not waited for.
-        """
-        stage = link.audio_stage
-        with trio.move_on_after(_VIDEO_WAITS_FOR_AUDIO):
-            while (
-                stage.next_stamp is not None
-                and stage.next_stamp <= presented
-                and link.audio_input_time >= presented - _AUDIO_FLOWING
-            ):
-                await link.audio_progress.wait()
-
-    def _decode_video(self, link: _Link, aligned: AlignedItem, item: VideoFrame) -> None:
-        """Hand the frame to the link's decode thread (started with the first frame), in order.
-
-        Decoding on the trio thread blocked it for ~20% of its time in the 3-peer demo, delaying
-        every other peer's audio; :meth:`_video_results` delivers the pictures. Its ``local_time``
-        is settled on delivery, so the items of :attr:`received` keep non-decreasing local times.
-        """
-        worker = link.video_worker
-        if worker is None:
-            codec = link.tap.codec(item.packets[0])
-            if codec is None or link.nursery is None:
-                return
-            decoder = link.video_decoder = VideoDecoder(codec)
-            worker = link.video_worker = DecodeWorker(
-                f"meshrtc-video-{self.peer_id}",
-                functools.partial(_decode_on_worker, decoder),
-                max_pending=_VIDEO_BACKLOG,
-                close_timeout=self.options.close_timeout,
-            )
-            link.nursery.start_soon(self._video_results, link, worker)
-        if (
-            link.video_skip_to_keyframe
-            and not item.keyframe
-            and link.keyframe_detectors.get(item.packets[0].payload_type) is not None
-        ):
-            self.stats.video_frames_dropped += 1
-            return
-        if not worker.submit(_VideoJob(item, aligned.sender_unix_time, aligned.presentation_time)):
-            self.stats.video_frames_dropped += 1
-            if not link.video_skip_to_keyframe:
-                log.info(
-                    "peer %s: video decoding is %d frames behind; dropping until a keyframe",
-                    self.peer_id,
-                    worker.pending,
-                )
-            link.video_skip_to_keyframe = True
-            self._request_keyframe(link)
-            return
-        link.video_skip_to_keyframe = False
-
-    async def _video_results(self, link: _Link, worker: DecodeWorker[_VideoJob, _Decoded]) -> None:
-        """Per link: the decode thread's pictures to :attr:`received`, in frame order."""
-        async for result in worker:
-            job = result.job
-            decoded = result.unwrap()  # a bug in the decoder ends the link's tasks, as inline
-            if decoded.pictures:
-                await self._wait_for_audio(link, job.presentation_time)
-            when = link.last_presented = max(link.last_presented, job.presentation_time)
-            if decoded.pictures:
-                link.keyframe_wanted_since = None
-            for picture in decoded.pictures:
-                self.stats.video_frames += 1
-                self.quality.set_video_resolution(picture.width, picture.height, when)
-                self._deliver(
-                    ReceivedVideo(
-                        self.peer_id, picture, job.sender_time, when, job.frame.rtp_timestamp
-                    )
-                )
-            self.stats.video_decode_errors += decoded.errors
-            if decoded.keyframe_needed:
-                self._request_keyframe(link)
-
-    def _request_keyframe(self, link: _Link) -> None:
-        now = time.monotonic()
-        if link.keyframe_wanted_since is None:
-            link.keyframe_wanted_since = now
-        if now - link.last_pli < _PLI_INTERVAL or link.nursery is None:
-            return
-        link.last_pli = now
-        self.stats.keyframe_requests += 1
-        link.nursery.start_soon(self._send_pli, link)
-
-    async def _send_pli(self, link: _Link) -> None:
-        try:
-            await self.bridge.run(link.tap.request_keyframe)
-        except Exception as exc:  # noqa: BLE001 - a lost PLI is retried by the next loss
-            log.debug("peer %s: keyframe request failed: %r", self.peer_id, exc)
 
     # --- quality ----------------------------------------------------------------------------------
 
