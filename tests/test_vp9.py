@@ -596,7 +596,8 @@ def _media_frames(payloads: list[bytes], first_sequence: int, timestamp: int) ->
 
 
 def test_vp9_is_in_aiortc_capabilities_once_with_profile_0() -> None:
-    adapter.install_vp9()  # idempotent: already done at import
+    adapter.install_aiortc_patches()  # what open_bridge does
+    adapter.install_vp9()  # idempotent
     adapter.install_encoder_patches()
     capabilities = RTCRtpSender.getCapabilities("video")
     assert capabilities is not None
@@ -646,6 +647,8 @@ def test_video_decoder_decodes_vp9_and_asks_for_a_keyframe_after_damage() -> Non
 
 def _negotiate(offer_edit: Callable[[str], str], answer_prefers_vp9: bool) -> str:
     """Offer from one aiortc connection, edited, answered by another; the answer's video codecs."""
+
+    adapter.install_aiortc_patches()  # what open_bridge does; these connections have no bridge
 
     async def run() -> str:
         offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))

@@ -19,11 +19,11 @@ with the RTP router):
   ``get_encoder``.
 * **Decode.** :class:`AudioDecoder` / :class:`VideoDecoder` turn our jitter buffer's packets into
   PCM and pictures with aiortc's own depayloaders and PyAV decoders.
-* **VP9.** aiortc 1.16 has none; :func:`install_vp9` (run when this module is imported) adds it to
+* **VP9.** aiortc 1.16 has none; :func:`install_vp9` (run by :func:`install_aiortc_patches`) adds it to
   aiortc's codec list (``video/VP9``, ``profile-id=0``), teaches its negotiation to refuse other VP9
   profiles, and its sender/receiver to build :class:`~meshrtc.rtc.vp9_codec.Vp9Encoder` /
   :class:`~meshrtc.rtc.vp9_codec.Vp9Decoder` and strip RFC 9628 descriptors. See the VP9 section.
-* **DTLS with RSA peers.** :func:`install_dtls_rsa_suites` (run at import) adds the ECDHE-RSA
+* **DTLS with RSA peers.** :func:`install_dtls_rsa_suites` (likewise) adds the ECDHE-RSA
   suites to aiortc's ECDSA-only DTLS cipher list, so a peer with an RSA certificate can be DTLS
   server; :func:`rsa_certificate` / :func:`use_certificate` / :func:`dtls_cipher` for tests and
   diagnostics. See the DTLS section.
@@ -35,6 +35,10 @@ with the RTP router):
   and our jitter buffer, seeded, counting what it did. :class:`PathControl` works one level lower,
   on the ICE datagrams of a connection: it kills the path both ways (and restores it), or drops a
   seeded fraction of what arrives, so aiortc itself sees the loss (RTCP reports, ICE, DTLS).
+* **Installation.** Importing this module changes nothing in aiortc or aioice:
+  :func:`install_aiortc_patches` (called by :func:`~meshrtc.rtc.bridge.open_bridge`) installs the
+  process-wide patches above, idempotently; :func:`use_host_addresses` chooses one connection's
+  ICE host addresses without touching any other's.
 
 Everything that runs inline in aiortc's receive loop catches its own exceptions: one escaping would
 end the transport's receive task. Failures are counted and logged once per tap.
@@ -48,7 +52,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import attrs
@@ -105,7 +109,7 @@ from meshrtc.media.negotiation import (
 )
 from meshrtc.media.rtcp import ReceptionReport, SenderReport
 from meshrtc.media.vp9 import Vp9Depayloader, Vp9PayloadError, parse_descriptor
-from meshrtc.rtc import vp9_codec
+from meshrtc.rtc import host_candidates, vp9_codec
 
 __all__ = [
     "AdapterError",
@@ -132,6 +136,7 @@ __all__ = [
     "codec_preferences",
     "dtls_cipher",
     "ice_transports",
+    "install_aiortc_patches",
     "install_dtls_rsa_suites",
     "install_encoder_patches",
     "install_vp9",
@@ -142,6 +147,7 @@ __all__ = [
     "tap_peer_connection",
     "unusable_sections",
     "use_certificate",
+    "use_host_addresses",
 ]
 
 log = logging.getLogger(__name__)
@@ -1242,7 +1248,7 @@ def _wrap(module: Any, name: str, make: Callable[[Callable[..., Any]], Callable[
 
 
 def install_vp9() -> None:
-    """Teach aiortc VP9 (idempotent, process-wide; run when this module is imported).
+    """Teach aiortc VP9 (idempotent, process-wide; run by :func:`install_aiortc_patches`).
 
     * codec list: ``video/VP9`` with ``profile-id=0`` and RTX, so offers, answers and
       ``RTCRtpSender.getCapabilities("video")`` (hence ``setCodecPreferences``) include it;
@@ -1325,7 +1331,7 @@ DTLS_CIPHERS: Final = (
 
 def install_dtls_rsa_suites() -> None:
     """Make every aiortc DTLS context list the ECDHE-RSA suites too (idempotent, process-wide;
-    run when this module is imported)."""
+    run by :func:`install_aiortc_patches`)."""
 
     def make(previous: Callable[..., Any]) -> Callable[..., Any]:
         def _create_ssl_context(self: RTCCertificate, srtp_profiles: list[Any]) -> SSL.Context:
@@ -1393,11 +1399,11 @@ FILTER_PREFERRED_CODECS: Final = "filter_preferred_codecs"
 
 
 def codec_preferences(kind: str, mime: str | None = None) -> list[RTCRtpCodecCapability]:
-    """What a meshrtc transceiver of ``kind`` negotiates: audio Opus only (the one audio codec
-    meshrtc decodes); video ``mime`` (e.g. ``video/VP8``) and its RTX. Empty: aiortc's defaults
-    (``mime`` None, or a codec aiortc lacks)."""
+    """What a meshrtc transceiver of ``kind`` negotiates: ``mime`` (audio: ``audio/opus`` when
+    None, the one audio codec meshrtc decodes; video e.g. ``video/VP8``, with its RTX). Empty:
+    aiortc's defaults (video ``mime`` None, or a codec aiortc lacks)."""
     capabilities = RTCRtpSender.getCapabilities(kind)
-    wanted = "audio/opus" if kind == "audio" else (mime or "").lower()
+    wanted = (mime or ("audio/opus" if kind == "audio" else "")).lower()
     preferred = [c for c in capabilities.codecs if c.mimeType.lower() == wanted]
     if not preferred:
         return []
@@ -1526,5 +1532,42 @@ async def apply_answer(pc: RTCPeerConnection, answer: str) -> tuple[int, ...]:
     return rejected
 
 
-install_vp9()
-install_dtls_rsa_suites()
+# ---------------------------------------------------------------------------------------------
+# Installation: nothing above changes aiortc or aioice until open_bridge asks.
+
+#: ``RTCPeerConnection.__gather()``: ``setLocalDescription`` awaits it to gather every ICE
+#: transport's candidates; :func:`use_host_addresses` wraps it on one instance.
+PC_GATHER: Final = "_RTCPeerConnection__gather"
+
+
+def install_aiortc_patches() -> None:
+    """Install every process-wide change meshrtc makes to aiortc and aioice (idempotent).
+
+    :func:`~meshrtc.rtc.bridge.open_bridge` calls it before its loop starts, so importing meshrtc
+    changes no aiortc global; a program that uses these helpers without a bridge calls it first.
+    Each step checks its own wrapper is in place, so calling it again (or after a test restored
+    one global) installs only what is missing.
+    """
+    install_vp9()
+    install_dtls_rsa_suites()
+    host_candidates.install()
+
+
+def use_host_addresses(pc: RTCPeerConnection, addresses: Sequence[str] | None) -> None:
+    """Make ``pc`` gather host candidates on exactly ``addresses`` (``None``: the process default).
+
+    aioice has no per-connection choice (module docstring of :mod:`meshrtc.rtc.host_candidates`),
+    so ``pc``'s own gathering step runs inside :func:`~meshrtc.rtc.host_candidates.gathering_on`;
+    other connections, gathering at the same time on the same loop, keep theirs. Needs
+    :func:`install_aiortc_patches` (the bridge's); call before ``setLocalDescription``.
+    """
+    if addresses is None:
+        return
+    chosen = tuple(addresses)
+    gather: Callable[[], Coroutine[Any, Any, None]] = getattr(pc, PC_GATHER)
+
+    async def gather_on_chosen() -> None:
+        with host_candidates.gathering_on(chosen):
+            await gather()
+
+    setattr(pc, PC_GATHER, gather_on_chosen)

@@ -75,10 +75,10 @@ from meshrtc.rtc.aiortc_adapter import (
     dtls_cipher,
     selected_candidate_pair,
     tap_peer_connection,
+    use_host_addresses,
 )
 from meshrtc.rtc.bridge import Bridge, ToTrio
 from meshrtc.rtc.events import ReceivedMedia
-from meshrtc.rtc.host_candidates import set_host_addresses
 from meshrtc.rtc.peer_stats import PeerStats
 from meshrtc.rtc.receiver import ChannelMessage, MediaEvent, MediaReceiver
 from meshrtc.rtc.tracks import (
@@ -942,8 +942,6 @@ class PeerConnection(StatefulModel):
             video_track.put(self._last_picture)
         if audio_track is not None and self._audio_started:
             audio_track.start()
-        if self.config.ice_host_addresses is not None:
-            set_host_addresses(self.config.ice_host_addresses)
         pc, tap = await self.bridge.call(
             self._build, generation, offerer, media_pipe, audio_track, video_track
         )
@@ -993,6 +991,7 @@ class PeerConnection(StatefulModel):
                 bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
             )
         )
+        use_host_addresses(pc, self.config.ice_host_addresses)
         preferences = self._codec_preferences()
         if audio_track is not None:
             audio = pc.addTransceiver(audio_track, direction="sendrecv")
@@ -1030,10 +1029,11 @@ class PeerConnection(StatefulModel):
         return pc, tap
 
     def _codec_preferences(self) -> dict[str, list[RTCRtpCodecCapability]]:
-        """Per kind, the only codecs this peer negotiates: Opus, and ``config.video_codec``."""
+        """Per kind, the only codecs this peer negotiates: ``config.audio_codec`` (Opus) and
+        ``config.video_codec``."""
         mime = _CODEC_MIME.get(str(self.config.video_codec).upper())
         return {
-            "audio": codec_preferences("audio"),
+            "audio": codec_preferences("audio", f"audio/{self.config.audio_codec.value}"),
             "video": codec_preferences("video", mime),
         }
 
