@@ -40,6 +40,7 @@ import attrs
 
 from meshrtc.errors import ConfigError
 from meshrtc.media.frame import CLOCK_RATES, FrameType, MediaFrame
+from meshrtc.media.seq import seq_diff, ts_diff
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
 if TYPE_CHECKING:
@@ -127,9 +128,7 @@ _STABLE_TOLERANCE = 0.005
 _LOST_MEMORY = 4096
 #: Before anything played, an earlier packet (reordered at the very start) may lower the head this far.
 _MAX_START_REORDER = 1024
-_H16 = 0x8000
 _M16 = 0xFFFF
-_H32 = 0x80000000
 _M32 = 0xFFFFFFFF
 #: Extended sequence numbers start one cycle up so that early reordering never goes negative.
 _SEQ_CYCLE = 0x10000
@@ -485,7 +484,7 @@ class JitterBuffer(StatefulModel):
         highest = self._highest
         if highest is None:
             return self._first(frame, now)
-        ext = highest + ((frame.sequence_number - highest + _H16) & _M16) - _H16
+        ext = highest + seq_diff(frame.sequence_number, highest)
         if ext < self._head:
             return self._behind(ext, frame, now)
         packets = self._packets
@@ -493,7 +492,7 @@ class JitterBuffer(StatefulModel):
             self._duplicate_count += 1
             return _DUPLICATE
         ts_hi = self._ts_hi
-        ets = ts_hi + ((frame.rtp_timestamp - ts_hi + _H32) & _M32) - _H32
+        ets = ts_hi + ts_diff(frame.rtp_timestamp, ts_hi)
         transit = now - ets * self._inv_rate
         d = transit - self._prev_transit
         self._prev_transit = transit
@@ -555,7 +554,7 @@ class JitterBuffer(StatefulModel):
         """A packet below the head: an early packet reordered at the very start, or late/duplicate."""
         if self.state is BUFFERING and self._head - ext <= _MAX_START_REORDER:
             # Nothing has played yet: start from this earlier packet instead (unless it is too old).
-            ets = self._ts_hi + ((frame.rtp_timestamp - self._ts_hi + _H32) & _M32) - _H32
+            ets = self._ts_hi + ts_diff(frame.rtp_timestamp, self._ts_hi)
             if now - ets * self._inv_rate - self._base > self._late_after:
                 self._late_count += 1
                 return InsertResult.LATE
@@ -589,7 +588,7 @@ class JitterBuffer(StatefulModel):
             return
         last_ts = self._last_ts
         oldest = packets.get(self._head) or packets[min(packets)]
-        oldest_ts = last_ts + ((oldest.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+        oldest_ts = last_ts + ts_diff(oldest.rtp_timestamp, last_ts)
         limit = self._max + 0.001
         span = (self._ts_hi - oldest_ts) * self._inv_rate
         wait = self._ts_hi * self._inv_rate + self._offset - now
@@ -616,7 +615,7 @@ class JitterBuffer(StatefulModel):
                 prev = None
                 head += 1
                 continue
-            ets = last_ts + ((p.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+            ets = last_ts + ts_diff(p.rtp_timestamp, last_ts)
             if ets >= cutoff and (
                 not self._video or prev is None or prev.rtp_timestamp != p.rtp_timestamp
             ):
@@ -639,7 +638,7 @@ class JitterBuffer(StatefulModel):
             log.debug("%s jitter buffer: sender timeline jumped, restarting", self.kind.value)
             self.reset()
             return
-        first_ts = last_ts + ((first.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+        first_ts = last_ts + ts_diff(first.rtp_timestamp, last_ts)
         # The oldest packet kept plays now at the latest (a stalled consumer finds it overdue).
         self._offset = min(self._offset, now - first_ts * self._inv_rate)
         self._due_valid = False
@@ -680,7 +679,7 @@ class JitterBuffer(StatefulModel):
         played = False
         p = packets.get(head)
         while p is not None:
-            ets = last_ts + ((p.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+            ets = last_ts + ts_diff(p.rtp_timestamp, last_ts)
             due = ets * inv + offset
             if due > now:
                 break
@@ -733,7 +732,7 @@ class JitterBuffer(StatefulModel):
         while True:
             p = packets.get(head)
             if p is not None:
-                ets = last_ts + ((p.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+                ets = last_ts + ts_diff(p.rtp_timestamp, last_ts)
                 due = ets * inv + offset
                 step = ets - last_ts
                 if step != self._step:
@@ -759,7 +758,7 @@ class JitterBuffer(StatefulModel):
                 n = min(packets)
                 nxt = packets[n]
             missing = n - head
-            n_ts = last_ts + ((nxt.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+            n_ts = last_ts + ts_diff(nxt.rtp_timestamp, last_ts)
             # The missing packets sit just before the next one at the usual packet duration (so a
             # talk spurt whose first packets were lost after a silence is placed right); when that
             # would overlap the packet before the gap, spread them evenly instead.
@@ -838,7 +837,7 @@ class JitterBuffer(StatefulModel):
                     break
                 n = self._next_present(head)
                 nxt = packets[n]
-                n_ts = last_ts + ((nxt.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+                n_ts = last_ts + ts_diff(nxt.rtp_timestamp, last_ts)
                 due = n_ts * inv + offset
                 if due > now:
                     self._stop_seq = n
@@ -850,7 +849,7 @@ class JitterBuffer(StatefulModel):
                 self._begin_episode(KeyframeReason.LOSS, out)
                 starved = True
                 continue
-            ets = last_ts + ((p.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+            ets = last_ts + ts_diff(p.rtp_timestamp, last_ts)
             due = ets * inv + offset
             if due > now:
                 self._stop_seq = head
@@ -1027,12 +1026,12 @@ class JitterBuffer(StatefulModel):
         if p is not None:
             if self._blocked:
                 return None
-            ets = last_ts + ((p.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+            ets = last_ts + ts_diff(p.rtp_timestamp, last_ts)
             return ets * inv + self._offset
         if packets:
             n = self._next_present(self._head)
             nxt = packets[n]
-            n_ts = last_ts + ((nxt.rtp_timestamp - last_ts + _H32) & _M32) - _H32
+            n_ts = last_ts + ts_diff(nxt.rtp_timestamp, last_ts)
             if self._video:
                 return n_ts * inv + self._offset
             missing = n - self._head
