@@ -358,16 +358,33 @@ def test_rtp_and_rtcp_packet_fields() -> None:
 
 
 def test_aioice_host_address_lookup_signature() -> None:
-    """host_candidates replaces aioice.ice.get_host_addresses(use_ipv4, use_ipv6) process-wide."""
+    """host_candidates.install() replaces the module global aioice.ice.get_host_addresses(use_ipv4,
+    use_ipv6), which Connection.gather_candidates looks up (synchronously) on every gathering."""
     import aioice.ice
 
     from meshrtc.rtc import host_candidates
 
     original = host_candidates._aioice_lookup
     assert _params(original) == ["use_ipv4", "use_ipv6"]
-    assert callable(aioice.ice.get_host_addresses)
-    assert _params(aioice.ice.get_host_addresses) == ["use_ipv4", "use_ipv6"]
-    assert "get_host_addresses(" in _source(aioice.ice.Connection.gather_candidates)
+    lookup = getattr(aioice.ice, host_candidates.AIOICE_LOOKUP)
+    assert callable(lookup)
+    assert _params(lookup) == ["use_ipv4", "use_ipv6"]
+    gather = _source(aioice.ice.Connection.gather_candidates)
+    assert "addresses = get_host_addresses(" in gather
+    # Called before the first await, in the task gathering: it sees that task's context variables.
+    assert gather.index("get_host_addresses(") < gather.index("await ")
+
+
+def test_peer_connection_gathers_through_its_private_gather() -> None:
+    """use_host_addresses wraps RTCPeerConnection.__gather on the instance: setLocalDescription
+    awaits it (through self, so the instance attribute wins) and it gathers every ICE transport
+    with asyncio.gather, whose tasks copy the caller's context (hence the scoped addresses)."""
+    gather = getattr(RTCPeerConnection, adapter.PC_GATHER)
+    assert _params(gather) == ["self"]
+    assert "await self.__gather()" in _source(RTCPeerConnection.setLocalDescription)
+    body = _source(gather)
+    assert "t.iceGatherer.gather()" in body
+    assert "await asyncio.gather(*coros)" in body
 
 
 def test_ice_transport_connection_and_stun_protocols() -> None:
@@ -583,3 +600,10 @@ def test_sdp_parser_fields_unusable_sections_reads() -> None:
     media = description.media[0]
     assert (media.kind, media.port) == ("video", 0)
     assert [c.mimeType for c in media.rtp.codecs] == ["video/VP8"]
+
+
+def test_rtcp_interval_is_aiortc_own() -> None:
+    """TransportConfig has no RTCP interval: README and config.py state aiortc's own, a random
+    0.5-1.5 s between reports, on both the sender's and the receiver's RTCP loop."""
+    for loop in (RTCRtpSender._run_rtcp, RTCRtpReceiver._run_rtcp):
+        assert "await asyncio.sleep(0.5 + random.random())" in _source(loop)
