@@ -8,6 +8,7 @@ layers (issue 6).
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import sys
 import time
@@ -24,24 +25,35 @@ from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerOptions
 from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
 from meshrtc.session.manager import RunningSession, SessionManager
-from meshrtc.signaling.client import SignalingClient
+from meshrtc.signaling.client import ClientState, SignalingClient
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
-__all__ = ["TRANSPORT_MACHINE", "TransportError", "WebRtcTransport"]
+__all__ = ["TRANSPORT_MACHINE", "TransportError", "TransportState", "WebRtcTransport"]
 
 log = logging.getLogger(__name__)
+
+
+class TransportState(enum.StrEnum):
+    Created = "Created"
+    Connected = "Connected"
+    Ready = "Ready"
+    Shutdown = "Shutdown"
+
+
+_T = TransportState
 
 TRANSPORT_MACHINE = register(
     MachineSpec(
         name="WebRtcTransport",
         doc="Created → Connected (signaling) → Ready → Shutdown; shutdown is allowed from any "
-        "live state so that cancelling the transport's scope always ends in Shutdown.",
-        states=("Created", "Connected", "Ready", "Shutdown"),
-        initial="Created",
+        "live state so that cancelling the transport's scope always ends in Shutdown. Connected "
+        "needs the signaling client announced (Ready); Ready needs the peer mesh started.",
+        states=TransportState,
+        initial=_T.Created,
         transitions=(
-            ("signaling_connected", "Created", "Connected"),
-            ("ready", "Connected", "Ready"),
-            ("shutdown", ("Created", "Connected", "Ready"), "Shutdown"),
+            ("signaling_connected", _T.Created, _T.Connected, "signaling_announced"),
+            ("ready", _T.Connected, _T.Ready, "mesh_started"),
+            ("shutdown", (_T.Created, _T.Connected, _T.Ready), _T.Shutdown),
         ),
     )
 )
@@ -64,7 +76,7 @@ class WebRtcTransport(StatefulModel):
     the asyncio bridge thread is joined. :attr:`teardown_seconds` records how long that took.
     """
 
-    state: str
+    state: TransportState
     signaling_connected = trigger_stub()
     ready = trigger_stub()
     shutdown = trigger_stub()
@@ -96,8 +108,16 @@ class WebRtcTransport(StatefulModel):
             raise TransportError("the transport is not running")
         return self.signaling.peer_id
 
+    # --- guards ------------------------------------------------------------------------------
+
+    def signaling_announced(self) -> bool:
+        return self.signaling is not None and self.signaling.state is ClientState.Ready
+
+    def mesh_started(self) -> bool:
+        return self.peers is not None
+
     async def __aenter__(self) -> Self:
-        if self.state != "Created":
+        if self.state is not _T.Created:
             raise TransportError(f"a transport runs once (state {self.state})")
         started = time.monotonic()
         stack = contextlib.AsyncExitStack()
@@ -111,9 +131,11 @@ class WebRtcTransport(StatefulModel):
                 self.config.peer_id,
                 session_id=self.config.session_id,
             )
+            # ``start`` returns once the client announced (or raises); the guard checks it did.
             await inner.start(client.run)
             self.signaling = client
-            self.signaling_connected()
+            if not self.signaling_connected():
+                raise TransportError(f"signaling is not announced ({client.state})")
             manager = PeerManager(self.config, client, bridge=bridge, options=self.options)
             self.peers = await inner.start(manager.run)
             self.ready()
@@ -142,8 +164,7 @@ class WebRtcTransport(StatefulModel):
             return None
         finally:
             self.teardown_seconds = time.monotonic() - started
-            if self.state != "Shutdown":
-                self.shutdown()
+            self.fire_if_taken("shutdown")  # unless __aenter__ failed and shut it down already
             log.info("transport shut down in %.1f ms", 1000 * self.teardown_seconds)
 
     async def run_session(
@@ -159,7 +180,7 @@ class WebRtcTransport(StatefulModel):
         ``await nursery.start(transport.run_session, manifest)`` to get the :class:`RunningSession`.
         """
         manager = self.peers
-        if manager is None or self.state != "Ready":
+        if manager is None or self.state is not _T.Ready:
             raise TransportError(f"run_session needs a Ready transport (state {self.state})")
         async with self.sessions.open_session(
             manifest, session_id=session_id or self.config.session_id

@@ -13,6 +13,7 @@ not wait for real seconds.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random as _random
 import ssl
@@ -65,6 +66,7 @@ __all__ = [
     "CLIENT_MACHINE",
     "Backoff",
     "ClientEvent",
+    "ClientState",
     "Disconnected",
     "Reconnected",
     "SignalingClient",
@@ -75,7 +77,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_CONNECTED = ("Connecting", "Announcing", "Ready")
+
+class ClientState(enum.StrEnum):
+    Idle = "Idle"
+    Connecting = "Connecting"
+    Announcing = "Announcing"
+    Ready = "Ready"
+    Reconnecting = "Reconnecting"
+    Closed = "Closed"
+
+
+_C = ClientState
+_CONNECTED = (_C.Connecting, _C.Announcing, _C.Ready)
 
 CLIENT_MACHINE = register(
     MachineSpec(
@@ -83,16 +96,16 @@ CLIENT_MACHINE = register(
         doc="Idle → Connecting → Announcing → Ready. A lost connection (or a failed attempt) goes "
         "to Reconnecting, which waits out the backoff and tries again, or gives up after the "
         "configured tries; closing is allowed from every state.",
-        states=("Idle", *_CONNECTED, "Reconnecting", "Closed"),
-        initial="Idle",
+        states=ClientState,
+        initial=_C.Idle,
         transitions=(
-            ("connect", "Idle", "Connecting"),
-            ("opened", "Connecting", "Announcing"),
-            ("announced", "Announcing", "Ready"),
-            ("connection_lost", _CONNECTED, "Reconnecting"),
-            ("retry", "Reconnecting", "Connecting"),
-            ("give_up", "Reconnecting", "Closed"),
-            ("closed", ("Idle", *_CONNECTED, "Reconnecting"), "Closed"),
+            ("connect", _C.Idle, _C.Connecting),
+            ("opened", _C.Connecting, _C.Announcing),
+            ("announced", _C.Announcing, _C.Ready),
+            ("connection_lost", _CONNECTED, _C.Reconnecting),
+            ("retry", _C.Reconnecting, _C.Connecting),
+            ("give_up", _C.Reconnecting, _C.Closed, "tries_exhausted"),
+            ("closed", (_C.Idle, *_CONNECTED, _C.Reconnecting), _C.Closed),
         ),
     )
 )
@@ -183,7 +196,7 @@ class SignalingClient(StatefulModel):
     than queueing behind a reconnect, so the caller decides what a lost offer means.
     """
 
-    state: str
+    state: ClientState
     connect = trigger_stub()
     opened = trigger_stub()
     announced = trigger_stub()
@@ -262,6 +275,8 @@ class SignalingClient(StatefulModel):
         self._run_scope = trio.CancelScope()
         self._peers: dict[str, PeerInfo] = {}
         self._closing = False
+        #: Reconnect attempts in a row that failed (the give_up guard counts them).
+        self._failures = 0
         self._announced_once = False
         self._stopped = trio.Event()
         #: The latest announce result (the first one, or the one after the last reconnect).
@@ -292,14 +307,14 @@ class SignalingClient(StatefulModel):
         No response within ``request_timeout`` raises :class:`SignalingTimeoutError`; wrap the call
         in ``trio.fail_after`` for a shorter bound.
         """
-        if self.state != "Ready":
+        if self.state is not _C.Ready:
             raise SignalingConnectionError(f"not connected to the signaling server ({self.state})")
         return await self._request(method, dict(params), self.request_timeout)
 
     async def notify(self, method: str, params: Mapping[str, Any]) -> None:
         """Send a notification (no response, so no error is ever reported back)."""
         ws = self._ws
-        if self.state != "Ready" or ws is None:
+        if self.state is not _C.Ready or ws is None:
             raise SignalingConnectionError(f"not connected to the signaling server ({self.state})")
         try:
             await ws.send_message(encode(Notification(method, dict(params))))
@@ -384,13 +399,16 @@ class SignalingClient(StatefulModel):
             with self._run_scope:
                 await self._connect_loop(task_status)
         finally:
-            if self.state != "Closed":
-                self.closed()
+            self.fire_if_taken("closed")  # unless it gave up (Closed already)
             self._events_in.close()
             self._stopped.set()
 
+    def tries_exhausted(self) -> bool:
+        """Guard of ``give_up``: this many reconnect attempts in a row failed."""
+        return self._failures >= self.backoff.tries
+
     async def _connect_loop(self, task_status: trio.TaskStatus[AnnounceResult]) -> None:
-        failures = 0
+        self._failures = 0
         while True:
             attempt = await self._attempt(task_status)
             if self._closing:
@@ -399,20 +417,19 @@ class SignalingClient(StatefulModel):
                 raise attempt.error
             self.connection_lost()
             if attempt.ready:
-                failures = 0
+                self._failures = 0
                 self._emit(Disconnected(attempt.reason))
-            if failures >= self.backoff.tries:
-                self.give_up()
+            if self.fire_if_taken("give_up"):
                 raise SignalingConnectionError(
                     f"gave up after {self.backoff.tries} reconnect attempts: {attempt.reason}"
                 )
-            delay = self.backoff.delay(failures, self._random())
-            failures += 1
+            delay = self.backoff.delay(self._failures, self._random())
+            self._failures += 1
             log.info(
                 "%s: signaling connection lost (%s); retry %d/%d in %.2fs",
                 self.peer_id,
                 attempt.reason,
-                failures,
+                self._failures,
                 self.backoff.tries,
                 delay,
             )
@@ -424,11 +441,11 @@ class SignalingClient(StatefulModel):
         if self._closing:
             return
         self._closing = True
-        if self.state == "Idle":
+        if self.state is _C.Idle:
             self.closed()
             self._events_in.close()
             return
-        if self.state == "Ready":
+        if self.state is _C.Ready:
             with trio.move_on_after(1.0):
                 try:
                     await self._request(Method.DISCONNECT, {"peer_id": self.peer_id}, 1.0)
@@ -505,7 +522,7 @@ class SignalingClient(StatefulModel):
             result = AnnounceResult.from_json(
                 await self._request(Method.ANNOUNCE, self._announce.to_json(), self.request_timeout)
             )
-            if self.state != "Ready":  # the reader found the result malformed
+            if self.state is not _C.Ready:  # the reader found the result malformed
                 raise SignalingError(ErrorCode.INTERNAL_ERROR, "malformed announce result")
         except SignalingError as err:
             retryable = self._announced_once and err.code in _RETRYABLE_ON_REANNOUNCE
