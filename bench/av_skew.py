@@ -1,4 +1,4 @@
-"""Wire A/V skew of what a meshrtc PeerConnection sends, per connection (issue 11).
+"""Wire A/V skew of what a meshrtc PeerConnection sends, per connection (docs/benchmarks.md).
 
 Run: ``.venv/bin/python bench/av_skew.py [--connections 6] [--seconds 8] [--codecs VP9,H264]``
 (about 15 s per connection). Each connection is a fresh pair of directly wired PeerConnections
@@ -6,7 +6,7 @@ Run: ``.venv/bin/python bench/av_skew.py [--connections 6] [--seconds 8] [--code
 instant every ``--period`` seconds (``tests/av_probe.py``); bob maps each event's RTP timestamp
 through alice's Sender Reports and prints, per connection, the median skew (audio minus video: the
 constant a receiver's lip sync would show), the largest deviation of one event from that median,
-and the worst |skew|; then the p95 of |skew| over every event of every connection. Goal (issue 11):
+and the worst |skew|; then the p95 of |skew| over every event of every connection. Goal:
 p95 |skew| <= 10 ms on every connection.
 
 ``--transport``: the way the issue measured it, through the server. A ``WebRtcTransport`` runs a

@@ -1,4 +1,4 @@
-"""CPU cost of meshrtc's asyncio bridge against plain asyncio aiortc (issue 5, design section 2).
+"""CPU cost of meshrtc's asyncio bridge against plain asyncio aiortc (docs/rtc-bridge.md).
 
 The same workload runs twice, each in a fresh subprocess, back to back: N one-way Opus streams over
 loopback WebRTC (N sender and N receiver RTCPeerConnections in the process, 440 Hz tone fed every

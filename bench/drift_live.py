@@ -9,7 +9,8 @@ directly) presented at its presentation time, then either
 
 * **compensated**: :class:`~meshrtc.media.audio_stage.DriftCompensationStage` driven by the peer's
   drift estimator (:func:`~meshrtc.media.audio_stage.applied_correction`), or
-* **uncompensated** (the path before issue 11): the decoded block at its presentation time,
+* **uncompensated** (the path before drift compensation was wired in): the decoded block at its
+  presentation time,
 
 and both into the session router's 20 ms grid (``SessionRouter.grid_timestamp``). Figures, per path:
 

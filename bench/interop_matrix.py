@@ -3,12 +3,13 @@
 Run: ``.venv/bin/python bench/interop_matrix.py`` (about 20-40 s; ``--seconds`` per case).
 
 The "other stack" is a plain aiortc RTCPeerConnection on the bridge's loop (no meshrtc tap), set up
-like the clients of issue 11: its audio is aiortc's Opus test track, its video a 160x120 picture at
-30 fps, a data channel; its certificate is aiortc's ECDSA one or an RSA certificate whose DTLS
-context lists GStreamer's suites (``ALL:!ADH:!LOW:!EXP:!MD5:@STRENGTH``). Against it, an ordinary
-meshrtc ``PeerConnection`` with ``video_codec`` set. Role "offers": the client offers (so it is
-DTLS server, aiortc answering as client); "answers": meshrtc offers. Each case waits for
-Connected, then for audio and video both ways and a data message each way, for ``--seconds``.
+like the GStreamer clients of docs/interop.md: its audio is aiortc's Opus test track, its video a
+160x120 picture at 30 fps, a data channel; its certificate is aiortc's ECDSA one or an RSA
+certificate whose DTLS context lists GStreamer's suites (``ALL:!ADH:!LOW:!EXP:!MD5:@STRENGTH``).
+Against it, an ordinary meshrtc ``PeerConnection`` with ``video_codec`` set. Role "offers": the
+client offers (so it is DTLS server, aiortc answering as client); "answers": meshrtc offers. Each
+case waits for Connected, then for audio and video both ways and a data message each way, for
+``--seconds``.
 
 Mismatch cases: a client offering only VP8 (or only PCMU audio) to a VP9 transport, one whose
 only usable section is its data channel, one offering nothing usable at all, and SDP aiortc cannot

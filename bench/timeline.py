@@ -1,4 +1,6 @@
-"""Timelines that converge (issue 11): members' audio through SyncManager → grid → MixMinus, simulated.
+"""Timelines that converge: members' audio through SyncManager → grid → MixMinus, simulated.
+
+docs/media-sync.md explains the rule, docs/benchmarks.md has the figures.
 
 Each member sends audio (20 ms Opus packets, 48 kHz RTP) and video (30 fps, one packet per frame,
 90 kHz) with random RTP origins, and RTCP Sender Reports about once a second per stream, as aiortc
@@ -18,7 +20,7 @@ mix says exactly whose audio it holds.
 
 The figure: for every receiver R and every other member S, the share of grid slots after the first
 second in which R's mix holds S's audio, counting only slots where S's packets arrive (the second
-after each restart of S is its own "first second" and is left out). The invariant (issue 11) is
+after each restart of S is its own "first second" and is left out). The goal (docs/benchmarks.md) is
 ≥ 99 % for every pair. Also printed: the longest run of slots without S in R's mix, timeline rebuilds
 per member, and what was dropped where.
 

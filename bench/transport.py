@@ -16,7 +16,7 @@ Connected on both sides (the synthetic peers also mesh with each other: n(n+1)/2
 ``link p50/max``: per peer, from its join to its link with the transport Connected. Teardown: the
 transport closing (its peer connections, bridge thread) after the traffic.
 
-Goals (issue 6): added p95 <= jitter target + 10 ms; connect <= 300 ms; teardown <= 100 ms;
+Goals (docs/benchmarks.md): added p95 <= jitter target + 10 ms; connect <= 300 ms; teardown <= 100 ms;
 10 members with audio leave >= 40 % of the machine (transport CPU <= 60 %). The machine is shared:
 the load average is printed with the figures. Last line: ``peers10_audio_cpu_pct=<float>`` (the
 transport's CPU at 9 peers + transport, audio only).

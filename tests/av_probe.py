@@ -45,7 +45,7 @@ def _picture(level: int) -> npt.NDArray[np.uint8]:
 
 
 def supports_timestamps(peer: PeerConnection) -> bool:
-    """Whether this meshrtc's ``send_audio`` takes a capture timestamp (it did not before issue 11)."""
+    """Whether this meshrtc's ``send_audio`` takes a capture timestamp (older meshrtc did not)."""
     return "timestamp" in inspect.signature(peer.send_audio).parameters
 
 

@@ -216,7 +216,7 @@ def test_sender_builds_its_encoder_with_the_module_get_encoder() -> None:
     assert "self.__encoder = get_encoder(codec)" in _source(RTCRtpSender._next_encoded_frame)
 
 
-# Sender Reports on the media clock (SenderControl._stamp_report_pair, issue 11) --------------------
+# Sender Reports on the media clock (SenderControl._stamp_report_pair) -------------------------------
 
 
 @pytest.mark.parametrize("name", [adapter.SENDER_NTP_TIMESTAMP, adapter.SENDER_RTP_TIMESTAMP])
@@ -407,7 +407,7 @@ def test_ice_transport_connection_and_stun_protocols() -> None:
 
 def test_sctp_fragments_data_channel_messages_itself() -> None:
     """Data channel messages are not chunked by meshrtc: aiortc's SCTP keeps packets under 1200
-    bytes (design section 8) and advertises 256 KiB messages, which PeerConnection.send_data
+    bytes (docs/peers.md, data channel) and advertises 256 KiB messages, which PeerConnection.send_data
     relies on for its size error."""
     from aiortc import rtcsctptransport
 

@@ -1,4 +1,4 @@
-"""A/V timing of what meshrtc sends (issue 11): one media clock per connection, SRs on it, levels.
+"""A/V timing of what meshrtc sends (docs/media-sync.md): one media clock per connection, SRs on it, levels.
 
 Unit tests drive the outgoing tracks with an injected clock that is always past the release time
 (or the deadline) of the frame asked for, so ``recv()`` never waits and each test is exact. The

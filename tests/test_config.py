@@ -35,7 +35,7 @@ def test_codecs_are_case_insensitive() -> None:
 
 @pytest.mark.parametrize("name", ["VP8", "vp8", VideoCodec.VP8])
 def test_vp8_is_a_video_codec(name: str) -> None:
-    # The spec lists VP9 and H.264; the CLI, the page and interop (issue 11) need VP8 too.
+    # The spec lists VP9 and H.264; the CLI, the page and interop (docs/interop.md) need VP8.
     assert TransportConfig(video_codec=name).video_codec is VideoCodec.VP8
 
 

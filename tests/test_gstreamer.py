@@ -7,7 +7,7 @@ on it, one with ECDSA client certificates and one with GStreamer's default (RSA)
 each run two clients join the session at the same time, and each must hear the other's tone
 through the MixMinus mix (in >= 95% of 20 ms windows from 1 s after both connected, never its own),
 decode video, and get its data-channel messages echoed. The media runs 6 s: GStreamer sends its
-first RTCP Sender Reports 2-5 s in, and the reused-server failure of issue 11 (a member's audio
+first RTCP Sender Reports 2-5 s in, and the reused-server failure (docs/interop.md: a member's audio
 gone from the mix after the A/V timeline thrashed on those SRs) starts only then.
 
 Components missing (Debian packages in .ci/run) skip the test, or fail it under CI=true.

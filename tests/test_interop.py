@@ -1,4 +1,4 @@
-"""Interop (issue 11): VP8 end to end, offers with sections meshrtc cannot use, unanswerable
+"""Interop (docs/interop.md): VP8 end to end, offers with sections meshrtc cannot use, unanswerable
 offers, and peers with RSA DTLS certificates, in both DTLS roles.
 
 The "other stack" here is a plain aiortc RTCPeerConnection driven through the bridge, set up the way

@@ -147,7 +147,7 @@ def test_noise_free_reports_map_exactly(
     assert abs(((back - rtp + 2**31) % 2**32) - 2**31) <= tolerance * clock_rate + 1
 
 
-# --- outliers (issue 11: a first SR off the line, odd SRs, stepped clocks) ----------------------
+# --- outliers (a first SR off the line, odd SRs, stepped clocks) -------------------------------
 
 
 @pytest.mark.parametrize("error", [-0.7, -0.2, 0.2, 0.7])

@@ -1,4 +1,4 @@
-"""SessionGrid: the router's slots (issue 11: a peer whose timeline jumped is re-anchored)."""
+"""SessionGrid: the router's slots (a peer whose timeline jumped is re-anchored; module docstring)."""
 
 from __future__ import annotations
 

@@ -525,7 +525,7 @@ def test_a_mapping_update_never_reorders_a_stream() -> None:
     assert all(b >= a for a, b in itertools.pairwise(times))
 
 
-# --- issue 11: timelines that converge ------------------------------------------------------------
+# --- timelines that converge (docs/media-sync.md) --------------------------------------------------
 
 
 def _shift_srs(events: list, kind: FrameType, by: float, *, first_only: bool = False) -> list:

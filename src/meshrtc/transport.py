@@ -1,8 +1,8 @@
-"""WebRtcTransport: the object an application holds (spec section 1).
+"""WebRtcTransport: the object an application holds (docs/transport.md).
 
 The statechart is declared here, next to where the transport class lives; the class itself, which owns
 the root nursery and wires signaling, peers and sessions together, is built on the rtc and session
-layers (issue 6).
+layers.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MediaFrame: one RTP packet's worth of media and its metadata (spec section 6)."""
+"""MediaFrame: one RTP packet's worth of media and its metadata (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class FrameType(enum.Enum):
     VIDEO = "video"
 
 
-#: The only RTP clock rates meshrtc accepts: Opus at 48 kHz, video at 90 kHz (spec section 4).
+#: The only RTP clock rates meshrtc accepts: Opus at 48 kHz (RFC 7587), video at 90 kHz.
 CLOCK_RATES = {FrameType.AUDIO: 48_000, FrameType.VIDEO: 90_000}
 
 

@@ -1,4 +1,4 @@
-"""The RTP jitter buffer (spec section 5): reorder, time, conceal, recover, never stall.
+"""The RTP jitter buffer (docs/jitter-buffer.md): reorder, time, conceal, recover, never stall.
 
 One :class:`JitterBuffer` per received stream. It is sans-IO: the caller passes packets in with
 :meth:`JitterBuffer.insert` and the monotonic clock with :meth:`JitterBuffer.pop`, and arms a timer
@@ -469,7 +469,7 @@ class JitterBuffer(StatefulModel):
 
     @property
     def buffer_size_ms(self) -> float:
-        """The spec's name for the target delay (section 5)."""
+        """The target delay under the name TransportConfig uses (``jitter_buffer_size_ms``)."""
         return self._target * 1000.0
 
     @property

@@ -1,4 +1,4 @@
-"""Connection quality figures of one peer (spec section 10) and a sans-IO bitrate controller.
+"""Connection quality figures of one peer and a sans-IO bitrate controller (docs/media-sync.md).
 
 Everything is computed from what the receive path already sees: every RTP packet (extended sequence
 numbers for loss, arrival vs RTP time for RFC 3550 jitter, sizes for bandwidth, video timestamps for
@@ -46,7 +46,7 @@ class QualityError(MeshRtcError):
 
 @attrs.frozen(slots=True)
 class ConnectionQualityMetrics:
-    """One snapshot of a peer's connection quality (spec section 10).
+    """One snapshot of a peer's connection quality (docs/media-sync.md).
 
     ``packet_loss_rate`` (0-100) is the loss of the media we *receive* over the loss window;
     ``outbound_loss_rate`` is what the peer reports about the media we *send* (RTCP fraction lost),
@@ -334,7 +334,7 @@ class BitrateDecision:
 
 
 class BitrateController:
-    """Loss-based send-bitrate decisions (spec section 10: loss above 5% must lower the bitrate).
+    """Loss-based send-bitrate decisions (the rule: loss above 5% must lower the bitrate).
 
     Decreases are multiplicative and at most one per ``decrease_hold_s`` (the loss window still holds
     the losses that caused the previous cut). Increases need loss below ``low_loss_percent`` and an RTT

@@ -1,4 +1,4 @@
-"""SyncManager: one peer's audio and video on one timeline (spec section 4, invariants 2 and 5).
+"""SyncManager: one peer's audio and video on one timeline (docs/media-sync.md, "A/V alignment").
 
 Each stream's :class:`~meshrtc.media.jitter.JitterBuffer` reorders and times its packets on its own:
 it releases an RTP timestamp at ``ts / rate + offset`` with an offset of its own (its stream's random
@@ -259,7 +259,7 @@ class _Timeline:
 
 
 class SyncManager(StatefulModel):
-    """Audio/video synchronisation of one peer (spec section 4).
+    """Audio/video synchronisation of one peer (docs/media-sync.md).
 
     Feed it media with :meth:`insert`, Sender Reports with :meth:`on_sender_report`, and call
     :meth:`pop_next_aligned` at :meth:`next_due` (or any time). ``is_keyframe`` goes to the video

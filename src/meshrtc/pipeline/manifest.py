@@ -60,7 +60,7 @@ _IGNORED_NODE_FIELDS = frozenset(
 )
 _CONNECTION_FIELDS = frozenset({"from", "to"})
 
-#: The demo's default pipeline (issue 6): each peer hears everyone else, gets its own video back and
+#: The demo's default pipeline (docs/pipeline.md): each peer hears everyone else, gets its own video back and
 #: has its data-channel messages echoed. Three independent source nodes; inputs reach the one that
 #: accepts their kind.
 DEFAULT_MANIFEST: Mapping[str, Any] = {

@@ -1,7 +1,7 @@
 """The aiortc adapter: the one module that touches aiortc's private attributes.
 
 aiortc keeps ICE, DTLS, SRTP, RTCP, NACK/RTX and REMB; meshrtc owns media from the RTP packet on
-(design section 3). This module makes that split on each RTCPeerConnection, on aiortc's asyncio
+(docs/architecture.md). This module makes that split on each RTCPeerConnection, on aiortc's asyncio
 thread, before any packet can arrive (the ``track`` event fires inside ``setRemoteDescription``,
 before it schedules ``__connect``, which is where ``receiver.receive()`` registers the receiver
 with the RTP router):

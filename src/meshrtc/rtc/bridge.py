@@ -2,7 +2,7 @@
 
 aiortc is asyncio-only. Running its loop in a dedicated thread and crossing with the trio token cost
 1.08x the CPU of plain asyncio on the reference workload; trio-asyncio cost 1.52x and no longer imports
-on Python 3.14 (docs/rtc-bridge.md, design section 2). So:
+on Python 3.14 (docs/rtc-bridge.md). So:
 
 * trio → asyncio: :meth:`Bridge.run` schedules a coroutine on the loop and parks the calling trio task
   on a :class:`trio.Event` that the asyncio task's done-callback sets through the trio token. No worker

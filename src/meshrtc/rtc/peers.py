@@ -1,4 +1,4 @@
-"""PeerManager: the mesh of one meshrtc peer, one PeerConnection per remote peer (spec sections 1-2).
+"""PeerManager: the mesh of one meshrtc peer, one PeerConnection per remote peer (docs/peers.md).
 
 The manager follows the session through its SignalingClient: the announce result lists the peers to
 offer to (the newcomer offers, docs/signaling.md), ``peer.joined`` announces a peer that will offer

@@ -7,7 +7,7 @@ SyncManager presented it) to the nearest slot of a grid shared by the session.
 A peer's slots must also increase: two of its frames in one slot would be one duplicate too many
 for the mixer. A frame presented a little early (a burst after a stall, rounding) is therefore
 pushed to the slot after its predecessor. The old rule did only that, forever, and that is what
-failed with real clients (issue 11): when a peer's timeline jumped back (its SyncManager rebuilt
+failed with real clients (docs/interop.md): when a peer's timeline jumped back (its SyncManager rebuilt
 the timeline, or released a burst), every later frame stayed pushed ahead of its own time, by as
 much as the jump, and MixMinus then found the other peers' frames late for every window: seconds
 of silence. Now a frame takes its peer's next slot when it is within 0.8 slot (16 ms) of it
@@ -21,8 +21,8 @@ twice, and no slot goes without it). A jump forward leaves the skipped slots emp
 to be done about audio that was never presented.
 
 Late arrivals: a mix leaves MixMinus no earlier than its newest input reaches it, and the outgoing
-audio track sends a frame at its timestamp + 40 ms or drops it as late. The GStreamer runs (issue 11,
-docs/interop.md) saw every member's frames reach the router 40-280 ms after their presentation
+audio track sends a frame at its timestamp + 40 ms or drops it as late. The GStreamer runs
+(docs/interop.md) saw every member's frames reach the router 40-280 ms after their presentation
 time on a loaded machine: every mix was then stamped with slots already past, and everybody heard
 silence. So a frame that reaches the router more than ``max_arrival_lag`` (20 ms) after its
 presentation time is placed as if presented 20 ms before it arrived: the mix is stamped with the

@@ -18,7 +18,7 @@ one opens, on its timeout, or at the end of the input. A peer that joins later m
 frame arrive after its window was already mixed: that frame is dropped (counted as late), and from
 then on the peer is waited for.
 
-Re-anchoring (issue 11): a peer whose frames all come too late for their windows for
+Re-anchoring: a peer whose frames all come too late for their windows for
 ``reanchor_after`` (100 ms of ``now``) is not dropped for good. Its timestamps run behind the
 session's (its timeline jumped back, or the others' jumped ahead), so from then on they are shifted
 by a constant that puts its next frame into the newest window still open (or the one after the
