@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from hypothesis.control import event
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from meshrtc.config import TransportConfig
 from meshrtc.errors import ConfigError
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.jitter import (
@@ -706,14 +705,6 @@ def test_fast_item_constructors_build_the_same_objects() -> None:
 def test_invalid_configuration_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         JitterBuffer(AUDIO, **kwargs)
-
-
-def test_from_config_takes_the_configured_target() -> None:
-    config = TransportConfig(signaling_url="ws://127.0.0.1:1", jitter_buffer_size_ms=120)
-    jb = JitterBuffer.from_config(VIDEO, config, is_keyframe=is_key)
-    assert jb.target_delay_ms == pytest.approx(120.0)
-    assert jb.kind is VIDEO
-    assert "JitterBuffer video Empty" in repr(jb)
 
 
 # --- the state machine against a reference model -------------------------------------------------

@@ -34,7 +34,7 @@ import enum
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
 import attrs
 
@@ -42,9 +42,6 @@ from meshrtc.errors import ConfigError
 from meshrtc.media.frame import CLOCK_RATES, FrameType, MediaFrame
 from meshrtc.media.seq import seq_diff, ts_diff
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
-
-if TYPE_CHECKING:
-    from meshrtc.config import TransportConfig
 
 __all__ = [
     "JITTER_BUFFER_MACHINE",
@@ -348,18 +345,6 @@ class JitterBuffer(StatefulModel):
         self._keyframe_requests = 0
         self._clear()
         JITTER_BUFFER_MACHINE.build(self)
-
-    @classmethod
-    def from_config(
-        cls,
-        kind: FrameType,
-        config: TransportConfig,
-        *,
-        is_keyframe: Callable[[MediaFrame], bool] | None = None,
-    ) -> JitterBuffer:
-        """A buffer whose starting target is ``config.jitter_buffer_size_ms``."""
-        target = float(config.jitter_buffer_size_ms)
-        return cls(kind, target_delay_ms=target, is_keyframe=is_keyframe)
 
     def _clear(self) -> None:
         """Forget the stream (not the counters): the state a new stream starts from."""
