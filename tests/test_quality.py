@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 
 from meshrtc.media.frame import FrameType, MediaFrame
+from meshrtc.media.jitter import JitterBuffer
 from meshrtc.media.quality import (
     BitrateAction,
     BitrateController,
@@ -13,6 +14,8 @@ from meshrtc.media.quality import (
     rtt_from_report,
 )
 from meshrtc.media.rtcp import ReceptionReport
+from meshrtc.media.sync import SyncManager
+from meshrtc.rtc.receiver import buffers_jitter_ms
 
 AUDIO_SSRC = 0x1111
 VIDEO_SSRC = 0x2222
@@ -122,12 +125,23 @@ def test_loss_counts_exactly_the_missing_packets(start: int, present: list[bool]
 # --- jitter ------------------------------------------------------------------------------------
 
 
-def test_interarrival_jitter_hand_computed() -> None:
-    """RFC 3550 A.8 by hand: transits 0, 0, 240, 0 (48 kHz units) -> J = 0, 15, 29.0625."""
-    q = ConnectionQuality("p")
-    for i, at in enumerate([0.0, 0.020, 0.045, 0.060]):
-        q.on_packet(audio(i, 960 * i, at=at))
+def _play_through_buffers(sync: SyncManager, arrivals: list[float]) -> None:
+    for i, at in enumerate(arrivals):
+        sync.insert(audio(i, 960 * i, at=at), at)
+        sync.insert(video(i, 3000 * i, at=i / 30), i / 30)
+
+
+def test_interarrival_jitter_is_the_jitter_buffers_estimate() -> None:
+    """RFC 3550 A.8 by hand: transits 0, 0, 240, 0 (48 kHz units) -> J = 0, 15, 29.0625. The jitter
+    buffer computes it once per packet; the quality figures report that estimate (the worse of the
+    audio and video buffers), not a second one."""
+    sync = SyncManager("p")
+    q = ConnectionQuality("p", jitter_ms=lambda: buffers_jitter_ms(sync))
+    _play_through_buffers(sync, [0.0, 0.020, 0.045, 0.060])
+    assert sync.audio_jitter_buffer.jitter_ms == pytest.approx(29.0625 / 48)
+    assert sync.video_jitter_buffer.jitter_ms == pytest.approx(0.0, abs=1e-9)
     assert q.jitter_ms() == pytest.approx(29.0625 / 48)
+    assert q.snapshot(1.0).jitter_ms == pytest.approx(29.0625 / 48)
 
 
 @given(
@@ -136,18 +150,18 @@ def test_interarrival_jitter_hand_computed() -> None:
     ts0=st.integers(0, 0xFFFFFFFF),
 )
 def test_constant_transit_means_zero_jitter(transit: float, count: int, ts0: int) -> None:
-    q = ConnectionQuality("p")
+    jb = JitterBuffer(FrameType.AUDIO)
     for i in range(count):
-        q.on_packet(audio(i, ts0 + 960 * i, at=transit + 0.02 * i))
-    assert q.jitter_ms() == pytest.approx(0.0, abs=1e-6)
+        at = transit + 0.02 * i
+        jb.insert(audio(i, ts0 + 960 * i, at=at), at)
+    assert jb.jitter_ms == pytest.approx(0.0, abs=1e-6)
 
 
-def test_jitter_reports_the_worst_stream() -> None:
+def test_without_a_jitter_source_quality_reports_none() -> None:
     q = ConnectionQuality("p")
     for i, at in enumerate([0.0, 0.020, 0.045, 0.060]):
         q.on_packet(audio(i, 960 * i, at=at))
-        q.on_packet(video(i, 3000 * i, at=i / 30))
-    assert q.jitter_ms() == pytest.approx(29.0625 / 48)
+    assert q.jitter_ms() == 0.0
 
 
 # --- bandwidth, bitrates, frame rate, resolution -------------------------------------------------

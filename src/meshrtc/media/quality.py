@@ -1,10 +1,17 @@
 """Connection quality figures of one peer and a sans-IO bitrate controller (docs/media-sync.md).
 
 Everything is computed from what the receive path already sees: every RTP packet (extended sequence
-numbers for loss, arrival vs RTP time for RFC 3550 jitter, sizes for bandwidth, video timestamps for
-frame rate) and RTCP reception reports about the streams we send (RTT from LSR/DLSR, the remote's
-loss of our media). Reading a snapshot has no side effects; aiortc's ``fraction_lost`` resets its
-interval when read, which is why meshrtc keeps its own counters.
+numbers for loss, sizes for bandwidth, video timestamps for frame rate) and RTCP reception reports
+about the streams we send (RTT from LSR/DLSR, the remote's loss of our media). Reading a snapshot
+has no side effects; aiortc's ``fraction_lost`` resets its interval when read, which is why meshrtc
+keeps its own counters.
+
+Jitter is not estimated here: the jitter buffers (media/jitter.py) already compute RFC 3550
+interarrival jitter once per packet, and it is their figure that sets the playout delay, so the
+snapshot reports it (the ``jitter_ms`` source given to :class:`ConnectionQuality`) instead of a
+second estimate with other clipping. Loss keeps its own per-SSRC sequence unwrapping: RFC 3550
+A.3 counts every packet that arrived, including those the buffer refuses (late, duplicate), over
+the peer's whole life, while a buffer's extended numbers restart with its stream.
 
 The controller only decides: loss above 5% cuts the target multiplicatively, loss below 1% with a
 sane RTT for a while probes upwards, both bounded by the configured minimum and maximum. The caller
@@ -16,6 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 
@@ -91,7 +99,7 @@ class _Progress:
 
 
 class _StreamStats:
-    """Per-SSRC counters: RFC 3550 appendix A.3 (loss) and A.8 (jitter)."""
+    """Per-SSRC counters: RFC 3550 appendix A.3 (loss)."""
 
     def __init__(self, kind: FrameType, clock_rate: int) -> None:
         self.kind = kind
@@ -101,8 +109,6 @@ class _StreamStats:
         self.base_ext: int | None = None
         self.max_ext = -1
         self.received = 0
-        self.jitter = 0.0  # RTP timestamp units
-        self.last_transit: float | None = None
         # (arrival, max_ext, received) after each packet, for loss over a sliding window.
         self.progress: deque[_Progress] = deque()
 
@@ -116,11 +122,6 @@ class _StreamStats:
         self.max_ext = max(self.max_ext, ext)
         self.received += 1
         rtp_ext = self.ts.unwrap(frame.rtp_timestamp)
-        transit = frame.received_at * self.clock_rate - rtp_ext
-        if self.last_transit is not None:
-            d = abs(transit - self.last_transit)
-            self.jitter += (d - self.jitter) / 16.0
-        self.last_transit = transit
         self.progress.append(_Progress(frame.received_at, self.max_ext, self.received))
         return rtp_ext
 
@@ -157,7 +158,11 @@ class _Arrival:
 
 
 class ConnectionQuality:
-    """Accumulates one peer's packets and reports; :meth:`snapshot` computes the figures."""
+    """Accumulates one peer's packets and reports; :meth:`snapshot` computes the figures.
+
+    ``jitter_ms`` is where the interarrival jitter comes from (the peer passes its jitter buffers'
+    worst figure); without one, jitter reads 0.
+    """
 
     def __init__(
         self,
@@ -166,6 +171,7 @@ class ConnectionQuality:
         window_s: float = 10.0,
         loss_window_s: float = 5.0,
         rtt_smoothing: float = 0.125,
+        jitter_ms: Callable[[], float] | None = None,
     ) -> None:
         if window_s <= 0 or loss_window_s <= 0:
             raise QualityError("window_s and loss_window_s must be > 0")
@@ -175,6 +181,7 @@ class ConnectionQuality:
         self.window_s = window_s
         self.loss_window_s = loss_window_s
         self.rtt_smoothing = rtt_smoothing
+        self._jitter_source = jitter_ms
         self._streams: dict[int, _StreamStats] = {}
         self._arrivals: deque[_Arrival] = deque()
         self._first_arrival: float | None = None
@@ -257,8 +264,8 @@ class ConnectionQuality:
         return 100.0 * lost / expected if expected > 0 else 0.0
 
     def jitter_ms(self) -> float:
-        """RFC 3550 interarrival jitter of the worst stream, in milliseconds."""
-        return max((s.jitter / s.clock_rate * 1000.0 for s in self._streams.values()), default=0.0)
+        """RFC 3550 interarrival jitter of the worst stream, in milliseconds (from the source)."""
+        return 0.0 if self._jitter_source is None else self._jitter_source()
 
     def _span(self, now: float) -> float:
         if self._first_arrival is None:

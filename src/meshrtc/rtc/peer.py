@@ -80,7 +80,7 @@ from meshrtc.rtc.aiortc_adapter import (
 from meshrtc.rtc.bridge import Bridge, ToTrio
 from meshrtc.rtc.events import ReceivedMedia
 from meshrtc.rtc.peer_stats import PeerStats
-from meshrtc.rtc.receiver import ChannelMessage, MediaEvent, MediaReceiver
+from meshrtc.rtc.receiver import ChannelMessage, MediaEvent, MediaReceiver, buffers_jitter_ms
 from meshrtc.rtc.tracks import (
     DEFAULT_SEND_LATENCY,
     AudioOutputTrack,
@@ -444,7 +444,8 @@ class PeerConnection(StatefulModel):
             jitter_buffer_size_ms=float(config.jitter_buffer_size_ms),
             is_keyframe=self._is_keyframe,
         )
-        self.quality = ConnectionQuality(peer_id)
+        sync = self.sync_manager
+        self.quality = ConnectionQuality(peer_id, jitter_ms=lambda: buffers_jitter_ms(sync))
         self._metrics: ConnectionQualityMetrics | None = None
         self._send_signal = send_signal
         self._impairments = impairments

@@ -54,7 +54,7 @@ from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, Recei
 from meshrtc.rtc.peer_stats import PeerStats
 from meshrtc.rtc.tracks import AUDIO_FRAME_SAMPLES
 
-__all__ = ["ChannelMessage", "MediaEvent", "MediaReceiver"]
+__all__ = ["ChannelMessage", "MediaEvent", "MediaReceiver", "buffers_jitter_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,12 @@ def _decode_on_worker(decoder: VideoDecoder, job: _VideoJob) -> _Decoded:
     errors = decoder.errors
     pictures = decoder.decode(job.frame.packets)
     return _Decoded(pictures, decoder.errors - errors)
+
+
+def buffers_jitter_ms(sync: SyncManager) -> float:
+    """The worst RFC 3550 jitter of a peer's two jitter buffers: the one estimate per packet,
+    which the quality figures report (media/quality.py)."""
+    return max(sync.audio_jitter_buffer.jitter_ms, sync.video_jitter_buffer.jitter_ms)
 
 
 def _ntp_now_at(monotonic_time: float) -> int:
