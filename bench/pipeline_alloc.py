@@ -1,4 +1,4 @@
-"""Allocations of the passthrough path against a naive copying pipeline (invariant 7).
+"""Allocations of the passthrough path against a naive copying pipeline (media moves by reference).
 
 Both pipelines are a chain of ``HOPS`` nodes fed the same pre-built 20 ms mono frames (960 float32
 samples, 3840 bytes). ``passthrough`` uses the built-in PassThrough node, which forwards each frame by

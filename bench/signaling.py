@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/signaling.py`` (about 10 s of load; ``--quick`` fo
 The server runs in its own process (``python -m meshrtc signal --port 0``), as it would in
 production, so the clients' CPU does not slow it down in the same event loop; ``--in-process`` runs
 it inside the benchmark's trio loop instead. Every client is a :class:`SignalingClient`; all of them
-announce (default: 100 clients, 10 sessions of 10, the spec's maximum), then each loops for the
+announce (default: 100 clients, 10 sessions of 10, the most a session holds), then each loops for the
 duration: pick another peer of its session at random, send ``peer.offer`` with a realistic ~1 kB SDP
 carrying a sequence number, wait for the ``forwarded`` result, repeat (``--pace R`` sends R offers
 per second per client instead, to see the latency below saturation). A task per client reads its

@@ -143,7 +143,7 @@ def test_drift_detection_can_be_dismissed() -> None:
 
 def test_correction_factor_is_clamped_to_one_percent() -> None:
     est = ClockDriftEstimator()
-    feed(est, 30_000, 60, jitter=0.0)  # a sender 3% fast: far outside what the spec allows
+    feed(est, 30_000, 60, jitter=0.0)  # a sender 3% fast: far beyond a ±1% correction
     assert est.drift_ppm == pytest.approx(30_000, rel=1e-3)
     assert est.correction_factor == pytest.approx(1 - MAX_CORRECTION)
 

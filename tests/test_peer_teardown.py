@@ -4,7 +4,7 @@ No asyncio task of a closed connection, no thread (the bridge threads, aiortc's 
 decoder threads), no socket. The five meshrtc peers share one asyncio bridge, as one process would
 run one: five bridges in one process fight over the GIL until every cross-thread hop takes most of
 a second (docs/peers.md). A manager that owns its bridge is checked on its own, with two peers. The
-time to close is printed; the tests hold it to the 1 s requirement (spec invariant 9) and
+time to close is printed; the tests hold it to the 1 s requirement (a peer tears down within 1 s) and
 docs/peers.md records the measured figures.
 """
 
@@ -119,7 +119,7 @@ async def test_closing_a_peer_then_the_mesh_leaves_no_task_thread_or_socket() ->
             f"closing one connection took {closed_one * 1000:.0f} ms; closing the 5-peer mesh "
             f"(5 managers, {len(names) * 4 - 2} connections) took {elapsed * 1000:.0f} ms"
         )
-        # Spec invariant 9 asks for 1 s; this one process carries five peers' worth of connections
+        # Teardown should take under 1 s; this one process carries five peers' worth of connections
         # (docs/peers.md: more than one GIL can carry), so under a loaded CI machine the figure is
         # noisy. The printed figure and bench/ track the requirement; here a bound catches a hang.
         assert elapsed < 5.0

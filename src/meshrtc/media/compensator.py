@@ -19,7 +19,7 @@ The drift estimate alone leaves whatever the buffer gained before the estimate e
 45 s at one SR per 5 s) and whatever its residual error adds up to. Give ``target_level_ms`` and pass
 the buffer's level with each block, and a slow proportional trim (at most ``max_trim_ppm``, on a level
 low-passed over ``level_smoothing_s``) pulls the level back to the target; the factor actually applied
-still never leaves ±1% (invariant 4).
+still never leaves ±1% (the correction's bound, media/drift.py).
 
 In the live path each peer's decoded audio goes through one of these inside
 :class:`~meshrtc.media.audio_stage.DriftCompensationStage`, whose level is its frames' stamp lead.

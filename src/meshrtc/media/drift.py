@@ -10,7 +10,7 @@ cannot move it and a genuine change still shows within a few minutes.
 Sign convention: ``drift_ppm > 0`` means the sender's clock runs fast, i.e. it produces more than
 48 000 audio samples per one of our seconds. ``correction_factor`` is the ratio local/sender, the
 factor by which a stream's sample count must be multiplied to play at our rate; it is always within
-±1% of 1 (spec invariant 4) and moves gradually: in Stable it follows the estimate at most
+±1% of 1 (never a larger correction) and moves gradually: in Stable it follows the estimate at most
 ``stable_slew_ppm_per_s`` (1 ppm/s), so estimator noise cannot make it hunt; a larger change is
 detected, confirmed by the next observation and then slewed to at ``max_slew_ppm_per_s`` (50 ppm/s)
 in Adjusting. The resampler driven by it never changes pitch abruptly.
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Spec section 7: no drift estimate before this many observations.
 MIN_OBSERVATIONS = 10
-#: Spec invariant 4: the correction factor stays within ±1% of 1.
+#: The rule: the correction factor stays within ±1% of 1.
 MAX_CORRECTION = 0.01
 #: ``confidence = 1 / (1 + stderr_ppm / CONFIDENCE_SCALE_PPM)``: 0.5 at a 10 ppm standard error.
 CONFIDENCE_SCALE_PPM = 10.0

@@ -23,7 +23,7 @@ class MediaFrame:
     """An RTP packet's media as the jitter buffer sees it.
 
     ``payload`` is kept as given (``bytes`` or a ``memoryview`` into the receive buffer): the media
-    path never copies it before the decoder (invariant 7). ``received_at`` is on the receiver's
+    path never copies it before the decoder (media moves by reference). ``received_at`` is on the receiver's
     monotonic clock, in seconds.
     """
 

@@ -278,7 +278,7 @@ class JitterBuffer(StatefulModel):
     """Reorders, times and repairs one RTP stream (audio at 48 kHz or video at 90 kHz).
 
     ``target_delay_ms`` is the starting target (TransportConfig.jitter_buffer_size_ms); the target then
-    adapts within ``[min_delay_ms, max_delay_ms]`` (both within the spec's 50-200 ms).
+    adapts within ``[min_delay_ms, max_delay_ms]`` (both within 50-200 ms, the configurable range).
     ``is_keyframe`` (video) is asked about the first packet of a frame; see
     :func:`meshrtc.media.keyframe.is_keyframe_for`. Without it video cannot tell keyframes: after a
     loss it resumes at the next complete frame and every frame reports ``keyframe=False``.

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 #: default interval 8 reports span 35-40 s, long enough to average timestamping noise and short enough
 #: that a real rate change shows up within a minute.
 DEFAULT_MAX_REPORTS = 8
-#: Spec invariant 5: an NTP/RTP mapping must be refreshed at least every 5 s.
+#: The rule: an NTP/RTP mapping must be refreshed at least every 5 s.
 DEFAULT_STALE_AFTER = 5.0
 #: The fitted slope stays within this fraction of the nominal clock rate: real RTP/NTP clock
 #: disagreements are hundreds of ppm; more is timestamping noise over a short span.

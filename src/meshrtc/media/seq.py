@@ -1,4 +1,4 @@
-"""RTP sequence-number and timestamp arithmetic across wraparound (invariant 10).
+"""RTP sequence-number and timestamp arithmetic across wraparound (RFC 3550).
 
 16-bit sequence numbers wrap every 65536 packets (about 22 minutes of 50 packet/s audio, seconds of
 video at high rates) and 32-bit timestamps every ~13 h at 90 kHz; every comparison in meshrtc goes

@@ -26,7 +26,7 @@ sender restarted (new SSRC, or RTP timestamps that jump) starts over and drops t
 drift estimator is fed by the audio stream's SRs only: one estimator per sender clock and stream,
 never two streams' SRs mixed (they interleave tens of ms apart and looked like a clock going back).
 
-A mapping older than 5 s is stale (invariant 5) and the state leaves Synced for Syncing; alignment
+A mapping older than 5 s is stale (SRs refresh it) and the state leaves Synced for Syncing; alignment
 carries on with the extrapolated mapping until fresh SRs arrive, because over seconds the sender's
 clocks do not move measurably. Before the first Synced, items pass through at their jitter-buffer
 time (there is nothing to align them with).
@@ -494,7 +494,7 @@ class SyncManager(StatefulModel):
         return [k for k in FrameType if k in self._ssrc or self.ntp_mapping[k].has_mapping]
 
     def mapping_is_stale(self, now: float) -> bool:
-        """Some active stream has no mapping, or one older than ``stale_after`` (invariant 5)."""
+        """Some active stream has no mapping, or one older than ``stale_after`` (5 s: SRs refresh it)."""
         active = self._active()
         return not active or any(self.ntp_mapping[k].is_stale(now) for k in active)
 

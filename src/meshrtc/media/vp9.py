@@ -1,6 +1,6 @@
 """The VP9 RTP payload format (RFC 9628): descriptor codec, payloader, depayloader, keyframe test.
 
-aiortc 1.16 has no VP9, and VP9 is the spec's default video codec, so meshrtc carries the payload
+aiortc 1.16 has no VP9, and VP9 is meshrtc's default video codec, so meshrtc carries the payload
 format itself. This module is sans-IO and pure (no codec library, no clock, no randomness): the rtc
 layer feeds it encoded frames and RTP payloads and does the I/O.
 

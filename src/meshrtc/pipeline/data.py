@@ -1,8 +1,8 @@
-"""RuntimeData: what flows between pipeline nodes (the spec's ``Arc<RuntimeData>``).
+"""RuntimeData: what flows between pipeline nodes.
 
 Every variant is a frozen attrs object and travels between nodes **by reference**: a node that does not
 change the data hands the very same object on, so the passthrough path allocates nothing per frame
-(invariant 7; ``bench/pipeline_alloc.py`` measures it). Arrays are stored as read-only views so that
+(``bench/pipeline_alloc.py`` measures it). Arrays are stored as read-only views so that
 sharing one object between several downstream nodes is safe: a node that wants to change samples must
 make new ones, it cannot scribble over a neighbour's input by accident.
 
@@ -74,8 +74,8 @@ class RuntimeData:
 class Audio(RuntimeData):
     """PCM audio: float32 samples in [-1, 1], interleaved when ``channels > 1``.
 
-    ``samples`` is 1-D of length ``frames * channels`` (the layout of PyAV's packed ``flt`` format and of
-    the spec's ``Vec<f32>``); :meth:`frames_view` gives the ``(frames, channels)`` view without copying.
+    ``samples`` is 1-D of length ``frames * channels`` (the layout of PyAV's packed ``flt``
+    format); :meth:`frames_view` gives the ``(frames, channels)`` view without copying.
     ``timestamp`` is the capture/presentation time in seconds on the session's media clock: frames of
     different peers that belong to the same instant carry the same timestamp (the router aligns them).
     """

@@ -6,7 +6,7 @@ to us, ``peer.left`` ends its connection, and forwarded offers, answers and cand
 PeerConnection of their sender, which also applies the rebuild rule (lower id offers). Membership
 changes come out on :attr:`PeerManager.events` so a session can follow them.
 
-The mesh holds at most ``config.max_peers`` members, ourselves included (spec invariant 6), so at
+The mesh holds at most ``config.max_peers`` members, ourselves included (never more than 10), so at
 most ``max_peers - 1`` PeerConnections. A peer beyond that is refused with an SDP answer that rejects
 every section and says why (:func:`~meshrtc.rtc.peer.refusal_sdp`); its PeerConnection fails with
 that reason, and no existing connection is touched. Each PeerConnection runs as one task in the
