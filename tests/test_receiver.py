@@ -1,0 +1,86 @@
+"""MediaReceiver carries out its KeyframePolicy: loss reports become PLIs on the tap, never a storm.
+
+No network and no aiortc: the receiver runs on a memory channel, with a stand-in tap (counts
+``request_keyframe``) and a stand-in bridge (runs the call in trio), and is handed the items its
+SyncManager would release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+from meshrtc.media.frame import FrameType
+from meshrtc.media.jitter import KeyframeReason, KeyframeRequest
+from meshrtc.media.keyframe import KeyframePolicy
+from meshrtc.media.quality import ConnectionQuality
+from meshrtc.media.sync import AlignedItem, SyncManager
+from meshrtc.rtc.aiortc_adapter import RtcpActivity
+from meshrtc.rtc.events import ReceivedMedia
+from meshrtc.rtc.peer_stats import PeerStats
+from meshrtc.rtc.receiver import MediaEvent, MediaReceiver
+
+
+class FakeTap:
+    def __init__(self) -> None:
+        self.plis = 0
+
+    def request_keyframe(self) -> None:
+        self.plis += 1
+
+
+class FakeBridge:
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+
+def _loss(at: float) -> AlignedItem:
+    return AlignedItem(FrameType.VIDEO, KeyframeRequest(KeyframeReason.LOSS), None, at, at)
+
+
+async def test_loss_reports_become_one_pli_and_an_unanswered_one_is_repeated() -> None:
+    tap = FakeTap()
+    stats = PeerStats()
+    delivered: list[ReceivedMedia] = []
+    fake_tap: Any = tap
+    fake_bridge: Any = FakeBridge()
+    receiver = MediaReceiver(
+        "bob",
+        tap=fake_tap,
+        bridge=fake_bridge,
+        sync=SyncManager("bob"),
+        quality=ConnectionQuality("bob"),
+        stats=stats,
+        sender_reports={},
+        deliver=delivered.append,
+        close_timeout=1.0,
+        started_at=0.0,
+    )
+    send, media = trio.open_memory_channel[MediaEvent](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receiver.run, media)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(5):  # a burst of loss reports (and nothing decoded)
+            receiver.play(_loss(trio.current_time()))
+        await trio.testing.wait_all_tasks_blocked()
+        assert tap.plis == 1
+        assert stats.keyframe_requests == 1
+        assert receiver.keyframes.wanted_since is not None
+        # Wake-ups of the receive loop (traffic) within the retry interval add nothing.
+        await send.send(RtcpActivity(1, 0.0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert tap.plis == 1
+        # The loop carries out the policy's retry: with a policy whose interval has passed, the
+        # next wake-up sends the repeated request.
+        receiver.keyframes = KeyframePolicy(min_interval=1e-9, retry_interval=1e-9)
+        receiver.keyframes.need(0.0)  # wanted; its own "send now" is not carried out here
+        await send.send(RtcpActivity(1, 0.0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert tap.plis == 2
+        await send.aclose()
+    assert stats.keyframe_requests == 2
+    assert delivered == []
+    assert receiver.last_activity == 0.0
