@@ -37,6 +37,7 @@ __all__ = [
     "StatefulModel",
     "Transition",
     "all_specs",
+    "machine_of",
     "register",
     "render",
     "state_name",
@@ -60,6 +61,8 @@ SPEC_MODULES: tuple[str, ...] = (
 )
 
 _REGISTRY: dict[str, MachineSpec] = {}
+#: Where :meth:`MachineSpec.build` leaves the spec and machine on the model, for observers.
+_MACHINE_ATTRIBUTE = "_statechart_machine"
 
 
 class _SkipBindingFilter(logging.Filter):
@@ -237,7 +240,7 @@ class MachineSpec:
     def build(self, model: object, *, model_override: bool = True, **kwargs: Any) -> Machine:
         """Attach a machine for this spec to ``model``: no auto ``to_*`` triggers, invalid raises."""
         states_enum = self.state_enum
-        return Machine(
+        machine = Machine(
             model=model,
             states=states_enum if states_enum is not None else list(self.states),
             transitions=[t.as_transitions_dict() for t in self.transitions],
@@ -248,6 +251,10 @@ class MachineSpec:
             name=self.name,
             **kwargs,
         )
+        # On the model itself: the machine already refers to the model (and the model's triggers to
+        # the machine), so this adds no reference that could keep either alive longer.
+        setattr(model, _MACHINE_ATTRIBUTE, (self, machine))
+        return machine
 
 
 def trigger_stub() -> Callable[..., bool]:
@@ -273,6 +280,21 @@ class StatefulModel:
         the runtime fires it here and the machine decides; returns whether the state changed.
         """
         return bool(self.may_trigger(trigger)) and bool(self.trigger(trigger))
+
+
+def machine_of(model: object) -> tuple[MachineSpec, Machine]:
+    """The spec and the ``transitions.Machine`` that drive ``model`` (built by :meth:`MachineSpec.build`).
+
+    For observers: a stateful test hooks the machine's ``after_state_change`` to see every arrow
+    taken, even several within one call.
+    """
+    found = getattr(model, _MACHINE_ATTRIBUTE, None)
+    if found is None:
+        raise StatechartError(f"{model!r} has no machine")
+    spec, machine = found
+    assert isinstance(spec, MachineSpec)
+    assert isinstance(machine, Machine)
+    return spec, machine
 
 
 def register(spec: MachineSpec) -> MachineSpec:
