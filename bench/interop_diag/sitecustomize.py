@@ -51,7 +51,7 @@ def _outputs(outs: list[Any]) -> None:
 def _install() -> None:
     from meshrtc.pipeline.nodes import mixminus
     from meshrtc.rtc import tracks
-    from meshrtc.rtc.peer import ReceivedAudio
+    from meshrtc.rtc.events import ReceivedAudio
     from meshrtc.session import router
 
     accept = router.SessionRouter.accept
