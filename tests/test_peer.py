@@ -326,10 +326,11 @@ async def test_a_peer_needs_some_media_and_connected_needs_a_remote_sdp() -> Non
         with pytest.raises(PeerError, match="itself"):
             PeerConnection("bob", bridge, TransportConfig(), nowhere, local_id="bob")
         peer = PeerConnection("bob", bridge, TransportConfig(), nowhere, local_id="alice")
-        peer.start_gathering()
-        peer.gathering_complete()
+        # The machine is the peer's Negotiation (rtc/negotiation.py); its guard says no.
+        peer._negotiation.start_gathering()
+        peer._negotiation.gathering_complete()
         assert peer.state == "Connecting"
-        assert peer.connected() is False  # the guard: no remote description yet
+        assert peer._negotiation.connected() is False  # the guard: no remote description yet
         assert peer.state == "Connecting"
         await peer.aclose()
         assert peer.state == "Closed"

@@ -239,7 +239,7 @@ class SyntheticPeer:
         """Record the link's connect time once it is Connected; true once it is."""
         if self.figures.connect_ms is None:
             link = self.link()
-            if link is None or link.state != "Connected":
+            if link is None or not link.is_connected:
                 return False
             self.figures.connect_ms = 1000.0 * (time.monotonic() - self.joined_at)
         return True
@@ -583,7 +583,7 @@ async def run_demo(
                         def transport_connected() -> bool:
                             links = [manager.get_peer(pid) for pid in names]
                             return set(running.session.peers) == names and all(
-                                link is not None and link.state == "Connected" for link in links
+                                link is not None and link.is_connected for link in links
                             )
 
                         with trio.fail_after(CHILD_READY_TIMEOUT):

@@ -10,16 +10,19 @@ is the durable entity (peer id, connection id, state, sync, quality, ``received`
 go underneath it. Who offers a rebuild follows docs/signaling.md: the lower peer id offers; the other
 is polite and gives way when both offer at once.
 
-One task, :meth:`PeerConnection._supervise`, makes every negotiation and state decision, reading a
-single control channel (signals from the remote, aiortc state changes, timers), so there is no
-interleaving to reason about. Per link, a :class:`~meshrtc.rtc.receiver.MediaReceiver` runs the
-receive path (ingest → SyncManager → decode → keyframe policy) and hands what is due to
-:attr:`PeerConnection.received`; this class only builds it and joins it with the link.
+Every negotiation and state decision (glare, rebuild, backoff, give-up, timers) is made by the
+sans-IO :class:`~meshrtc.rtc.negotiation.Negotiation`; this class is its trio shell. One task,
+:meth:`PeerConnection._supervise`, reads a single control channel (signals from the remote, aiortc
+state changes, the Negotiation's next deadline), feeds each to the Negotiation and carries out the
+actions it returns before reading the next, so there is no interleaving to reason about. Per
+link, a :class:`~meshrtc.rtc.receiver.MediaReceiver` runs the receive path (ingest → SyncManager →
+decode → keyframe policy) and hands what is due to :attr:`PeerConnection.received`; this class
+only builds it and joins it with the link.
 
-The state mirrors aiortc's connection state (invariant 8): Connected is entered on aiortc's
-``connected`` (never without a remote SDP: the transition is guarded), and left the moment aiortc
-reports ``failed``/``closed``, a remote re-offer replaces the link, or the media falls silent for
-``media_timeout`` (aioice's own consent check takes ~30 s to notice a dead path).
+The state (the Negotiation's) mirrors aiortc's connection state (invariant 8): Connected is
+entered on aiortc's ``connected`` (never without a remote SDP: the transition is guarded), and left
+the moment aiortc reports ``failed``/``closed``, a remote re-offer replaces the link, or the media
+falls silent for ``media_timeout`` (aioice's own consent check takes ~30 s to notice a dead path).
 """
 
 from __future__ import annotations
@@ -79,6 +82,24 @@ from meshrtc.rtc.aiortc_adapter import (
 )
 from meshrtc.rtc.bridge import Bridge, ToTrio
 from meshrtc.rtc.events import ReceivedMedia
+from meshrtc.rtc.negotiation import (
+    PEER_CONNECTION_MACHINE,
+    Action,
+    AddCandidate,
+    ApplyAnswer,
+    BackOff,
+    BuildLink,
+    DropLink,
+    FlushCandidates,
+    GiveUp,
+    Negotiation,
+    PeerState,
+    QueueCandidate,
+    ResetMedia,
+    SendAnswer,
+    SendError,
+    SendOffer,
+)
 from meshrtc.rtc.peer_stats import PeerStats
 from meshrtc.rtc.receiver import ChannelMessage, MediaEvent, MediaReceiver, buffers_jitter_ms
 from meshrtc.rtc.tracks import (
@@ -89,7 +110,6 @@ from meshrtc.rtc.tracks import (
 )
 from meshrtc.signaling.client import Backoff
 from meshrtc.signaling.protocol import ErrorCode, lower_id_offers, validate_candidate
-from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
 __all__ = [
     "PEER_CONNECTION_MACHINE",
@@ -104,29 +124,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_LIVE = ("New", "GatheringIce", "Connecting", "Connected", "Reconnecting")
-
-PEER_CONNECTION_MACHINE = register(
-    MachineSpec(
-        name="PeerConnection",
-        doc="New → Gathering ICE → Connecting → Connected → Failed | Closed; a lost path from "
-        "Connecting or Connected goes to Reconnecting (the RTCPeerConnection is rebuilt and "
-        "renegotiated, with backoff) and back to Connected, or to Failed after the configured "
-        "attempts (spec section 2). Connected needs a remote SDP (`has_remote_sdp`).",
-        states=(*_LIVE, "Failed", "Closed"),
-        initial="New",
-        labels={"GatheringIce": "Gathering ICE"},
-        transitions=(
-            ("start_gathering", "New", "GatheringIce"),
-            ("gathering_complete", "GatheringIce", "Connecting"),
-            ("connected", ("Connecting", "Reconnecting"), "Connected", "has_remote_sdp"),
-            ("connection_lost", ("Connecting", "Connected"), "Reconnecting"),
-            ("fail", _LIVE, "Failed"),
-            ("close", (*_LIVE, "Failed"), "Closed"),
-        ),
-    )
-)
 
 #: Session-level SDP attribute naming the negotiation an offer belongs to; the answer echoes it, so
 #: a late answer to an abandoned attempt is recognised and ignored. Other endpoints ignore it.
@@ -221,7 +218,8 @@ class _StartOffer:
 @attrs.frozen
 class _PcState:
     generation: int
-    state: str
+    #: aiortc's ``connectionState`` (a string of aiortc's, not one of our states).
+    connection_state: str
 
 
 @attrs.frozen
@@ -231,6 +229,9 @@ class _ChannelReady:
 
 
 _Control: TypeAlias = _Signal | _StartOffer | _PcState | _ChannelReady
+
+#: aiortc's connection states that are events for the Negotiation (the others are steps within).
+_LINK_EVENTS: Final = {"connected": "up", "failed": "down", "closed": "down"}
 
 
 _MediaEvent: TypeAlias = MediaEvent
@@ -252,8 +253,6 @@ class _Link:
     #: The link's receive path: ingest, sync, decode, keyframe policy.
     receiver: MediaReceiver
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    offer_tag: str | None = None
-    remote_set: bool = False
     pending_candidates: list[RTCIceCandidate | None] = attrs.Factory(list)
     #: Media kinds the negotiation accepted (a section the answer rejected carries nothing).
     kinds: frozenset[str] = frozenset()
@@ -363,7 +362,7 @@ async def _apply_answer(pc: RTCPeerConnection, answer: str) -> tuple[int, ...]:
     return await apply_answer(pc, answer)
 
 
-class PeerConnection(StatefulModel):
+class PeerConnection:
     """One remote peer: negotiation, reconnection, receive and send paths, quality (spec section 2).
 
     ``peer_id`` names the *remote* peer; ``local_id`` (default ``config.peer_id``) is ours, for the
@@ -375,14 +374,6 @@ class PeerConnection(StatefulModel):
     :meth:`send_audio` / :meth:`send_video` / :meth:`send_data`; :meth:`aclose` when done. ``run``
     returns when the connection is closed or has Failed (see :attr:`failure_reason`).
     """
-
-    state: str
-    start_gathering = trigger_stub()
-    gathering_complete = trigger_stub()
-    connected = trigger_stub()
-    connection_lost = trigger_stub()
-    fail = trigger_stub()
-    close = trigger_stub()
 
     def __init__(
         self,
@@ -419,18 +410,12 @@ class PeerConnection(StatefulModel):
         #: Unique per PeerConnection object; its links are ``<connection_id>.<generation>``.
         self.connection_id = f"{self.local_id}-{peer_id}-{secrets.token_hex(4)}"
         self.created_at = time.monotonic()
-        self.connected_at: float | None = None
         self.local_sdp: str | None = None
         self.remote_sdp: str | None = None
         self.local_candidates: list[str] = []
         self.remote_candidates: list[str] = []
-        self.failure_reason: str | None = None
-        #: True when the remote refused us (its mesh is full): Failed for good, do not retry.
-        self.refused = False
-        #: Why the last connected link was given up (media silent, aiortc failed, re-offered).
-        self.last_loss_reason: str | None = None
         #: (monotonic time, state) of every state entered, starting with New.
-        self.history: list[tuple[float, str]] = [(self.created_at, PEER_CONNECTION_MACHINE.initial)]
+        self.history: list[tuple[float, PeerState]] = [(self.created_at, PeerState.New)]
         self.stats = PeerStats()
         #: The latest Sender Report per kind on the current link.
         self.sender_reports: dict[FrameType, SenderReport] = {}
@@ -438,7 +423,6 @@ class PeerConnection(StatefulModel):
         self.bitrate_decisions: list[tuple[FrameType, BitrateDecision, int | None]] = []
         #: Test-only network hook on every RTCPeerConnection this peer builds.
         self.path_control = PathControl()
-        self.generation = 0
         self.sync_manager = SyncManager(
             peer_id,
             jitter_buffer_size_ms=float(config.jitter_buffer_size_ms),
@@ -465,32 +449,68 @@ class PeerConnection(StatefulModel):
         self._started = False
         self._done = trio.Event()
         self._changed = trio.Event()
-        self._failures = 0
-        self._ever_connected = False
-        self._lost_at: float | None = None
-        self._retry_at: float | None = None
-        self._attempt_deadline: float | None = None
-        PEER_CONNECTION_MACHINE.build(self, after_state_change=self._after_state_change)
+        backoff = self.options.reconnect
+        #: Every negotiation, glare, rebuild, backoff and give-up decision (rtc/negotiation.py).
+        self._negotiation = Negotiation(
+            peer_id=peer_id,
+            connection_id=self.connection_id,
+            polite=self.polite,
+            connect_timeout=self.options.connect_timeout,
+            reconnect_timeout=self.options.reconnect_timeout,
+            media_timeout=self.options.media_timeout,
+            polite_wait=self.options.polite_wait,
+            tries=backoff.tries,
+            backoff_delay=lambda attempt: backoff.delay(attempt, self._rand()),
+            on_state_change=self._after_state_change,
+        )
 
-    # --- state ----------------------------------------------------------------------------------
+    # --- state (the Negotiation's) ----------------------------------------------------------------
 
-    def has_remote_sdp(self) -> bool:
-        """Guard of ``connected``: the current link has the remote's description applied."""
-        link = self._link
-        return self.remote_sdp is not None and link is not None and link.remote_set
+    @property
+    def state(self) -> PeerState:
+        return self._negotiation.state
 
-    def _after_state_change(self) -> None:
-        self.history.append((time.monotonic(), self.state))
-        log.info("peer %s ↔ %s: %s", self.local_id, self.peer_id, self.state)
+    @property
+    def is_connected(self) -> bool:
+        """Connected now (asked of the machine, not compared by name)."""
+        return self._negotiation.is_connected
+
+    @property
+    def generation(self) -> int:
+        """The newest link's number (1 for the first; each rebuild adds one)."""
+        return self._negotiation.generation
+
+    @property
+    def connected_at(self) -> float | None:
+        return self._negotiation.connected_at
+
+    @property
+    def failure_reason(self) -> str | None:
+        return self._negotiation.failure_reason
+
+    @property
+    def refused(self) -> bool:
+        """True when the remote refused us (its mesh is full): Failed for good, do not retry."""
+        return self._negotiation.refused
+
+    @property
+    def last_loss_reason(self) -> str | None:
+        """Why the last connected link was given up (media silent, aiortc failed, re-offered)."""
+        return self._negotiation.last_loss_reason
+
+    def _after_state_change(self, state: PeerState) -> None:
+        self._absorb_statistics()  # the callback below reads ``stats.reconnects``
+        self.history.append((time.monotonic(), state))
+        log.info("peer %s ↔ %s: %s", self.local_id, self.peer_id, state)
         self._notify()
         if self._on_state_change is not None:
-            self._on_state_change(self, self.state)
+            self._on_state_change(self, state)
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def wait_state(self, *states: str) -> str:
+    async def wait_state(self, *states: str) -> PeerState:
         """Wait until the state is one of ``states`` (bound it with ``trio.fail_after``)."""
         while self.state not in states:
             await self._changed.wait()
@@ -545,7 +565,7 @@ class PeerConnection(StatefulModel):
         self, *, task_status: trio.TaskStatus[PeerConnection] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Own the connection until it is closed, cancelled or Failed."""
-        if self._started or self.state == "Closed":
+        if self._started or self._negotiation.closed:
             raise PeerError(f"peer {self.peer_id}: run() starts once, and not after aclose()")
         self._started = True
         try:
@@ -575,8 +595,7 @@ class PeerConnection(StatefulModel):
         self._control_pipe.close()
         self._control_send.close()
         self._received_send.close()
-        if self.state in _LIVE:
-            self.close()
+        self._negotiation.shutdown()
 
     async def offer(self) -> None:
         """Make this side the offerer of the first negotiation (the newcomer, docs/signaling.md)."""
@@ -599,179 +618,176 @@ class PeerConnection(StatefulModel):
         except trio.ClosedResourceError:
             log.debug("peer %s: %s after close, dropped", self.peer_id, method)
 
-    # --- the supervisor -------------------------------------------------------------------------
+    # --- the supervisor: events to the Negotiation, its actions carried out --------------------
 
     async def _supervise(self) -> None:
-        while self.state in _LIVE:
-            deadline = self._deadline()
+        negotiation = self._negotiation
+        while negotiation.live:
+            deadline = negotiation.next_deadline(self._activity())
             message: _Control | None = None
             wait = math.inf if deadline is None else deadline - time.monotonic()
             if wait > 0:
                 with trio.move_on_after(wait):
                     message = await self._control.receive()
             if message is None:
-                await self._on_deadline()
+                await self._carry_out(negotiation.timer(time.monotonic(), self._activity()))
             else:
                 await self._on_control(message)
 
-    def _deadline(self) -> float | None:
-        candidates = [t for t in (self._retry_at, self._attempt_deadline) if t is not None]
+    def _activity(self) -> float | None:
+        """The current link's newest arrival from the remote (the media timeout counts from it)."""
         link = self._link
-        if self.state == "Connected" and link is not None and link.kinds & {"audio", "video"}:
-            candidates.append(link.last_activity + self.options.media_timeout)
-        return min(candidates, default=None)
-
-    async def _on_deadline(self) -> None:
-        now = time.monotonic()
-        if self._retry_at is not None and now >= self._retry_at:
-            self._retry_at = None
-            await self._offer()
-        elif self._attempt_deadline is not None and now >= self._attempt_deadline:
-            timeout = self._attempt_deadline - (self._link.started_at if self._link else now)
-            await self._link_failed(f"not connected within {timeout:.1f} s")
-        elif self.state == "Connected" and self._link is not None:
-            silent = now - self._link.last_activity
-            if silent >= self.options.media_timeout:
-                await self._link_failed(f"no RTP/RTCP for {silent:.1f} s")
+        return None if link is None else link.last_activity
 
     async def _on_control(self, message: _Control) -> None:
+        negotiation = self._negotiation
         if isinstance(message, _Signal):
+            sdp = str(message.params.get("sdp", ""))
             if message.method == "offer":
-                await self._on_offer(str(message.params.get("sdp", "")))
+                await self._carry_out(negotiation.remote_offer(time.monotonic()), sdp=sdp)
             elif message.method == "answer":
-                await self._on_answer(str(message.params.get("sdp", "")))
+                tag = _session_attribute(sdp, ATTEMPT_ATTRIBUTE)
+                await self._carry_out(negotiation.remote_answer(tag, refusal_reason(sdp)), sdp=sdp)
             elif message.method == "error":
-                await self._on_error(message.params)
+                message_text = str(message.params.get("message", ""))
+                await self._carry_out(negotiation.remote_error(message_text))
             else:
                 await self._on_candidate(message.params)
         elif isinstance(message, _StartOffer):
-            if self.state == "New":
-                await self._offer()
+            await self._carry_out(negotiation.want_offer())
         elif isinstance(message, _PcState):
-            await self._on_pc_state(message)
+            link_event = _LINK_EVENTS.get(message.connection_state)
+            now = time.monotonic()
+            if link_event == "up":
+                await self._carry_out(negotiation.link_up(message.generation, now))
+            elif link_event == "down":
+                why = message.connection_state
+                await self._carry_out(negotiation.link_down(message.generation, now, why))
         else:
             link = self._link
             if link is not None and link.generation == message.generation:
                 link.channel = message.channel
                 self._notify()
 
-    async def _offer(self) -> None:
+    async def _carry_out(
+        self,
+        actions: list[Action],
+        *,
+        sdp: str = "",
+        candidate: RTCIceCandidate | None = None,
+    ) -> None:
+        """Do what the Negotiation decided, in order. ``sdp`` is the remote's offer or answer the
+        actions are about, ``candidate`` the remote candidate."""
+        self._absorb_statistics()
+        for action in actions:
+            link = self._link
+            if isinstance(action, BuildLink):
+                if action.offerer:
+                    await self._build_offer(action.generation)
+                else:
+                    await self._build_answer(action.generation, sdp)
+            elif isinstance(action, SendOffer):
+                offer = self.local_sdp or ""
+                sdp_out = _with_session_attribute(offer, ATTEMPT_ATTRIBUTE, action.tag)
+                await self._signal("offer", {"sdp": sdp_out})
+            elif isinstance(action, SendAnswer):
+                answer = self.local_sdp or ""
+                tag = _session_attribute(sdp, ATTEMPT_ATTRIBUTE)
+                if tag is not None:
+                    answer = _with_session_attribute(answer, ATTEMPT_ATTRIBUTE, tag)
+                await self._signal("answer", {"sdp": answer})
+            elif isinstance(action, SendError):
+                code = int(ErrorCode.UNANSWERABLE_OFFER)
+                await self._signal("error", {"code": code, "message": action.message})
+            elif isinstance(action, ApplyAnswer) and link is not None:
+                await self._apply_answer(link, sdp)
+            elif isinstance(action, AddCandidate) and link is not None:
+                await self._add_candidate(link, candidate)
+            elif isinstance(action, QueueCandidate) and link is not None:
+                link.pending_candidates.append(candidate)
+            elif isinstance(action, FlushCandidates) and link is not None:
+                await self._flush_candidates(link)
+            elif isinstance(action, ResetMedia):
+                self.sync_manager.reset()
+            elif isinstance(action, DropLink):
+                await self._drop_link()
+                await self._carry_out(self._negotiation.link_dropped(time.monotonic()))
+            elif isinstance(action, BackOff):
+                log.debug("peer %s: next attempt at %.3f", self.peer_id, action.until)
+            elif isinstance(action, GiveUp):
+                log.debug("peer %s: gave up (refused: %s)", self.peer_id, action.refused)
+        self._absorb_statistics()
+
+    def _absorb_statistics(self) -> None:
+        """The Negotiation's counters into :attr:`stats` (read by the manager on state changes)."""
+        counts = self._negotiation.statistics()
+        self.stats.ignored_offers = counts.ignored_offers
+        self.stats.stale_answers = counts.stale_answers
+        self.stats.refused_offers = counts.refused_offers
+        self.stats.reconnects = counts.reconnects
+
+    async def _build_offer(self, generation: int) -> None:
+        """A fresh offering link, its offer created; the Negotiation then sends it."""
+        negotiation = self._negotiation
         await self._drop_link()
-        if self.state == "New":
-            self.start_gathering()
         try:
-            link = await self._new_link(offerer=True)
+            link = await self._new_link(generation, offerer=True)
         except MeshRtcError as err:  # the bridge is closing
-            await self._give_up(f"cannot build a connection: {err}")
+            await self._carry_out(negotiation.build_failed(str(err)))
             return
+        negotiation.link_built(generation, link.started_at)
         try:
             sdp = await self.bridge.run(_local_offer, link.pc, self.path_control)
         except Exception as exc:  # noqa: BLE001 - aiortc raises many types; the link fails either way
-            await self._link_failed(f"creating an offer failed: {exc!r}")
+            reason = f"creating an offer failed: {exc!r}"
+            await self._carry_out(negotiation.link_failed(time.monotonic(), reason))
             return
-        if self.state == "GatheringIce":
-            self.gathering_complete()
-        link.offer_tag = f"{self.connection_id}.{link.generation}"
         self._set_local(sdp)
-        self._arm_attempt(link)
-        await self._signal(
-            "offer", {"sdp": _with_session_attribute(sdp, ATTEMPT_ATTRIBUTE, link.offer_tag)}
-        )
+        await self._carry_out(negotiation.offer_ready(time.monotonic()))
         await self._fail_without_candidates()
 
-    async def _on_offer(self, sdp: str) -> None:
-        link = self._link
-        if link is not None and link.offer_tag is not None and not link.remote_set:
-            if not self.polite:
-                # Glare: we are the lower id; the remote rolls back and answers ours.
-                self.stats.ignored_offers += 1
-                log.info("peer %s: ignoring a colliding offer (we offer)", self.peer_id)
-                return
-            log.info("peer %s: colliding offer; rolling back ours and answering", self.peer_id)
-        if self.state == "Connected":
-            self._lose("the remote renegotiated")
+    async def _build_answer(self, generation: int, offer: str) -> None:
+        """A fresh answering link with ``offer`` applied and answered; the Negotiation sends it."""
+        negotiation = self._negotiation
         await self._drop_link()
-        self._retry_at = None
-        if self.state == "New":
-            self.start_gathering()
         try:
-            link = await self._new_link(offerer=False)
+            link = await self._new_link(generation, offerer=False)
         except MeshRtcError as err:  # the bridge is closing
-            await self._give_up(f"cannot build a connection: {err}")
+            await self._carry_out(negotiation.build_failed(str(err)))
             return
+        negotiation.link_built(generation, link.started_at)
         try:
             negotiated = await self.bridge.run(
-                _local_answer, link.pc, sdp, self.path_control, self._codec_preferences()
+                _local_answer, link.pc, offer, self.path_control, self._codec_preferences()
             )
         except UnanswerableOfferError as exc:
-            await self._refuse_offer(str(exc))
+            await self._carry_out(negotiation.offer_unanswerable(str(exc)))
             return
         except Exception as exc:  # noqa: BLE001 - an aiortc failure past the offer itself
-            await self._refuse_offer(f"answering the offer failed: {exc!r}")
+            reason = f"answering the offer failed: {exc!r}"
+            await self._carry_out(negotiation.offer_unanswerable(reason))
             return
         answer = negotiated.sdp
         link.kinds = accepted_kinds(answer)
-        if self.state == "GatheringIce":
-            self.gathering_complete()
-        link.remote_set = True
-        self._set_remote(sdp)
+        self._set_remote(offer)
         self._set_local(answer)
-        await self._flush_candidates(link)
-        self._arm_attempt(link)
-        tag = _session_attribute(sdp, ATTEMPT_ATTRIBUTE)
-        if tag is not None:
-            answer = _with_session_attribute(answer, ATTEMPT_ATTRIBUTE, tag)
-        await self._signal("answer", {"sdp": answer})
+        media = bool(link.kinds & {"audio", "video"})
+        await self._carry_out(negotiation.answer_ready(time.monotonic(), media=media), sdp=offer)
         await self._fail_without_candidates()
 
-    async def _on_answer(self, sdp: str) -> None:
-        reason = refusal_reason(sdp)
-        if reason is not None:
-            await self._give_up(f"refused by {self.peer_id}: {reason}", refused=True)
-            return
-        link = self._link
-        tag = _session_attribute(sdp, ATTEMPT_ATTRIBUTE)
-        if (
-            link is None
-            or link.offer_tag is None
-            or link.remote_set
-            or (tag is not None and tag != link.offer_tag)
-        ):
-            self.stats.stale_answers += 1
-            log.debug("peer %s: ignoring an answer to no outstanding offer", self.peer_id)
-            return
+    async def _apply_answer(self, link: _Link, sdp: str) -> None:
         try:
             rejected = await self.bridge.run(_apply_answer, link.pc, sdp)
         except Exception as exc:  # noqa: BLE001 - bad SDP or aiortc refusing it; the link fails
-            await self._link_failed(f"applying the answer failed: {exc!r}")
+            reason = f"applying the answer failed: {exc!r}"
+            await self._carry_out(self._negotiation.link_failed(time.monotonic(), reason))
             return
         if rejected:
             log.info("peer %s: the answer rejects sections %s", self.peer_id, list(rejected))
         link.kinds = accepted_kinds(sdp)
-        link.remote_set = True
         self._set_remote(sdp)
-        await self._flush_candidates(link)
-
-    async def _refuse_offer(self, reason: str) -> None:
-        """An offer we cannot answer at all: tell the offerer why (``peer.error``), then fail.
-
-        Not retried: the same offer would fail again; a corrected one starts a new connection.
-        """
-        log.warning("peer %s: cannot answer its offer: %s", self.peer_id, reason)
-        self.stats.refused_offers += 1
-        await self._signal(
-            "error", {"code": int(ErrorCode.UNANSWERABLE_OFFER), "message": reason[:1000]}
-        )
-        await self._give_up(f"cannot answer the offer of {self.peer_id}: {reason}")
-
-    async def _on_error(self, params: Mapping[str, Any]) -> None:
-        """``peer.error`` from the remote: it cannot answer our outstanding offer."""
-        message = str(params.get("message", ""))
-        link = self._link
-        if link is None or link.offer_tag is None or link.remote_set:
-            log.info("peer %s: error with no offer outstanding: %s", self.peer_id, message)
-            return
-        await self._give_up(f"{self.peer_id} cannot answer our offer: {message}")
+        media = bool(link.kinds & {"audio", "video"})
+        await self._carry_out(self._negotiation.answer_applied(media=media))
 
     async def _on_candidate(self, params: Mapping[str, Any]) -> None:
         text = str(params.get("candidate") or "")
@@ -788,13 +804,7 @@ class PeerConnection(StatefulModel):
             index = params.get("sdpMLineIndex")
             candidate.sdpMLineIndex = 0 if index is None and candidate.sdpMid is None else index
             self.remote_candidates.append(text)
-        link = self._link
-        if link is None:
-            return
-        if not link.remote_set:
-            link.pending_candidates.append(candidate)
-            return
-        await self._add_candidate(link, candidate)
+        await self._carry_out(self._negotiation.remote_candidate(), candidate=candidate)
 
     async def _flush_candidates(self, link: _Link) -> None:
         pending, link.pending_candidates = link.pending_candidates, []
@@ -807,87 +817,12 @@ class PeerConnection(StatefulModel):
         except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the connection
             log.warning("peer %s: aiortc refused a candidate: %r", self.peer_id, exc)
 
-    async def _on_pc_state(self, event: _PcState) -> None:
-        link = self._link
-        if link is None or event.generation != link.generation:
-            return  # a link we already dropped
-        if event.state == "connected":
-            if self.state not in ("Connecting", "Reconnecting") or not self.has_remote_sdp():
-                return
-            # Bookkeeping first: the state-change callback (the manager's events) reads it.
-            now = time.monotonic()
-            self._attempt_deadline = None
-            self._retry_at = None
-            link.last_activity = now
-            self.connected_at = now
-            if self._ever_connected:
-                self.stats.reconnects += 1
-                if self._lost_at is not None:
-                    log.info(
-                        "peer %s: reconnected %.2f s after the loss",
-                        self.peer_id,
-                        now - self._lost_at,
-                    )
-            self._ever_connected = True
-            self._failures = 0
-            self.connected()
-        elif event.state in ("failed", "closed"):
-            await self._link_failed(f"aiortc reports the connection {event.state}")
-
-    def _lose(self, reason: str) -> None:
-        """Connected/Connecting → Reconnecting: the media state of the old path is void."""
-        self.last_loss_reason = reason
-        self._lost_at = time.monotonic()
-        log.info("peer %s: connection lost (%s)", self.peer_id, reason)
-        self.connection_lost()
-        self.sync_manager.reset()
-
-    async def _link_failed(self, reason: str) -> None:
-        await self._drop_link()
-        self._attempt_deadline = None
-        if self.state == "Connected":
-            self._lose(reason)
-            self._failures = 0
-        elif self.state == "Connecting":
-            self._lose(reason)
-            self._failures = 1
-        elif self.state == "Reconnecting":
-            self._failures += 1
-            log.info(
-                "peer %s: reconnect attempt %d failed (%s)", self.peer_id, self._failures, reason
-            )
-        else:
-            await self._give_up(reason)
-            return
-        backoff = self.options.reconnect
-        if self._failures >= backoff.tries:
-            await self._give_up(f"{reason}; gave up after {self._failures} reconnect attempts")
-            return
-        delay = 0.0 if self._failures == 0 else backoff.delay(self._failures - 1, self._rand())
-        if self.polite:
-            delay += self.options.polite_wait
-        self._retry_at = time.monotonic() + delay
-
-    async def _give_up(self, reason: str, *, refused: bool = False) -> None:
-        await self._drop_link()
-        self._retry_at = self._attempt_deadline = None
-        self.failure_reason = reason
-        self.refused = refused
-        log.warning("peer %s: failed: %s", self.peer_id, reason)
-        if self.state in _LIVE:
-            self.fail()
-
-    def _arm_attempt(self, link: _Link) -> None:
-        limit = (
-            self.options.reconnect_timeout if self._ever_connected else self.options.connect_timeout
-        )
-        self._attempt_deadline = link.started_at + limit
-
     async def _fail_without_candidates(self) -> None:
         """A link that gathered no candidate can never connect: fail it now, saying why, instead
         of at its deadline. Only after signaling, so the remote's connection moves on too."""
         if not self.local_candidates:
-            await self._link_failed(self._no_candidates_reason())
+            reason = self._no_candidates_reason()
+            await self._carry_out(self._negotiation.link_failed(time.monotonic(), reason))
 
     def _no_candidates_reason(self) -> str:
         if self.config.ice_transport_policy is IceTransportPolicy.RELAY:
@@ -917,10 +852,8 @@ class PeerConnection(StatefulModel):
 
     # --- links ----------------------------------------------------------------------------------
 
-    async def _new_link(self, *, offerer: bool) -> _Link:
+    async def _new_link(self, generation: int, *, offerer: bool) -> _Link:
         assert self._nursery is not None
-        self.generation += 1
-        generation = self.generation
         if generation > 1:
             self.sync_manager.reset()
         self.sender_reports.clear()
@@ -1101,7 +1034,7 @@ class PeerConnection(StatefulModel):
             await trio.sleep(self.options.quality_interval)
             metrics = self._metrics = self.quality.snapshot(time.monotonic())
             link = self._link
-            if self.state == "Connected" and link is not None:
+            if self._negotiation.is_connected and link is not None:
                 await self._adapt_bitrates(link, metrics)
 
     async def _adapt_bitrates(self, link: _Link, metrics: ConnectionQualityMetrics) -> None:
@@ -1208,13 +1141,15 @@ class PeerConnection(StatefulModel):
             payload = data
         else:
             payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        negotiation = self._negotiation
         with trio.move_on_after(self.options.data_open_timeout):
-            while self.state not in ("Connected", "Failed", "Closed") or (
-                self.state == "Connected" and (self._link is None or self._link.channel is None)
+            # Until Connected with an open channel, or Failed/Closed.
+            while negotiation.live and not (
+                negotiation.is_connected and self._link is not None and self._link.channel
             ):
                 await self._changed.wait()
         link = self._link
-        if link is None or link.channel is None or self.state != "Connected":
+        if link is None or link.channel is None or not negotiation.is_connected:
             raise PeerError(f"peer {self.peer_id}: no open data channel ({self.state})")
         try:
             await self.bridge.call(_send_on_channel, link.channel, payload)

@@ -148,7 +148,7 @@ class PeerManager:
 
     def list_connected(self) -> list[str]:
         """Remote peer ids whose connection is Connected now, in the order they were added."""
-        return [pid for pid, peer in self._peers.items() if peer.state == "Connected"]
+        return [pid for pid, peer in self._peers.items() if peer.is_connected]
 
     def get_metrics(self, peer_id: str) -> ConnectionQualityMetrics | None:
         peer = self._peers.get(peer_id)
