@@ -1,14 +1,14 @@
-"""PeerConnection: one WebRTC connection to one remote peer (spec section 2).
+"""PeerConnection: one WebRTC connection to one remote peer (docs/peers.md).
 
 aiortc keeps ICE, DTLS, SRTP, SCTP and RTCP; this class owns everything from the RTP packet on and
 runs in trio. Each ``RTCPeerConnection`` it builds (a *link*) lives on the bridge's asyncio thread,
 tapped by the adapter, so the asyncio side only forwards packets and events.
 
 Why links: aiortc has no ICE restart, so a lost path is repaired by building a fresh
-RTCPeerConnection and negotiating it again through signaling (design section 3). The PeerConnection
-is the durable entity (peer id, connection id, state, sync, quality, ``received``); links come and
-go underneath it. Who offers a rebuild follows docs/signaling.md: the lower peer id offers; the other
-is polite and gives way when both offer at once.
+RTCPeerConnection and negotiating it again through signaling (docs/peers.md, "Reconnection"). The
+PeerConnection is the durable entity (peer id, connection id, state, sync, quality,
+``received``); links come and go underneath it. Who offers a rebuild follows docs/signaling.md: the
+lower peer id offers; the other is polite and gives way when both offer at once.
 
 Every negotiation and state decision (glare, rebuild, backoff, give-up, timers) is made by the
 sans-IO :class:`~meshrtc.rtc.negotiation.Negotiation`; this class is its trio shell. One task,
@@ -19,7 +19,7 @@ link, a :class:`~meshrtc.rtc.receiver.MediaReceiver` runs the receive path (inge
 decode → keyframe policy) and hands what is due to :attr:`PeerConnection.received`; this class
 only builds it and joins it with the link.
 
-The state (the Negotiation's) mirrors aiortc's connection state (invariant 8): Connected is
+The state (the Negotiation's) mirrors aiortc's connection state, never ahead of it: Connected is
 entered on aiortc's ``connected`` (never without a remote SDP: the transition is guarded), and left
 the moment aiortc reports ``failed``/``closed``, a remote re-offer replaces the link, or the media
 falls silent for ``media_timeout`` (aioice's own consent check takes ~30 s to notice a dead path).
@@ -155,7 +155,7 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: object) -> 
 
 @attrs.frozen(kw_only=True)
 class PeerOptions:
-    """Timing and policy of a PeerConnection (not in TransportConfig: the spec does not name them).
+    """Timing and policy of a PeerConnection (kept apart from TransportConfig: they tune one connection).
 
     ``reconnect.tries`` is how many rebuilt connections are tried before Failed; the delay before
     attempt ``n`` is ``reconnect.delay(n)`` (the first attempt after a loss starts at once). The
@@ -175,7 +175,7 @@ class PeerOptions:
         factory=lambda: Backoff(tries=8, initial=0.25, factor=2.0, maximum=1.0, jitter=0.25)
     )
     polite_wait: float = attrs.field(default=1.0, validator=_positive)
-    #: Metrics refresh and bitrate decisions (spec: every 1-5 s).
+    #: Metrics refresh and bitrate decisions (kept within 1-5 s).
     quality_interval: float = attrs.field(default=2.0, validator=_positive)
     #: Loss and RTT must stay low this long before the bitrate is probed upwards.
     probe_after: float = attrs.field(default=5.0, validator=_positive)
@@ -363,7 +363,7 @@ async def _apply_answer(pc: RTCPeerConnection, answer: str) -> tuple[int, ...]:
 
 
 class PeerConnection:
-    """One remote peer: negotiation, reconnection, receive and send paths, quality (spec section 2).
+    """One remote peer: negotiation, reconnection, receive and send paths, quality (docs/peers.md).
 
     ``peer_id`` names the *remote* peer; ``local_id`` (default ``config.peer_id``) is ours, for the
     offer rule. ``media`` is what to negotiate (``audio``/``video``/``data``; data also needs
