@@ -114,6 +114,8 @@ async def receive(peer: PeerConnection, into: Received) -> None:
         while True:
             for kind, sr in list(peer.sender_reports.items()):
                 seen = into.reports[kind]
+                if seen and seen[-1].ssrc != sr.ssrc:
+                    seen.clear()  # a rebuilt link: a new SSRC, a new RTP origin, a new line
                 if not seen or seen[-1] is not sr:
                     seen.append(sr)
             await trio.sleep(0.01)
