@@ -188,8 +188,6 @@ class ClockDriftEstimator(StatefulModel):
         #: The most recent states entered, oldest first: a confirmation and its slew can pass
         #: through Adjusting within one observation, and logs and tests want to see that.
         self.history: deque[DriftState] = deque([_D.Initializing], maxlen=64)
-        #: Transitions so far (never reset).
-        self.transition_count = 0
         #: Called with each state entered, right after the transition.
         self.on_transition: Callable[[DriftState], None] | None = None
         #: Where the fitted estimate wants the correction (set per observation; the guards read it).
@@ -198,7 +196,6 @@ class ClockDriftEstimator(StatefulModel):
 
     def _record_state(self) -> None:
         self.history.append(self.state)
-        self.transition_count += 1
         if self.on_transition is not None:
             self.on_transition(self.state)
 
