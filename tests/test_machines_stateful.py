@@ -208,6 +208,8 @@ class RealStreamSession(MachineChecks):
         self.members: set[str] = set()
         self.first_close_attempt: float | None = None
         self.ever_active = False
+        #: The last member left an Active session (and nobody joined since): it must be Paused.
+        self.expect_paused = False
 
     def models(self) -> list[Any]:
         return [self.session]
@@ -234,11 +236,15 @@ class RealStreamSession(MachineChecks):
             return
         self.session.add_peer(_Peer(pid))
         self.members.add(pid)
+        self.expect_paused = False
 
     @rule(n=st.integers(0, 3))
     def leave(self, n: int) -> None:
         pid = f"p{n}"
+        was_active = self.session.state is SessionState.Active
         assert (self.session.remove_peer(pid) is not None) == (pid in self.members)
+        if pid in self.members and len(self.members) == 1 and was_active:
+            self.expect_paused = True
         self.members.discard(pid)
 
     @rule(k=st.integers(0, 3))
@@ -284,6 +290,8 @@ class RealStreamSession(MachineChecks):
         if s.peers and self.ever_active:
             assert s.state is SessionState.Active
         assert s.accepts_inputs == (s.state is SessionState.Active)
+        if not s.closed:
+            assert (s.state is SessionState.Paused) == self.expect_paused
 
 
 TestRealStreamSession = RealStreamSession.TestCase
