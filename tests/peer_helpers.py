@@ -235,15 +235,18 @@ async def wired_pair(
     media: tuple[str, ...] = ("audio", "video", "data"),
     options: PeerOptions | None = None,
     b_impairments: dict[FrameType, ImpairmentConfig] | None = None,
+    b_config: TransportConfig | None = None,
 ) -> AsyncIterator[WiredPair]:
     """An embedded STUN responder, one bridge, and alice ↔ bob handing signals to each other.
 
-    ``config`` gets the STUN URL filled in (default: H.264). Everything is cancelled on exit.
+    ``config`` gets the STUN URL filled in (default: H.264); ``b_config`` (default: ``config``)
+    is bob's. Everything is cancelled on exit.
     """
     async with trio.open_nursery() as nursery:
         stun: StunServer = await nursery.start(StunServer().run)
         base = config or TransportConfig(video_codec="H264")
         config = attrs.evolve(base, stun_servers=[stun.url])
+        config_b = config if b_config is None else attrs.evolve(b_config, stun_servers=[stun.url])
         async with open_bridge() as bridge:
             peers: dict[str, PeerConnection] = {}
 
@@ -259,7 +262,7 @@ async def wired_pair(
             b = PeerConnection(
                 "alice",
                 bridge,
-                config,
+                config_b,
                 wire("a"),
                 local_id="bob",
                 media=media,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import attrs
 import pytest
 from aiortc import RTCPeerConnection
 
@@ -153,3 +154,37 @@ def test_gathering_on_scopes_and_restores(addresses: tuple[str, ...] | None) -> 
     with host_candidates.gathering_on(addresses):
         assert host_candidates.host_addresses() == (addresses or before)
     assert host_candidates.host_addresses() == before
+
+
+def _host_addresses_of(candidates: list[str]) -> set[str]:
+    return {c.split()[4] for c in candidates if c.split()[6:8] == ["typ", "host"]}
+
+
+async def test_two_peers_with_different_ice_host_addresses_each_use_their_own() -> None:
+    """Two meshrtc PeerConnections in one process, one bridge: alice pins 127.0.0.1, bob
+    127.0.0.2. Each offers only its own address and the pair ICE selects joins the two."""
+    import trio
+
+    from meshrtc.config import TransportConfig
+
+    from .peer_helpers import wired_pair
+
+    alice = TransportConfig(video_codec="VP8", ice_host_addresses=["127.0.0.1"])
+    bob = attrs.evolve(alice, ice_host_addresses=["127.0.0.2"])
+    async with wired_pair(config=alice, b_config=bob, media=("audio",)) as pair:
+        a, b = pair.a, pair.b
+        await pair.nursery.start(a.run)
+        await pair.nursery.start(b.run)
+        await a.offer()
+        with trio.fail_after(15):
+            await a.wait_state("Connected")
+            await b.wait_state("Connected")
+        assert _host_addresses_of(a.local_candidates) == {"127.0.0.1"}
+        assert _host_addresses_of(b.local_candidates) == {"127.0.0.2"}
+        pair_a, pair_b = await a.candidate_pair(), await b.candidate_pair()
+        assert pair_a is not None
+        assert pair_b is not None
+        assert (pair_a.local_address[0], pair_a.remote_address[0]) == ("127.0.0.1", "127.0.0.2")
+        assert (pair_b.local_address[0], pair_b.remote_address[0]) == ("127.0.0.2", "127.0.0.1")
+        await a.aclose()
+        await b.aclose()
