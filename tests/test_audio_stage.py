@@ -296,3 +296,29 @@ def test_demo_json_carries_the_drift_figure_only_when_it_stands() -> None:
     peers = DemoResult(figures, connect_ms=1.0, teardown_ms=1.0, seconds=1.0).to_json()["peers"]
     assert peers["peer1"]["drift_ppm"] is None
     assert peers["peer2"]["drift_ppm"] == -12.3
+
+
+def test_stamp_of_is_where_audio_presented_then_lands_after_a_timeline_step() -> None:
+    """The timeline steps 6 ms later (the SyncManager raised its delay): the stage keeps its frames
+    20 ms apart, so its audio now leaves 6 ms off the timeline until the trim takes that back.
+    ``stamp_of`` must say where audio presented at an instant actually lands (what video presented
+    at that instant must take, or the wire shows the 6 ms as A/V skew)."""
+    stage = DriftCompensationStage()
+    frames = feed(stage, 50, drift_ppm=0, factor=1.0)
+    step = 0.006
+    frames += feed(stage, 10, drift_ppm=0, factor=1.0, start=100.0 + step, first_index=50)
+    marker = np.zeros((FRAME_SAMPLES, 1), np.float32)
+    marker[0] = 1.0
+    presented = 100.0 + 60 * FRAME_SECONDS + step
+    frames += stage.push(marker, presented)
+    expected = stage.stamp_of(presented)
+    frames += feed(stage, 5, drift_ppm=0, factor=1.0, start=100.0 + step, first_index=61)
+    landed = [
+        f.local_time + int(np.argmax(np.abs(f.samples[:, 0]))) / FS
+        for f in frames
+        if np.max(np.abs(f.samples)) > 0.3
+    ]
+    assert len(landed) == 1
+    assert abs(landed[0] - presented) > 0.004  # the plain presentation time is 6 ms off
+    assert abs(landed[0] - expected) < 0.0003
+    assert DriftCompensationStage().stamp_of(5.0) == 5.0  # nothing pushed: no shift

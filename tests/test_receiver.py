@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from meshrtc.media.frame import FrameType
-from meshrtc.media.jitter import KeyframeReason, KeyframeRequest
+from meshrtc.media.jitter import Gap, KeyframeReason, KeyframeRequest
 from meshrtc.media.keyframe import KeyframePolicy
 from meshrtc.media.quality import ConnectionQuality
 from meshrtc.media.sync import AlignedItem, SyncManager
@@ -86,3 +86,44 @@ async def test_loss_reports_become_one_pli_and_an_unanswered_one_is_repeated() -
     assert stats.keyframe_requests == 2
     assert delivered == []
     assert receiver.last_activity == 0.0
+
+
+def test_a_picture_takes_the_time_its_audio_leaves_the_drift_stage() -> None:
+    """Audio leaves the drift stage on its own 20 ms frames; after a 6 ms step of the timeline it
+    lands 6 ms off the presentation time until the stage's trim takes that back (seconds). A
+    picture presented with that audio must take the same time, or the wire shows the step as A/V
+    skew (it did: -5..+16 ms per connection through a transport)."""
+    fake: Any = None
+    receiver = MediaReceiver(
+        "bob",
+        tap=fake,
+        bridge=fake,
+        sync=SyncManager("bob"),
+        quality=ConnectionQuality("bob"),
+        stats=PeerStats(),
+        sender_reports={},
+        deliver=lambda _item: None,
+        close_timeout=1.0,
+        started_at=0.0,
+    )
+
+    def audio(n: int, presented: float) -> AlignedItem:
+        gap = Gap(FrameType.AUDIO, n, 1, n * 960, presented)
+        return AlignedItem(FrameType.AUDIO, gap, None, presented, presented)
+
+    for n in range(50):
+        receiver.play(audio(n, 100.0 + n * 0.02))
+    for n in range(50, 60):  # the timeline steps 6 ms later
+        receiver.play(audio(n, 100.006 + n * 0.02))
+    presented = 100.006 + 59 * 0.02
+    # A video item released at that instant (this one is not media, so no decoder is needed; a
+    # VideoFrame passes the same way to the decode thread): its time is settled on delivery.
+    receiver.play(_loss(presented))
+    lead = receiver.audio_stage.lead_ms
+    assert lead is not None
+    assert abs(lead + 6.0) < 0.5
+    when = receiver.video_local_time(presented)
+    assert when == receiver.audio_stage.stamp_of(presented)
+    assert abs(when - (presented - 0.006)) < 0.0005
+    # No audio flowing near the picture: its presentation time, never before what was delivered.
+    assert receiver.video_local_time(presented + 1.0) == presented + 1.0

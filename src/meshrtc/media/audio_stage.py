@@ -392,6 +392,19 @@ class DriftCompensationStage:
 
     # --- queries ----------------------------------------------------------------------------------
 
+    def stamp_of(self, presented: float) -> float:
+        """The local time this stage's frames give audio presented at ``presented``.
+
+        Audio leaves the stage ``lead`` later than the timeline presented it, and the lead moves
+        away from its target whenever the timeline does (the SyncManager raising its delay, a
+        step of the jitter buffer): the level trim takes it back over seconds, a resync only past
+        ``resync_ms``. Whatever is presented with this audio (the peer's video) must take the same
+        shift, or it shows the lead as A/V skew on the wire (docs/rtc-bridge.md, "A/V timing on
+        the wire"). ``presented`` itself before the first block or after a reset.
+        """
+        lead = self.lead_ms
+        return presented if lead is None else presented + lead / 1000
+
     @property
     def next_stamp(self) -> float | None:
         """The local time the next frame will carry (None before the first block or a restart)."""

@@ -321,9 +321,9 @@ class MediaReceiver:
                     concealed=True,
                 )
             return
-        # The timeline is floating point: items due together can differ in the last bits. Keep the
-        # promise that a peer's local times never go backwards.
-        self.last_presented = max(self.last_presented, aligned.presentation_time)
+        # A picture's local time is settled when it is delivered (video_local_time), where the
+        # promise that a peer's local times never go backwards is kept. Raising last_presented to
+        # the presentation time here would undo the audio stage's shift (a negative lead).
         if isinstance(item, VideoFrame):
             self._decode_video(aligned, item)
         elif isinstance(item, KeyframeRequest) and self.keyframes.need(time.monotonic()):
@@ -381,6 +381,21 @@ class MediaReceiver:
             self._audio_progress.set()
             self._audio_progress = trio.Event()
 
+    def video_local_time(self, presented: float) -> float:
+        """The ``local_time`` of a picture the timeline presented at ``presented``.
+
+        Audio leaves the drift compensation stage stamped by its own 20 ms frames, ``lead`` off
+        the timeline until the stage's level trim has taken a timeline step back (seconds): a
+        picture stamped with the plain presentation time showed that lead as A/V skew on the wire
+        (-5..+16 ms per connection through a transport). So while audio flows, a picture takes the
+        time the stage gives audio presented with it (:meth:`DriftCompensationStage.stamp_of`),
+        and never goes before an item already delivered.
+        """
+        when = presented
+        if self.audio_input_time >= presented - _AUDIO_FLOWING:
+            when = self.audio_stage.stamp_of(presented)
+        return max(self.last_presented, when)
+
     async def _wait_for_audio(self, presented: float) -> None:
         """Until the audio presented up to ``presented`` has left the audio stage (bounded).
 
@@ -393,7 +408,7 @@ class MediaReceiver:
         with trio.move_on_after(_VIDEO_WAITS_FOR_AUDIO):
             while (
                 stage.next_stamp is not None
-                and stage.next_stamp <= presented
+                and stage.next_stamp <= stage.stamp_of(presented)
                 and self.audio_input_time >= presented - _AUDIO_FLOWING
             ):
                 await self._audio_progress.wait()
@@ -443,7 +458,7 @@ class MediaReceiver:
             decoded = result.unwrap()  # a bug in the decoder ends the link's tasks, as inline
             if decoded.pictures:
                 await self._wait_for_audio(job.presentation_time)
-            when = self.last_presented = max(self.last_presented, job.presentation_time)
+            when = self.last_presented = self.video_local_time(job.presentation_time)
             for picture in decoded.pictures:
                 self.stats.video_frames += 1
                 self.quality.set_video_resolution(picture.width, picture.height, when)
