@@ -406,7 +406,7 @@ def docs_page() -> str:
         "  identity: `may_<trigger>()` costs about 7.5 µs there).",
         "- A guard (`[condition]` on an arrow) is the machine's own judgement: the runtime fires the",
         "  trigger on a real event and the machine says no (`fire_if_taken` offers a trigger that is",
-        "  meaningful in some states only). Before issue 12 most decisions were if/elif chains with",
+        "  meaningful in some states only). Earlier, most decisions were if/elif chains with",
         "  the trigger fired afterwards; the SyncManager diffed the drift estimator's history (the",
         "  estimator now reports each state it enters), the SessionManager zeroed `pending_outputs`",
         "  to pass the close guard (it now closes through the guard or fires `abort`), and",
