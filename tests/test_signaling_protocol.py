@@ -480,7 +480,7 @@ def hub_with(*peers: tuple[str, str], **kwargs: Any) -> SignalingHub:
     hub = SignalingHub(wall_clock=lambda: 1234.5, **kwargs)
     for conn, (peer_id, session) in enumerate(peers, start=1):
         hub.open(conn)
-        sent = hub.receive(conn, announce(peer_id, session, token=kwargs.get("token")), 0.0)
+        sent = hub.receive(conn, announce(peer_id, session), 0.0)
         assert "result" in last_json(sent), sent
     hub.open(100)  # an unannounced connection
     return hub
@@ -511,13 +511,15 @@ ERROR_CASES: list[tuple[int, Callable[[], tuple[SignalingHub, int, str | bytes]]
     (-32001, lambda: (hub_with(("a", "s")), 100, relay("peer.offer", "x", "a"))),
     (-32002, lambda: (hub_with(("a", "s")), 1, relay("peer.offer", "a", "b", sdp="v=0"))),
     (-32003, lambda: (hub_with(("a", "s")), 1, relay("peer.answer", "a", "b", sdp="x"))),
-    (-32004, lambda: (hub_with(), 100, relay("peer.ice_candidate", "a", "b", candidate="c"))),
+    (
+        -32004,
+        lambda: (hub_with(("a", "s")), 1, relay("peer.ice_candidate", "a", "b", candidate="c")),
+    ),
     (-32005, lambda: (hub_with(("a", "s"), max_peers=1), 100, announce("b", "s"))),
     (-32006, lambda: (hub_with(("a", "s")), 100, announce("a", "t"))),
     (-32007, lambda: (hub_with(("a", "s"), ("b", "s")), 1, relay("peer.offer", "b", "a"))),
     (-32007, lambda: (hub_with(("a", "s"), ("b", "t")), 1, relay("peer.offer", "a", "b"))),
-    (-32007, lambda: (hub_with(token="sesame"), 100, announce("a", token="nope"))),
-    (-32007, lambda: (hub_with(token="sesame"), 100, announce("a"))),
+    (-32007, lambda: (hub_with(auth_required=True), 100, announce("a"))),  # no token's claims
     (
         -32007,
         lambda: (hub_with(("a", "s"), ("b", "s")), 1, rpc("peer.disconnect", {"peer_id": "b"})),

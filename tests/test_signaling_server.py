@@ -323,13 +323,6 @@ async def test_offer_answer_and_candidates_reach_only_their_target() -> None:
         assert [m["id"] for m in c.received if "id" in m] == [1, 2]
 
 
-async def test_token_is_required_when_configured() -> None:
-    async with serving(token="sesame") as server, raw_peer(server.url) as peer:
-        refused = await peer.announce("a")
-        assert refused["error"] == {"code": -32007, "message": "bad or missing token"}
-        assert "result" in await peer.announce("a", token="sesame")
-
-
 async def test_leaving_by_closing_the_socket_tells_the_others() -> None:
     async with serving() as server, raw_peer(server.url) as a:
         await a.announce("a")
@@ -402,7 +395,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped() -> None:
 
 
 async def test_a_peer_that_does_not_read_is_dropped_not_waited_for() -> None:
-    big_sdp = SDP + "a=x-pad:" + "p" * 200_000 + "\r\n"
+    big_sdp = SDP + "a=x-pad:" + "p" * 60_000 + "\r\n"  # under MAX_SDP_LENGTH
     async with (
         serving(outbox_size=2, rate_limit=1000.0, rate_burst=1000.0) as server,
         raw_peer(server.url) as sender,
@@ -506,7 +499,6 @@ async def test_close_stops_the_server_gracefully() -> None:
         ({"max_peers": 11}, "max_peers"),
         ({"max_peers": 0}, "max_peers"),
         ({"port": 70000}, "port"),
-        ({"token": ""}, "token"),
         ({"ping_interval": 0}, "ping_interval"),
         ({"rate_limit": float("inf")}, "rate_limit"),
         ({"max_message_size": 10}, "max_message_size"),
@@ -547,7 +539,7 @@ def test_signal_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["signal", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--host", "--port", "--token", "--max-peers"):
+    for option in ("--host", "--port", "--auth-secret-file", "--insecure", "--max-peers"):
         assert option in out
 
 

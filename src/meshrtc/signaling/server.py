@@ -20,27 +20,33 @@ plain ``GET`` be answered by an optional :data:`HttpHandler` on the same port (t
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import hmac
 import itertools
 import logging
 import math
+import resource
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, wrap_server_stream
 from wsproto.utilities import LocalProtocolError
 
 from meshrtc.config import MAX_PEERS_LIMIT
 from meshrtc.errors import ConfigError
+from meshrtc.signaling.auth import AuthError, Claims, FailedTokenThrottle, Grant, TokenAuthority
+from meshrtc.signaling.limits import ConnectionCounter, FloodGuard, Verdict, connection_budget
+from meshrtc.signaling.link import LocalLink
 from meshrtc.signaling.protocol import (
+    CLIENT_METHODS,
     MAX_MESSAGE_SIZE,
     Announce,
     AnnounceResult,
+    Capability,
     ClientParams,
     Disconnect,
     ErrorCode,
@@ -50,7 +56,6 @@ from meshrtc.signaling.protocol import (
     Notification,
     PeerInfo,
     PeerLeft,
-    RateLimiter,
     Request,
     Response,
     SignalingError,
@@ -80,10 +85,16 @@ MAX_HTTP_HEAD: Final = 16 * 1024
 
 @attrs.frozen
 class Send:
-    """Send ``text`` to connection ``conn``."""
+    """Send ``text`` to connection ``conn``; ``sender`` is the connection it relays from, if any.
+
+    Relayed messages are charged to their sender's budget toward ``conn`` until the I/O layer
+    reports them written (:meth:`SignalingHub.delivered`), so a flood fills the flooder's share of
+    the recipient's queue, never the queue itself.
+    """
 
     conn: int
     text: str
+    sender: int | None = None
 
 
 @attrs.frozen
@@ -99,13 +110,42 @@ class Close:
 Action: TypeAlias = Send | Close
 
 
+#: Largest message a connection that has not announced may send: an announce is well under 2 KiB,
+#: and a stranger's 1 MiB blob is refused before it is even parsed as JSON.
+MAX_UNANNOUNCED_MESSAGE: Final = 16 * 1024
+#: Methods only a member may call: checked before their params (an offer's SDP) are validated.
+_MEMBER_METHODS: Final = frozenset(CLIENT_METHODS - {Method.ANNOUNCE})
+
+
 @attrs.define
 class _Conn:
     conn_id: int
-    limiter: RateLimiter
+    guard: FloodGuard
+    #: The client's address, for log lines ("" when the I/O layer has none to give).
+    address: str = ""
     peer: PeerInfo | None = None
     session_id: str | None = None
-    refused: int = 0
+    #: The server's own in-process link (the transport of ``serve``): no rate limit, may announce
+    #: a reserved id, and its relays are never refused.
+    privileged: bool = False
+    #: Relayed messages queued to this connection and not written yet, by sender connection.
+    backlog: collections.Counter[int] = attrs.field(factory=collections.Counter)
+    #: Relays refused since this connection's last accepted one (the recipient's budget was full).
+    relay_refused: int = 0
+    #: The connection's verified access token (servers with a secret), checked at each announce.
+    claims: Claims | None = None
+
+
+class _FloodingError(Exception):
+    """A sender kept relaying to a recipient whose budget for it was full: close the sender."""
+
+
+#: Peer ids no WebSocket client may announce: the transport of ``meshrtc serve`` uses the first,
+#: over the in-process link (:meth:`SignalingServer.connect_local`).
+RESERVED_PEER_IDS: Final = frozenset({"meshrtc-server"})
+#: Relayed messages one sender may have queued toward one recipient (``SignalingServer`` derives
+#: it from its outbox size so that every member's share together fits in the queue).
+DEFAULT_RELAY_BUDGET: Final = 64
 
 
 def _forbidden(message: str) -> SignalingError:
@@ -125,18 +165,27 @@ class SignalingHub:
         self,
         *,
         max_peers: int = MAX_PEERS_LIMIT,
-        token: str | None = None,
+        auth_required: bool = False,
         rate_limit: float = 100.0,
         rate_burst: float = 200.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_peers = max_peers
-        self.token = token
+        #: Every announce must match its connection's token (given to :meth:`open`).
+        self.auth_required = auth_required
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
-        #: Consecutive refused messages before the flooding connection is closed (1008).
+        #: Refused messages within ``flood_window`` seconds before the flooder is closed (1008);
+        #: only the first ``refusal_replies`` refusals of a window are answered.
         self.max_refused = max(1, int(rate_burst))
+        self.flood_window = 2.0
+        self.refusal_replies = 3
         self._wall_clock = wall_clock
+        #: Relayed messages one sender may have queued toward one recipient; past it the sender's
+        #: relays there are refused (-32008) and, after as many refusals again, it is closed.
+        self.relay_budget = DEFAULT_RELAY_BUDGET
+        #: Peer ids only a privileged (in-process) connection may announce.
+        self.reserved_ids = RESERVED_PEER_IDS
         self._conns: dict[int, _Conn] = {}
         self._peers: dict[str, _Conn] = {}
         self._sessions: dict[str, dict[str, PeerInfo]] = {}
@@ -157,10 +206,18 @@ class SignalingHub:
 
     # Events from the I/O layer.
 
-    def open(self, conn_id: int) -> None:
+    def open(self, conn_id: int, address: str = "", *, claims: Claims | None = None) -> None:
+        """A connection opened; ``claims`` is its token, verified by the I/O layer at accept."""
         if conn_id in self._conns:
             raise ValueError(f"connection {conn_id} is already open")
-        self._conns[conn_id] = _Conn(conn_id, RateLimiter(self.rate_limit, self.rate_burst))
+        guard = FloodGuard(
+            self.rate_limit,
+            self.rate_burst,
+            window=self.flood_window,
+            max_refusals=self.max_refused,
+            replies=self.refusal_replies,
+        )
+        self._conns[conn_id] = _Conn(conn_id, guard, address, claims=claims)
 
     def close(self, conn_id: int, reason: LeaveReason) -> list[Action]:
         """The connection is gone: its peer (if any) leaves and the others are told why."""
@@ -169,20 +226,60 @@ class SignalingHub:
             return []
         return self._leave(conn, reason)
 
+    def open_privileged(self, conn_id: int) -> None:
+        """Open the server's own in-process connection (the transport of ``meshrtc serve``).
+
+        It is trusted code in this process: no rate limit and no token, it may announce a reserved
+        id, and its relays are never refused. Members relaying to it are still held to their
+        budget, so their floods cost them, not it.
+        """
+        if conn_id in self._conns:
+            raise ValueError(f"connection {conn_id} is already open")
+        unlimited = FloodGuard(math.inf, math.inf)
+        self._conns[conn_id] = _Conn(conn_id, unlimited, "in-process", privileged=True)
+
+    def delivered(self, conn_id: int, sender: int) -> None:
+        """A message relayed from ``sender`` was written to ``conn_id``: it leaves the budget."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn.backlog[sender] -= 1
+        if conn.backlog[sender] <= 0:
+            del conn.backlog[sender]
+
     def receive(self, conn_id: int, data: str | bytes, now: float) -> list[Action]:
         """Handle one WebSocket message; ``now`` is monotonic seconds (for the rate limit)."""
         conn = self._conns[conn_id]
+        # Cheapest checks first: the token bucket (before parsing, so malformed messages spend
+        # tokens too), the size a stranger may send, then membership before any SDP is read.
+        verdict = conn.guard.check(now)
+        if verdict is Verdict.CLOSE:
+            log.warning(
+                "conn %d (%s): closing, kept flooding past the rate limit", conn_id, conn.address
+            )
+            return [Close(conn_id, 1008, "rate limit exceeded", LeaveReason.RATE_LIMITED)]
+        if verdict is Verdict.DROP:
+            return []
+        if conn.peer is None and len(data) > MAX_UNANNOUNCED_MESSAGE:
+            log.debug(
+                "conn %d (%s): %d-character message before announce",
+                conn_id,
+                conn.address,
+                len(data),
+            )
+            too_big = SignalingError(
+                ErrorCode.NOT_ANNOUNCED,
+                f"not announced: messages before peer.announce are limited to "
+                f"{MAX_UNANNOUNCED_MESSAGE} characters",
+            )
+            return [Send(conn_id, encode(too_big.to_response()))]
         try:
             message = parse_client_message(data)
         except SignalingError as err:
-            log.debug("conn %d: %s", conn_id, err)
+            log.debug("conn %d (%s): %s", conn_id, conn.address, err)
             return [Send(conn_id, encode(err.to_response()))]
         request_id = message.id if isinstance(message, Request) else None
-        if not conn.limiter.allow(now):
-            conn.refused += 1
-            if conn.refused >= self.max_refused:
-                log.warning("conn %d: closing, kept flooding past the rate limit", conn_id)
-                return [Close(conn_id, 1008, "rate limit exceeded", LeaveReason.RATE_LIMITED)]
+        if verdict is Verdict.REFUSE:
             if request_id is None:
                 return []
             refusal = SignalingError(
@@ -192,10 +289,14 @@ class SignalingHub:
                 request_id=request_id,
             )
             return [Send(conn_id, encode(refusal.to_response()))]
-        conn.refused = 0
         try:
+            if conn.peer is None and message.method in _MEMBER_METHODS:
+                self._member(conn)  # raises NOT_ANNOUNCED before an offer's SDP is validated
             params = parse_params(message.method, message.params)
             result, actions = self._dispatch(conn, params)
+        except _FloodingError as flood:
+            log.warning("conn %d (%s): closing, %s", conn_id, conn.address, flood)
+            return [Close(conn_id, 1008, "flooding a peer", LeaveReason.RATE_LIMITED)]
         except SignalingError as err:
             log.debug("conn %d: %s %s", conn_id, message.method, err)
             if request_id is None:
@@ -241,8 +342,29 @@ class SignalingHub:
             raise SignalingError(ErrorCode.PEER_NOT_FOUND, f"peer {params.to_peer!r} not found")
         if target.session_id != conn.session_id:
             raise _forbidden(f"peer {params.to_peer!r} is in another session")
+        self._charge(conn, target)
         forward = Notification(params.METHOD, params.to_json())
-        return {"status": "forwarded"}, [Send(target.conn_id, encode(forward))]
+        return {"status": "forwarded"}, [Send(target.conn_id, encode(forward), conn.conn_id)]
+
+    def _charge(self, sender: _Conn, target: _Conn) -> None:
+        """Count one relay against ``sender``'s budget toward ``target``, or refuse it.
+
+        Each sender gets its own share of a recipient's queue, so however many members flood one
+        peer (the transport included), the queue cannot overflow and the recipient is never the
+        one dropped: the flooder is refused, then closed.
+        """
+        if not sender.privileged and target.backlog[sender.conn_id] >= self.relay_budget:
+            sender.relay_refused += 1
+            peer_id = target.peer.peer_id if target.peer is not None else "?"
+            if sender.relay_refused > self.relay_budget:
+                raise _FloodingError(f"kept relaying to {peer_id!r} past its budget")
+            raise SignalingError(
+                ErrorCode.RATE_LIMITED,
+                f"peer {peer_id!r} has not read {self.relay_budget} of your messages yet; "
+                f"slow down",
+            )
+        sender.relay_refused = 0
+        target.backlog[sender.conn_id] += 1
 
     def _member(self, conn: _Conn) -> tuple[PeerInfo, dict[str, PeerInfo]]:
         if conn.peer is None or conn.session_id is None:
@@ -255,11 +377,13 @@ class SignalingHub:
                 ErrorCode.INVALID_REQUEST,
                 f"already announced as {conn.peer.peer_id!r}; send peer.disconnect first",
             )
-        if self.token is not None and (
-            params.token is None
-            or not hmac.compare_digest(params.token.encode(), self.token.encode())
-        ):
-            raise _forbidden("bad or missing token")
+        if params.peer_id in self.reserved_ids and not conn.privileged:
+            raise _forbidden(
+                f"peer id {params.peer_id!r} is reserved for the server's own transport"
+            )
+        info = params.info
+        if self.auth_required and not conn.privileged:
+            info = _authorized(conn.claims, params)
         if params.peer_id in self._peers:
             raise SignalingError(
                 ErrorCode.PEER_ID_TAKEN, f"peer id {params.peer_id!r} is already taken"
@@ -271,7 +395,6 @@ class SignalingHub:
                 f"session {params.session_id!r} is full (at most {self.max_peers} peers)",
             )
         others = tuple(session.values())
-        info = params.info
         session[info.peer_id] = info
         self._sessions[params.session_id] = session
         self._peers[info.peer_id] = conn
@@ -295,6 +418,31 @@ class SignalingHub:
         log.info("peer %s left session %s (%s)", peer_id, session_id, reason.value)
         left = encode(Notification(Method.LEFT, PeerLeft(peer_id, reason.value).to_json()))
         return [Send(self._peers[pid].conn_id, left) for pid in session]
+
+
+def _authorized(claims: Claims | None, params: Announce) -> PeerInfo:
+    """The announced peer as its token allows it, or FORBIDDEN saying which claim differs.
+
+    The grants narrow what the others are told this peer exchanges: without ``data`` its
+    capabilities lose ``data``, and without ``publish`` or ``subscribe`` they lose audio and video.
+    A meshrtc transport negotiates only the media in both ends' capabilities, so it never opens
+    that data channel or those tracks with this peer (docs/security.md).
+    """
+    if claims is None:
+        raise _forbidden("no access token on this connection")
+    if params.peer_id != claims.peer_id:
+        raise _forbidden(f"the token is for peer {claims.peer_id!r}, not {params.peer_id!r}")
+    if params.session_id != claims.session_id:
+        raise _forbidden(
+            f"the token is for session {claims.session_id!r}, not {params.session_id!r}"
+        )
+    allowed = set(params.info.capabilities)
+    if Grant.DATA not in claims.grants:
+        allowed -= {Capability.DATA}
+    if not claims.grants & {Grant.PUBLISH, Grant.SUBSCRIBE}:
+        allowed -= {Capability.AUDIO, Capability.VIDEO}
+    kept = tuple(c for c in params.info.capabilities if c in allowed)
+    return attrs.evolve(params.info, capabilities=kept)
 
 
 # --- Plain HTTP on the same port ----------------------------------------------------------------
@@ -323,11 +471,14 @@ class HttpRequest:
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -412,17 +563,22 @@ class _Live:
     """A WebSocket connection being served; ``end`` stops its loops and records how to close."""
 
     conn_id: int
-    outbox: trio.MemorySendChannel[str]
+    #: What to write, with the connection each relayed message came from (for its budget).
+    outbox: trio.MemorySendChannel[tuple[int | None, str]]
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     reason: LeaveReason = LeaveReason.CLOSED
     close_code: int = 1000
     close_message: str = ""
     ended: bool = False
+    #: Called once when it ends (the in-process link closes itself here; WebSockets use ``scope``).
+    on_end: Callable[[LeaveReason], None] | None = None
 
     def end(self, reason: LeaveReason, code: int = 1000, message: str = "") -> None:
         if not self.ended:
             self.ended = True
             self.reason, self.close_code, self.close_message = reason, code, message
+            if self.on_end is not None:
+                self.on_end(reason)
         self.scope.cancel()
 
 
@@ -447,7 +603,8 @@ class SignalingServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        token: str | None = None,
+        auth: TokenAuthority | None = None,
+        token_throttle: FailedTokenThrottle | None = None,
         max_peers: int = MAX_PEERS_LIMIT,
         rate_limit: float = 100.0,
         rate_burst: float = 200.0,
@@ -457,6 +614,8 @@ class SignalingServer:
         outbox_size: int = 1024,
         handshake_timeout: float = 10.0,
         shutdown_timeout: float = 1.0,
+        max_connections: int | None = None,
+        max_connections_per_address: int = 64,
         http_handler: HttpHandler | None = None,
         paths: Sequence[str] = WEBSOCKET_PATHS,
         wall_clock: Callable[[], float] = time.time,
@@ -467,8 +626,6 @@ class SignalingServer:
             raise ConfigError("max_peers", max_peers, f"an integer from 1 to {MAX_PEERS_LIMIT}")
         if not 1 <= max_peers <= MAX_PEERS_LIMIT:
             raise ConfigError("max_peers", max_peers, f"an integer from 1 to {MAX_PEERS_LIMIT}")
-        if token is not None and (not isinstance(token, str) or not token):
-            raise ConfigError("token", token, "a non-empty string or None")
         if not isinstance(max_message_size, int) or max_message_size < 1024:
             raise ConfigError("max_message_size", max_message_size, "an integer >= 1024")
         if not isinstance(outbox_size, int) or outbox_size < 1:
@@ -483,18 +640,36 @@ class SignalingServer:
         self.outbox_size = outbox_size
         self.http_handler = http_handler
         self.paths = tuple(paths)
+        #: Verifies the ``token`` query parameter of every WebSocket upgrade (None: no tokens).
+        self.auth = auth
+        self.token_throttle = token_throttle or FailedTokenThrottle()
+        #: Verified claims of connections between the upgrade and the hub's ``open``.
+        self._claims: dict[int, Claims] = {}
         self.hub = SignalingHub(
             max_peers=max_peers,
-            token=token,
+            auth_required=auth is not None,
             rate_limit=_positive("rate_limit", rate_limit),
             rate_burst=max(1.0, _positive("rate_burst", rate_burst)),
             wall_clock=wall_clock,
         )
+        # Every member's share of one recipient's queue fits in it twice over, with room left
+        # for the server's own messages: relays alone can never overflow a queue.
+        self.hub.relay_budget = max(1, outbox_size // (2 * max_peers))
         self._listeners: list[trio.SocketListener] = []
         self._bound_port: int | None = None
         self._ids = itertools.count(1)
         self._live: dict[int, _Live] = {}
         self._handshaking: dict[int, trio.CancelScope] = {}
+        if max_connections is None:
+            max_connections = connection_budget(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        for name, cap in (
+            ("max_connections", max_connections),
+            ("max_connections_per_address", max_connections_per_address),
+        ):
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ConfigError(name, cap, "an integer >= 1")
+        #: Refused at accept, before a byte is read: total, and per client address.
+        self.connections = ConnectionCounter(max_connections, max_connections_per_address)
         self._stop = trio.Event()
         self._closing = False
 
@@ -543,6 +718,50 @@ class SignalingServer:
                 for listener in self._listeners:
                     await listener.aclose()
 
+    async def connect_local(self) -> LocalLink:
+        """Open a privileged in-process link to the hub (how ``meshrtc serve`` runs its transport).
+
+        Unlike a WebSocket client it has no rate limit, needs no token, may announce a reserved
+        id (``meshrtc-server``), and its queue is unbounded: members who flood it are refused and
+        then closed by their relay budget, and cannot get it dropped as a slow consumer. Pass it
+        to a client as ``SignalingClient(..., connector=server.connect_local)``.
+        """
+        await trio.lowlevel.checkpoint()
+        if self._closing:
+            raise ConnectionRefusedError("the signaling server is stopping")
+        conn_id = next(self._ids)
+        outbox, inbox = trio.open_memory_channel[tuple[int | None, str]](math.inf)
+        live = _Live(conn_id, outbox)
+
+        def deliver(text: str) -> None:
+            if not live.ended:
+                self._dispatch(self.hub.receive(conn_id, text, trio.current_time()))
+
+        def close(reason: LeaveReason = LeaveReason.CLOSED) -> None:
+            live.ended = True
+            if self._live.pop(conn_id, None) is None:
+                return
+            actions = self.hub.close(conn_id, reason)
+            if not self._closing:
+                self._dispatch(actions)
+            outbox.close()
+
+        def on_end(reason: LeaveReason) -> None:
+            link.ended(live.close_code, live.close_message)
+            close(reason)
+
+        link = LocalLink(
+            inbox,
+            deliver=deliver,
+            delivered=lambda sender: self.hub.delivered(conn_id, sender),
+            close=close,
+        )
+        live.on_end = on_end
+        self._live[conn_id] = live
+        self.hub.open_privileged(conn_id)
+        log.debug("conn %d: in-process link open", conn_id)
+        return link
+
     def close(self) -> None:
         """Stop serving: :meth:`run` closes every connection and returns."""
         self._stop.set()
@@ -569,7 +788,24 @@ class SignalingServer:
     # One TCP connection.
 
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        # The connection cap comes first, before any handshake or token work (docs/security.md).
+        address = _peer_address(stream)
+        refusal = self.connections.admit(address)
+        if refusal is not None:
+            log.info("refusing a connection from %s: %s", address, refusal)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(0.2):
+                    await _send_quietly(stream, HttpResponse(503, refusal.encode() + b"\n"))
+                await stream.aclose()
+            return
+        try:
+            await self._handle_admitted(stream, address)
+        finally:
+            self.connections.release(address)
+
+    async def _handle_admitted(self, stream: trio.SocketStream, address: str) -> None:
         conn_id = next(self._ids)
+        log.debug("conn %d: TCP connection from %s", conn_id, address)
         scope = trio.CancelScope()
         self._handshaking[conn_id] = scope
         try:
@@ -584,6 +820,14 @@ class SignalingServer:
                 await stream.aclose()
 
     async def _serve_stream(self, conn_id: int, stream: trio.SocketStream) -> None:
+        address = _peer_address(stream)
+        if self.auth is not None:
+            # An address that kept presenting bad tokens is refused before its head is read.
+            wait = self.token_throttle.locked(address, trio.current_time())
+            if wait > 0:
+                log.debug("conn %d (%s): refused, locked out for %.0fs", conn_id, address, wait)
+                await _send_quietly(stream, _locked_out(wait))
+                return
         buffer = b""
         with trio.move_on_after(self.handshake_timeout):
             while b"\r\n\r\n" not in buffer:
@@ -613,9 +857,39 @@ class SignalingServer:
             if request.path not in self.paths:
                 await _send_quietly(stream, HttpResponse(404, _not_found(self.paths)))
                 return
-            await self._serve_websocket(conn_id, _PrefixedStream(stream, buffer))
+            if self.auth is not None:
+                refusal = self._check_token(conn_id, address, request)
+                if refusal is not None:
+                    await _send_quietly(stream, refusal)
+                    return
+            try:
+                await self._serve_websocket(conn_id, _PrefixedStream(stream, buffer))
+            finally:
+                self._claims.pop(conn_id, None)
         else:
             await self._serve_http(stream, request)
+
+    def _check_token(self, conn_id: int, address: str, request: HttpRequest) -> HttpResponse | None:
+        """Verify the upgrade's ``token`` query parameter: None if good, else the refusal to send."""
+        assert self.auth is not None
+        tokens = parse_qs(urlsplit(request.target).query).get("token", [])
+        try:
+            if len(tokens) > 1:
+                raise AuthError("more than one 'token' query parameter")
+            self._claims[conn_id] = self.auth.verify(tokens[0] if tokens else None)
+        except AuthError as err:
+            locked = self.token_throttle.failed(address, trio.current_time())
+            log.warning("conn %d (%s): refused: %s", conn_id, address, err)
+            if locked:
+                log.warning(
+                    "%s: %d failed tokens within %gs; refusing it for %gs",
+                    address,
+                    self.token_throttle.max_failures,
+                    self.token_throttle.window,
+                    self.token_throttle.lockout,
+                )
+            return HttpResponse(401, f"{err}\n".encode())
+        return None
 
     async def _serve_http(self, stream: trio.SocketStream, request: HttpRequest) -> None:
         response: HttpResponse | None = None
@@ -666,11 +940,12 @@ class SignalingServer:
                 ws_nursery.cancel_scope.cancel()
 
     async def _serve_peer(self, conn_id: int, ws: WebSocketConnection) -> None:
-        outbox, inbox = trio.open_memory_channel[str](self.outbox_size)
+        outbox, inbox = trio.open_memory_channel[tuple[int | None, str]](self.outbox_size)
         live = _Live(conn_id, outbox)
         self._handshaking.pop(conn_id, None)
         self._live[conn_id] = live
-        self.hub.open(conn_id)
+        address = ws.remote.address if isinstance(ws.remote, Endpoint) else str(ws.remote)
+        self.hub.open(conn_id, str(address), claims=self._claims.pop(conn_id, None))
         log.debug("conn %d: WebSocket open (%s)", conn_id, ws.remote)
         if self._closing:
             live.end(LeaveReason.SHUTDOWN, 1001, "server shutting down")
@@ -706,14 +981,19 @@ class SignalingServer:
             self._dispatch(self.hub.receive(live.conn_id, data, trio.current_time()))
 
     async def _write_loop(
-        self, live: _Live, ws: WebSocketConnection, inbox: trio.MemoryReceiveChannel[str]
+        self,
+        live: _Live,
+        ws: WebSocketConnection,
+        inbox: trio.MemoryReceiveChannel[tuple[int | None, str]],
     ) -> None:
-        async for text in inbox:
+        async for sender, text in inbox:
             try:
                 await ws.send_message(text)
             except ConnectionClosed:
                 live.end(LeaveReason.CLOSED)
                 return
+            if sender is not None:
+                self.hub.delivered(live.conn_id, sender)
 
     async def _ping_loop(self, live: _Live, ws: WebSocketConnection) -> None:
         while True:
@@ -738,7 +1018,7 @@ class SignalingServer:
                 live.end(action.reason, action.code, action.message)
                 continue
             try:
-                live.outbox.send_nowait(action.text)
+                live.outbox.send_nowait((action.sender, action.text))
             except trio.WouldBlock:
                 log.warning("conn %d: not reading; dropping it as a slow consumer", live.conn_id)
                 live.end(LeaveReason.SLOW_CONSUMER, 1008, "too slow reading messages")
@@ -756,6 +1036,23 @@ def _websocket_problem(request: HttpRequest) -> str | None:
     if not request.header("sec-websocket-key"):
         return "missing Sec-WebSocket-Key"
     return None
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    """The client's IP address (the throttle's key and the log lines' "who")."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, IndexError, TypeError):
+        return "?"
+
+
+def _locked_out(wait: float) -> HttpResponse:
+    retry = max(1, math.ceil(wait))
+    return HttpResponse(
+        429,
+        f"too many failed tokens from this address; retry in {retry}s\n".encode(),
+        headers=(("Retry-After", str(retry)),),
+    )
 
 
 def _not_found(paths: Sequence[str]) -> bytes:

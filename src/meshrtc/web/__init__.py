@@ -15,7 +15,7 @@ from typing import Final
 
 from meshrtc.signaling.server import HttpHandler, HttpRequest, HttpResponse
 
-__all__ = ["CONTENT_TYPES", "page_files", "static_handler"]
+__all__ = ["CONTENT_SECURITY_POLICY", "CONTENT_TYPES", "page_files", "static_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,23 @@ CONTENT_TYPES: Final[Mapping[str, str]] = {
     ".ico": "image/x-icon",
 }
 
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
 _HEADERS: Final = (
     # The page and the server change together; a cached app.js from an older server would speak
     # an older protocol.
     ("Cache-Control", "no-cache"),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
+    # The page holds a microphone and a camera: no other site may frame it (clickjacking). The
+    # policy allows what the page uses and nothing else: its own files, WebSockets to any
+    # signaling server (the ``ws`` query parameter may name another), camera/microphone streams.
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
 )
 
 
