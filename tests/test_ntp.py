@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 
 from meshrtc.media.ntp import (
     NtpMappingError,
@@ -172,9 +172,10 @@ def test_one_odd_report_never_moves_the_mapping() -> None:
     assert est.update(sr(NTP_BASE + 4 + 0.35, 90_000 * 4, 4.0)) is SrUpdate.INVALID
     assert est.to_ntp(90_000 * 10) == before
     assert est.suspect_count == 1
-    # The next good SR clears the suspect; the odd one never counts towards a restart.
+    # The next good SR does not clear the suspect (it competes until the fit moves past it), but
+    # one odd SR is outnumbered by the fit and never moves it.
     assert est.update(sr(NTP_BASE + 5, 90_000 * 5, 5.0)) is SrUpdate.ACCEPTED
-    assert est.suspect_count == 0
+    assert est.suspect_count == 1
     assert est.update(sr(NTP_BASE + 6 - 0.4, 90_000 * 6, 6.0)) is SrUpdate.INVALID
     assert est.update(sr(NTP_BASE + 7, 90_000 * 7, 7.0)) is SrUpdate.ACCEPTED
     assert est.to_ntp(90_000 * 10) == pytest.approx(NTP_BASE + 10, abs=1e-6)
@@ -220,11 +221,18 @@ def test_outliers_never_survive_in_the_mapping(
     """A first SR off by 0.2-0.7 s and isolated odd SRs (never two in a row): from the sixth SR on
     (three good ones among the first five), the mapping is the true line and stays there."""
     odd_at = {i: (size if positive else -size) for i, size, positive in odd}
+
+    def error_at(i: int) -> float:
+        return first_error if i == 0 else odd_at.get(i, 0.0) if (i - 1) not in odd_at else 0.0
+
+    # The premise: three good SRs among the first five. Odd SRs at 2 and 4 on the first SR's line
+    # would make SRs 0, 2, 4 one line and 1, 3, 5 another at the sixth SR: nobody can tell then.
+    assume(sum(error_at(i) == 0.0 for i in range(5)) >= 3)
     est = RtpToNtpEstimator(clock_rate)
     truth_probe = 25 * interval
     for i in range(22):
         t = i * interval
-        error = first_error if i == 0 else odd_at.get(i, 0.0) if (i - 1) not in odd_at else 0.0
+        error = error_at(i)
         est.update(sr(NTP_BASE + t + error, origin + round(clock_rate * t), t))
         if i >= 5:
             probe = (origin + round(clock_rate * truth_probe)) & 0xFFFFFFFF

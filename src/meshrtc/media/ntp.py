@@ -11,14 +11,19 @@ Outliers. Real senders are not that tidy: GStreamer's first SR is often 0.2-0.7 
 later SRs agree on, an SR can be odd on its own, and a sender can step its clocks (a restart, a new
 RTP origin). So an SR joins the fit only if it lies within ``OUTLIER_THRESHOLD`` (100 ms, plus the
 slope's uncertainty over the distance) of the current line and after its newest point; otherwise it
-is ``INVALID`` and held as a *suspect*. The mapping is never moved by a suspect alone. When the
-newest suspects agree with each other (one line, in order) and outnumber what they contradict
-(two suspects against a single-SR mapping, ``MAX_CONSECUTIVE_INVALID`` = 3 against a longer one),
-the later majority wins: the mapping restarts from those suspects (``RESET``). A first SR off the
-line is thereby replaced once the next two agree with each other, a single odd SR is ignored (the
-next good SR clears the suspects), and a stepped clock is followed after three SRs. With two
-disagreeing SRs nobody can tell which is wrong, so the mapping is *confirmed* (:attr:`confirmed`)
-only once it holds two consistent SRs; the SyncManager aligns nothing on an unconfirmed mapping.
+is ``INVALID`` and held as a *suspect*. The mapping is never moved by a suspect alone. The majority
+of the recent consistent SRs wins: when the suspects that agree with the newest one (one line, in
+order) outnumber the SRs in the fit, or ``MAX_CONSECUTIVE_INVALID`` = 3 of them arrived in a row
+(since the fit's newest SR: a stepped clock), the mapping restarts from those suspects (``RESET``).
+A suspect stays held while it competes with the fit, i.e. until the fit's oldest SR is newer than
+it; an SR that fits does *not* clear it. (It used to: then a first SR 0.5 s off plus one odd SR
+0.5 s off in the same direction, with a good SR between them, made a two-SR fit of the wrong line
+that cleared the good SR, and the true line needed three more SRs to win back, though it held the
+majority from the fourth SR on.) So a first SR off the line is replaced once the good SRs that
+agree with each other outnumber it and any odd SR on its line; a single odd SR never moves a
+mapping; a stepped clock is followed after three SRs. With two disagreeing SRs nobody can tell
+which is wrong, so the mapping is *confirmed* (:attr:`confirmed`) only once it holds two consistent
+SRs; the SyncManager aligns nothing on an unconfirmed mapping.
 
 A mapping is *stale* once its newest SR arrived more than ``stale_after`` seconds ago (spec invariant
 5: mappings must be refreshed at least every 5 s). A stale mapping still extrapolates; the state of
@@ -60,8 +65,9 @@ MAX_RATE_DEVIATION = 0.005
 #: An SR further than this (seconds) off the current line is an outlier: senders' timestamping noise
 #: is a frame or two (tens of ms); the first-SR errors seen in the field are 0.2-0.7 s.
 OUTLIER_THRESHOLD = 0.1
-#: This many consistent suspects in a row replace a mapping of two SRs or more: the sender stepped
-#: its clocks (libwebrtc uses the same count). Against a single-SR mapping, two suffice.
+#: This many consistent suspects in a row (no SR fitted between them) replace a mapping of any
+#: length: the sender stepped its clocks (libwebrtc uses the same count). Fewer replace a mapping
+#: they outnumber.
 MAX_CONSECUTIVE_INVALID = 3
 
 
@@ -95,6 +101,7 @@ class _Point:
     rtp: int  # extended (unwrapped) RTP timestamp
     ntp: float  # sender wall clock, seconds since 1900
     received_at: float  # local monotonic seconds
+    index: int  # arrival order among this estimator's SRs (which suspects still compete)
 
 
 class RtpToNtpEstimator:
@@ -121,9 +128,10 @@ class RtpToNtpEstimator:
         self.max_reports = max_reports
         self.stale_after = stale_after
         self._points: deque[_Point] = deque(maxlen=max_reports)
-        #: SRs that disagreed with the mapping since its last accepted SR, oldest first (at most
-        #: ``max_reports``).
+        #: SRs that disagreed with the mapping and arrived after the fit's oldest SR, oldest first
+        #: (at most ``max_reports``).
         self._suspects: list[_Point] = []
+        self._arrivals = 0
         #: Outcome counts since construction (for logs and tests).
         self.outliers = 0
         self.resets = 0
@@ -138,18 +146,24 @@ class RtpToNtpEstimator:
         """Add one Sender Report of this stream; see :class:`SrUpdate` for the outcomes."""
         ntp = sr.ntp_seconds
         if not self._points:
-            self._points.append(_Point(sr.rtp_timestamp, ntp, sr.received_at))
+            self._points.append(_Point(sr.rtp_timestamp, ntp, sr.received_at, self._arrivals))
+            self._arrivals += 1
             self._refit()
             return SrUpdate.ACCEPTED
         last = self._points[-1]
         ext = last.rtp + ts_diff(sr.rtp_timestamp, last.rtp & 0xFFFFFFFF)
-        if any(p.ntp == ntp or p.rtp == ext for p in (*self._points, *self._suspects)):
+        # A repeat of an SR held (RTCP compound retransmitted) carries both of its readings. One that
+        # shares only one of them contradicts it: it goes through the outlier rules below.
+        if any(p.ntp == ntp and p.rtp == ext for p in (*self._points, *self._suspects)):
             return SrUpdate.DUPLICATE
-        point = _Point(ext, ntp, sr.received_at)
+        point = _Point(ext, ntp, sr.received_at, self._arrivals)
+        self._arrivals += 1
         if self._fits(point):
-            self._suspects.clear()
             self._points.append(point)
             self._refit()
+            # Suspects from before the fit's oldest SR no longer compete with it; the others stay.
+            oldest = self._points[0].index
+            self._suspects = [p for p in self._suspects if p.index > oldest]
             return SrUpdate.ACCEPTED
         self.outliers += 1
         self._suspects.append(point)
@@ -157,8 +171,8 @@ class RtpToNtpEstimator:
         # The suspects that agree with the newest one (an odd SR in between does not count).
         agreeing = [p for p in self._suspects[:-1] if _agree(p, point, self.clock_rate)]
         agreeing.append(point)
-        needed = min(MAX_CONSECUTIVE_INVALID, len(self._points) + 1)
-        if len(agreeing) < needed:
+        in_a_row = sum(p.index > last.index for p in agreeing)
+        if len(agreeing) <= len(self._points) and in_a_row < MAX_CONSECUTIVE_INVALID:
             log.debug(
                 "ignoring SR %.3f s off the mapping (ssrc=%d)", self._residual(point), sr.ssrc
             )
@@ -177,6 +191,7 @@ class RtpToNtpEstimator:
                 point.rtp + ts_diff(p.rtp & 0xFFFFFFFF, point.rtp & 0xFFFFFFFF),
                 p.ntp,
                 p.received_at,
+                p.index,
             )
             for p in agreeing
         )
@@ -194,12 +209,21 @@ class RtpToNtpEstimator:
         return point.ntp - (self._ntp_ref + self._slope * (point.rtp - self._rtp_ref))
 
     def _fits(self, point: _Point) -> bool:
-        """After the newest SR and within the outlier threshold of the line through the others."""
+        """After the newest SR, within the outlier threshold of the line through the others, and
+        consistent with most of them one by one.
+
+        The last condition matters for a fit of a few SRs off the true line: two SRs 0.2 s off,
+        8 s apart, tilt the line to the slope clamp, and the tilted line passes within the threshold
+        of later true SRs, which would then join it and blend both lines into the mapping.
+        """
         last = self._points[-1]
         if point.ntp <= last.ntp or point.rtp <= last.rtp:
             return False
         tolerance = OUTLIER_THRESHOLD + MAX_RATE_DEVIATION * (point.ntp - last.ntp)
-        return abs(self._residual(point)) <= tolerance
+        if abs(self._residual(point)) > tolerance:
+            return False
+        agreeing = sum(_agree(p, point, self.clock_rate) for p in self._points)
+        return 2 * agreeing > len(self._points)
 
     def _refit(self) -> None:
         newest = self._points[-1]
@@ -242,7 +266,7 @@ class RtpToNtpEstimator:
 
     @property
     def suspect_count(self) -> int:
-        """SRs held back since the last accepted one, waiting to be confirmed or cleared."""
+        """SRs held back that still compete with the fit (newer than its oldest SR)."""
         return len(self._suspects)
 
     @property
