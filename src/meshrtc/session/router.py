@@ -62,6 +62,8 @@ _ARRIVAL_SLOTS = 500
 DATA_QUEUE = 256
 #: Added-latency samples kept.
 _LATENCY_SAMPLES = 5000
+#: A picture takes its peer's audio grid shift only if that audio is this close to it (seconds).
+_AUDIO_SHIFT_SPAN = 0.5
 
 
 def to_runtime(item: ReceivedMedia, timestamp: float) -> RuntimeData:
@@ -137,6 +139,8 @@ class SessionRouter:
         self._outputs_unroutable = 0
         self._drained: trio.Event | None = None
         self._arrivals: collections.OrderedDict[float, float] = collections.OrderedDict()
+        #: Per peer: grid timestamp minus local time of its newest audio frame, and that local time.
+        self._audio_shift: dict[str, tuple[float, float]] = {}
         #: Seconds from a packet's arrival to the output of its slot leaving (audio; see module doc).
         self._added_latency: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
 
@@ -171,6 +175,7 @@ class SessionRouter:
             if ts is None:
                 self._grid_dropped[item.peer_id] = self._grid_dropped.get(item.peer_id, 0) + 1
                 return None
+            self._audio_shift[item.peer_id] = (ts - item.local_time, item.local_time)
             if item.received_at is not None:
                 arrivals = self._arrivals
                 first = arrivals.get(ts)
@@ -179,7 +184,23 @@ class SessionRouter:
                 while len(arrivals) > _ARRIVAL_SLOTS:
                     arrivals.popitem(last=False)
             return to_runtime(item, ts)
+        if isinstance(item, ReceivedVideo):
+            return to_runtime(item, self.video_timestamp(item.peer_id, item.local_time))
         return to_runtime(item, item.local_time)
+
+    def video_timestamp(self, peer_id: str, local_time: float) -> float:
+        """The timestamp of a picture ``peer_id`` presented at ``local_time``.
+
+        The grid moves the peer's audio off its ``local_time``: the snap to the session's slots
+        (up to half a slot for a peer whose frames fall between the first peer's slots), a
+        re-anchor by whole slots, a late frame placed at its arrival. A picture keeping its bare
+        ``local_time`` showed each of those moves as A/V skew on the wire; so it takes the move its
+        peer's newest audio frame got, while that audio is within :data:`_AUDIO_SHIFT_SPAN` of it.
+        """
+        shift = self._audio_shift.get(peer_id)
+        if shift is None or abs(local_time - shift[1]) > _AUDIO_SHIFT_SPAN:
+            return local_time
+        return local_time + shift[0]
 
     async def accept(
         self, item: ReceivedMedia, inputs: trio.MemorySendChannel[RuntimeData]
