@@ -394,8 +394,11 @@ async def test_a_peer_that_stops_answering_pings_is_dropped() -> None:
         assert (await neighbour.call("peer.list"))["result"] == {"peers": []}
 
 
-async def test_a_peer_that_does_not_read_is_dropped_not_waited_for() -> None:
-    big_sdp = SDP + "a=x-pad:" + "p" * 60_000 + "\r\n"  # under MAX_SDP_LENGTH
+async def test_a_peer_that_does_not_read_costs_its_sender_not_itself() -> None:
+    """A recipient that stops reading fills only the sender's share of its queue (issue 13): the
+    sender's relays are refused (-32008), then the sender is closed (1008) if it keeps going. The
+    mute peer is not dropped for it (its unanswered pings drop it: test above)."""
+    big_sdp = SDP + "a=x-pad:" + "p" * 60_000 + "\r\n"  # under the SDP size limit
     async with (
         serving(outbox_size=2, rate_limit=1000.0, rate_burst=1000.0) as server,
         raw_peer(server.url) as sender,
@@ -415,9 +418,19 @@ async def test_a_peer_that_does_not_read_is_dropped_not_waited_for() -> None:
                 reply = await sender.call("peer.offer", {"from": "s", "to": "mute", "sdp": big_sdp})
                 if "error" in reply:
                     break
-        assert reply["error"]["code"] == -32000
-        left = await sender.wait_notification("peer.left", peer_id="mute")
-        assert left["params"]["reason"] == "slow_consumer"
+        assert reply["error"]["code"] == -32008
+        assert "has not read" in reply["error"]["message"]
+        assert server.hub.sessions() == {"default": ("s", "mute")}
+        offer = {"from": "s", "to": "mute", "sdp": SDP}
+        with trio.fail_after(5):
+            with contextlib.suppress(ConnectionClosed):  # closed part-way: that is the point
+                for n in range(10):
+                    await sender.send(
+                        {"jsonrpc": "2.0", "id": 1000 + n, "method": "peer.offer", "params": offer}
+                    )
+            await sender.closed.wait()
+        assert sender.close_reason is not None and sender.close_reason.code == 1008
+        assert server.hub.sessions() == {"default": ("mute",)}
 
 
 async def test_a_failure_inside_one_connection_does_not_stop_the_server(

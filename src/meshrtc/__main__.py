@@ -257,7 +257,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     video_codec=args.video_codec,
                     ice_host_addresses=(args.host,),
                 )
-                async with WebRtcTransport(config) as transport:
+                # The transport reaches the hub in-process, not as a WebSocket member: no member
+                # can flood it off the server or take its id (docs/security.md).
+                async with WebRtcTransport(config, hub=server) as transport:
                     nursery.start_soon(transport.run_session, manifest)
                     print(
                         f"meshrtc serve: signaling on {server.url}, STUN {stun.url}, "

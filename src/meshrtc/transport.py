@@ -26,6 +26,7 @@ from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerOptions
 from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
 from meshrtc.session.manager import RunningSession, SessionManager
 from meshrtc.signaling.client import ClientState, SignalingClient
+from meshrtc.signaling.server import SignalingServer
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
 __all__ = ["TRANSPORT_MACHINE", "TransportError", "TransportState", "WebRtcTransport"]
@@ -74,6 +75,12 @@ class WebRtcTransport(StatefulModel):
     Leaving the block (normally, on error, or because an outer scope was cancelled) cancels the root
     nursery: sessions close, every PeerConnection closes (bounded), the signaling WebSocket closes and
     the asyncio bridge thread is joined. :attr:`teardown_seconds` records how long that took.
+
+    By default the transport is a WebSocket client of ``config.signaling_url`` like any member.
+    ``hub=server`` runs it instead over a privileged in-process link to a :class:`SignalingServer`
+    in the same process (how ``meshrtc serve`` runs): it may take a reserved id such as
+    ``meshrtc-server``, and members who flood it are refused and closed rather than getting it
+    dropped as a slow consumer (docs/security.md).
     """
 
     state: TransportState
@@ -87,8 +94,10 @@ class WebRtcTransport(StatefulModel):
         *,
         options: PeerOptions | None = None,
         runner: PipelineRunner | None = None,
+        hub: SignalingServer | None = None,
     ) -> None:
         self.config = config
+        self.hub = hub
         #: The pipeline's output is real time: no send backlog (see ``PeerOptions.audio_send_queue``).
         self.options = options or PeerOptions(audio_send_queue=REALTIME_SEND_QUEUE)
         self.sessions = SessionManager(runner)
@@ -130,6 +139,7 @@ class WebRtcTransport(StatefulModel):
                 self.config.signaling_url,
                 self.config.peer_id,
                 session_id=self.config.session_id,
+                connector=None if self.hub is None else self.hub.connect_local,
             )
             # ``start`` returns once the client announced (or raises); the guard checks it did.
             await inner.start(client.run)

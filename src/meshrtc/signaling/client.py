@@ -27,12 +27,12 @@ from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
     HandshakeError,
-    WebSocketConnection,
     wrap_client_stream,
 )
 
 from meshrtc.config import validate_peer_id
 from meshrtc.errors import ConfigError, MeshRtcError
+from meshrtc.signaling.link import SignalingLink
 from meshrtc.signaling.protocol import (
     DEFAULT_SESSION_ID,
     MAX_MESSAGE_SIZE,
@@ -223,6 +223,7 @@ class SignalingClient(StatefulModel):
         sleep: Callable[[float], Awaitable[None]] = trio.sleep,
         ssl_context: ssl.SSLContext | None = None,
         event_buffer: int = 1024,
+        connector: Callable[[], Awaitable[SignalingLink]] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -271,7 +272,9 @@ class SignalingClient(StatefulModel):
         self._events_in, self.notifications = trio.open_memory_channel[ClientEvent](event_buffer)
         self._tracker = RequestTracker()
         self._waiters: dict[RequestId, _Waiter] = {}
-        self._ws: WebSocketConnection | None = None
+        self._ws: SignalingLink | None = None
+        #: Opens the link instead of a WebSocket to ``url`` (``SignalingServer.connect_local``).
+        self._connector = connector
         self._run_scope = trio.CancelScope()
         self._peers: dict[str, PeerInfo] = {}
         self._closing = False
@@ -467,6 +470,8 @@ class SignalingClient(StatefulModel):
         return await trio.open_tcp_stream(self._host, self._port)
 
     async def _attempt(self, task_status: trio.TaskStatus[AnnounceResult]) -> _Attempt:
+        if self._connector is not None:
+            return await self._attempt_link(self._connector, task_status)
         attempt = _Attempt()
         try:
             with trio.fail_after(self.connect_timeout):
@@ -493,6 +498,29 @@ class SignalingClient(StatefulModel):
                 await stream.aclose()
         return attempt
 
+    async def _attempt_link(
+        self,
+        connector: Callable[[], Awaitable[SignalingLink]],
+        task_status: trio.TaskStatus[AnnounceResult],
+    ) -> _Attempt:
+        """One attempt over an injected link (the in-process one of ``meshrtc serve``)."""
+        attempt = _Attempt()
+        try:
+            with trio.fail_after(self.connect_timeout):
+                link = await connector()
+        except (OSError, trio.TooSlowError) as exc:
+            attempt.reason = f"cannot open the signaling link: {exc or type(exc).__name__}"
+            return attempt
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._serve_link(nursery, link, attempt, task_status)
+        finally:
+            self._ws = None
+            self._fail_waiters(attempt.reason)
+            with trio.CancelScope(shield=True):
+                await link.aclose()
+        return attempt
+
     async def _session(
         self,
         nursery: trio.Nursery,
@@ -514,6 +542,16 @@ class SignalingClient(StatefulModel):
             attempt.reason = f"WebSocket handshake failed: {exc!r}"
             nursery.cancel_scope.cancel()
             return
+        await self._serve_link(nursery, ws, attempt, task_status)
+
+    async def _serve_link(
+        self,
+        nursery: trio.Nursery,
+        ws: SignalingLink,
+        attempt: _Attempt,
+        task_status: trio.TaskStatus[AnnounceResult],
+    ) -> None:
+        """Announce over an open link and leave its read and ping loops running in ``nursery``."""
         self._ws = ws
         self.opened()
         nursery.start_soon(self._read_loop, ws, attempt, nursery.cancel_scope)
@@ -543,7 +581,7 @@ class SignalingClient(StatefulModel):
         # The read and ping loops end the connection by cancelling the nursery.
 
     async def _read_loop(
-        self, ws: WebSocketConnection, attempt: _Attempt, scope: trio.CancelScope
+        self, ws: SignalingLink, attempt: _Attempt, scope: trio.CancelScope
     ) -> None:
         while True:
             try:
@@ -626,7 +664,7 @@ class SignalingClient(StatefulModel):
             pass
 
     async def _ping_loop(
-        self, ws: WebSocketConnection, attempt: _Attempt, scope: trio.CancelScope
+        self, ws: SignalingLink, attempt: _Attempt, scope: trio.CancelScope
     ) -> None:
         while True:
             await trio.sleep(self.ping_interval)
