@@ -531,13 +531,24 @@ def _tokens(value: str | None) -> set[str]:
 
 
 class _PrefixedStream(trio.abc.Stream):
-    """A stream that first replays bytes already read (the HTTP head we inspected)."""
+    """A stream that first replays bytes already read (the HTTP head we inspected).
+
+    It also says why a connection failed: when wsproto rejects a frame (invalid UTF-8 in a text
+    message: 1007; a protocol violation: 1002), trio-websocket 0.12.2 records the code but closes
+    the TCP stream without sending a close frame, so the client saw 1006. :meth:`aclose` sends the
+    close frame it skipped, once, bounded in time.
+    """
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
         self._stream = stream
         self._prefix = prefix
+        #: The WebSocket on top of this stream, once accepted (its ``closed`` says why it ended).
+        self.websocket: WebSocketConnection | None = None
+        self._close_frame_sent = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if data[:1] == _CLOSE_FRAME_START:  # wsproto sends each frame in one call
+            self._close_frame_sent = True
         await self._stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -552,7 +563,24 @@ class _PrefixedStream(trio.abc.Stream):
         return await self._stream.receive_some(max_bytes)
 
     async def aclose(self) -> None:
+        reason = self.websocket.closed if self.websocket is not None else None
+        if reason is not None and reason.code in _UNSENT_CLOSE_CODES and not self._close_frame_sent:
+            self._close_frame_sent = True
+            text = (reason.reason or "")[:120].encode("ascii", "replace")  # valid UTF-8, short
+            payload = reason.code.to_bytes(2, "big") + text
+            with (
+                trio.move_on_after(0.2),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await self._stream.send_all(_CLOSE_FRAME_START + bytes([len(payload)]) + payload)
         await self._stream.aclose()
+
+
+#: An unmasked, final close frame (what a server sends).
+_CLOSE_FRAME_START: Final = b"\x88"
+#: Codes wsproto reports for a frame it rejected (protocol error, invalid payload data such as bad
+#: UTF-8, unsupported data); trio-websocket closes for these without telling the client.
+_UNSENT_CLOSE_CODES: Final = frozenset({1002, 1003, 1007})
 
 
 # --- The trio server ----------------------------------------------------------------------------
@@ -935,6 +963,7 @@ class SignalingServer:
                     )
                 if request is not None:
                     ws = await request.accept()
+                    stream.websocket = ws
                     await self._serve_peer(conn_id, ws)
             finally:
                 ws_nursery.cancel_scope.cancel()
