@@ -21,6 +21,8 @@ import wsproto
 import wsproto.events
 from trio_websocket import ConnectionClosed
 
+from meshrtc.config import validate_peer_id
+from meshrtc.errors import ConfigError
 from meshrtc.signaling import protocol
 from meshrtc.signaling.limits import ConnectionCounter, FloodGuard, Verdict, connection_budget
 from meshrtc.signaling.server import Close, HttpRequest, Send, SignalingHub
@@ -263,6 +265,8 @@ def test_ids_with_a_trailing_newline_are_refused(field: str) -> None:
     assert isinstance(reply, Send)
     assert json.loads(reply.text)["error"]["code"] == -32602
     assert hub.sessions() == {}
+    with pytest.raises(ConfigError):
+        validate_peer_id(field, "bob\n")  # TransportConfig's check too
 
 
 def masked_text_frame(payload: bytes) -> bytes:

@@ -73,7 +73,7 @@ def generate_peer_id() -> str:
 
 
 def validate_peer_id(field: str, value: object) -> str:
-    if not isinstance(value, str) or not PEER_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not PEER_ID_PATTERN.fullmatch(value):
         raise ConfigError(field, value, "1-64 characters from A-Z a-z 0-9 _ -")
     return value
 
