@@ -15,6 +15,8 @@ server's CPU share (from /proc) and the load average:
   10 ms) for at most 8 s; reports when (if) the server closed it and with which code.
 - ``junk``: 4 connections that never announce each send 10 offers of 261 000 empty ``a=`` lines
   (1 MiB), as fast as the server answers; reports server CPU per junk offer.
+- ``sockets`` (a fresh server limited to 1024 open files): 1015 idle WebSockets from 127.0.0.2,
+  held 15 s; 5 s in, an honest client on 127.0.0.1 tries to join (5 s timeout).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +34,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+    wrap_client_stream,
+)
 
 SDP = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -68,12 +78,21 @@ def load() -> str:
 
 
 @asynccontextmanager
-async def signal_server(src: str | None) -> AsyncIterator[tuple[str, int]]:
+async def signal_server(
+    src: str | None, fd_limit: int | None = None
+) -> AsyncIterator[tuple[str, int]]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if src:
         env["PYTHONPATH"] = src
     command = [sys.executable, "-m", "meshrtc", "signal", "--port", "0", "--log-level", "error"]
-    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, env=env)
+
+    def limit_files() -> None:
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, env=env, preexec_fn=limit_files
+    )
     assert process.stdout is not None
     try:
         line = b""
@@ -166,6 +185,81 @@ async def attack_flood(url: str) -> None:
         print(f"flooder: sent {sent} messages, {closed}", flush=True)
 
 
+IDLE_SOCKETS = 1015
+HOLD_SECONDS = 15.0  # longer than the honest client's 5 s attempt, which starts 5 s in
+ATTACKER_ADDRESS = "127.0.0.2"  # another loopback address, so a per-address cap can tell
+
+
+async def attack_sockets(url: str) -> None:
+    """Open 1015 WebSockets from 127.0.0.2 and hold them (idle, answering pings) for 15 s."""
+    held = 0
+    refused = 0
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    async def one(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal held, refused
+        started = False
+        try:
+            async with trio.open_nursery() as own:
+                with trio.fail_after(5):
+                    stream = await trio.open_tcp_stream(
+                        "127.0.0.1", port, local_address=ATTACKER_ADDRESS
+                    )
+                    await wrap_client_stream(own, stream, "127.0.0.1", "/ws")
+                held += 1
+                started = True
+                task_status.started()
+                await trio.sleep(HOLD_SECONDS)
+                own.cancel_scope.cancel()
+        except* (OSError, HandshakeError, ConnectionRejected, ConnectionClosed, trio.TooSlowError):
+            refused += 1
+        if not started:
+            task_status.started()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(IDLE_SOCKETS):
+            await nursery.start(one)
+        print(
+            f"sockets: {held} WebSockets held from {ATTACKER_ADDRESS}, {refused} refused",
+            flush=True,
+        )
+
+
+async def honest_join(url: str) -> None:
+    start = time.perf_counter()
+    try:
+        with trio.fail_after(5):
+            async with open_websocket_url(url) as ws:
+                await ws.send_message(announce("honest-c"))
+                await expect_result(ws, 1)
+    except (
+        OSError,
+        HandshakeError,
+        ConnectionRejected,
+        ConnectionClosed,
+        trio.TooSlowError,
+    ) as exc:
+        print(
+            f"sockets: honest client locked out ({type(exc).__name__}) after "
+            f"{time.perf_counter() - start:.1f} s; load average {load()}",
+            flush=True,
+        )
+        return
+    print(
+        f"sockets: honest client joined in {1000 * (time.perf_counter() - start):.1f} ms; "
+        f"load average {load()}",
+        flush=True,
+    )
+
+
+async def sockets_phase(url: str) -> None:
+    async with trio.open_nursery() as nursery:
+        command = [sys.executable, __file__, "--attack", "sockets", "--url", url]
+        nursery.start_soon(run_attacker, command)
+        await trio.sleep(5)  # the attacker opens its sockets
+        await honest_join(url)
+
+
 async def attack_junk(url: str) -> None:
     """Four strangers each send ten 1 MiB junk offers, waiting for each answer."""
     answers: dict[str, int] = {}
@@ -229,23 +323,30 @@ async def junk_phase(url: str, pid: int, idle_share: float) -> None:
     )
 
 
-async def main(src: str | None) -> None:
+async def main(src: str | None, sockets_only: bool) -> None:
     print(f"server from {src or 'this tree'}; load average {load()}", flush=True)
-    async with signal_server(src) as (url, pid):
-        idle_share = await phase("idle", url, pid, None, 3.0)
-        await phase("flood", url, pid, "flood", FLOOD_SECONDS + 1)
-        await junk_phase(url, pid, idle_share)
+    if not sockets_only:
+        async with signal_server(src) as (url, pid):
+            idle_share = await phase("idle", url, pid, None, 3.0)
+            await phase("flood", url, pid, "flood", FLOOD_SECONDS + 1)
+            await junk_phase(url, pid, idle_share)
+    print(f"sockets: a server limited to 1024 open files; load average {load()}", flush=True)
+    async with signal_server(src, fd_limit=1024) as (url, _pid):
+        await sockets_phase(url)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--src", help="source tree (its src/) to run the server from")
-    parser.add_argument("--attack", choices=["flood", "junk"], help=argparse.SUPPRESS)
+    parser.add_argument("--sockets-only", action="store_true", help="only the idle-sockets phase")
+    parser.add_argument("--attack", choices=["flood", "junk", "sockets"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attack == "flood":
         trio.run(attack_flood, args.url)
     elif args.attack == "junk":
         trio.run(attack_junk, args.url)
+    elif args.attack == "sockets":
+        trio.run(attack_sockets, args.url)
     else:
-        trio.run(main, args.src)
+        trio.run(main, args.src, args.sockets_only)
