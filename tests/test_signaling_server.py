@@ -429,7 +429,8 @@ async def test_a_peer_that_does_not_read_costs_its_sender_not_itself() -> None:
                         {"jsonrpc": "2.0", "id": 1000 + n, "method": "peer.offer", "params": offer}
                     )
             await sender.closed.wait()
-        assert sender.close_reason is not None and sender.close_reason.code == 1008
+        assert sender.close_reason is not None
+        assert sender.close_reason.code == 1008
         assert server.hub.sessions() == {"default": ("mute",)}
 
 

@@ -130,7 +130,8 @@ class _Conn:
     privileged: bool = False
     #: Relayed messages queued to this connection and not written yet, by sender connection.
     backlog: collections.Counter[int] = attrs.field(factory=collections.Counter)
-    #: Relays refused since this connection's last accepted one (the recipient's budget was full).
+    #: Relays refused (a recipient's budget for it was full) since a recipient last caught up
+    #: with everything it relayed; past ``relay_budget`` of them the connection is closed.
     relay_refused: int = 0
     #: The connection's verified access token (servers with a secret), checked at each announce.
     claims: Claims | None = None
@@ -246,6 +247,11 @@ class SignalingHub:
         conn.backlog[sender] -= 1
         if conn.backlog[sender] <= 0:
             del conn.backlog[sender]
+            # The recipient caught up with everything this sender relayed: a clean slate (an
+            # honest sender refused while a peer was paused is not closed later for it).
+            source = self._conns.get(sender)
+            if source is not None:
+                source.relay_refused = 0
 
     def receive(self, conn_id: int, data: str | bytes, now: float) -> list[Action]:
         """Handle one WebSocket message; ``now`` is monotonic seconds (for the rate limit)."""
@@ -363,7 +369,6 @@ class SignalingHub:
                 f"peer {peer_id!r} has not read {self.relay_budget} of your messages yet; "
                 f"slow down",
             )
-        sender.relay_refused = 0
         target.backlog[sender.conn_id] += 1
 
     def _member(self, conn: _Conn) -> tuple[PeerInfo, dict[str, PeerInfo]]:

@@ -1,0 +1,310 @@
+"""Hostile members against the transport of ``meshrtc serve`` and against each other (issue 13).
+
+Before: the transport was a WebSocket client of its own server, so eight members each sending 200
+``peer.ice_candidate`` notifications to ``meshrtc-server`` overflowed its 1024-message send queue;
+the server dropped the transport as a slow consumer (every member's media stopped), and a squatter
+could then announce as ``meshrtc-server``. Six members could drop any other member the same way.
+
+Now the transport reaches the hub through an in-process privileged link (``hub=server``) with a
+reserved id, and every sender has its own budget of a recipient's queue: a flooder is refused
+(-32008), then closed (1008), never the one it floods. Figures: docs/security.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import statistics
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import pytest
+import trio
+import wsproto
+from trio_websocket import WebSocketConnection, open_websocket_url
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from meshrtc.pipeline import default_manifest
+from meshrtc.session import RunningSession
+from meshrtc.signaling.server import SignalingServer
+from meshrtc.transport import WebRtcTransport
+from tests.peer_helpers import Node, Session, feed_media, open_session
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_ID = "meshrtc-server"
+CANDIDATE = "candidate:1 1 udp 2122252543 127.0.0.1 53640 typ host"
+FLOOD = 200  # notifications per flooder: inside one connection's rate burst (200)
+
+
+@attrs.define
+class Flooder:
+    peer_id: str
+    sent: int = 0
+    refused: int = 0
+    close_code: int | None = None
+    announced: trio.Event = attrs.Factory(trio.Event)
+
+
+async def _announce(ws: WebSocketConnection, peer_id: str) -> dict[str, Any]:
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "peer.announce",
+        "params": {"peer_id": peer_id, "capabilities": ["audio"]},
+    }
+    await ws.send_message(json.dumps(request))
+    while True:
+        reply: dict[str, Any] = json.loads(await ws.get_message())
+        if reply.get("id") == 1:
+            return reply
+
+
+class RawMember:
+    """A member on a raw wsproto connection: it writes whole bursts in one call, and reads only
+    when asked (so it can stand for a tab paused for a moment, or a phone on a slow link)."""
+
+    def __init__(self, stream: trio.SocketStream, host: str, path: str) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.host, self.path = host, path
+        self.close_code: int | None = None
+        self.refused = 0
+        self.received = 0
+        self.gone = False
+        self._partial = ""
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, url: str, *, rcvbuf: int | None = None) -> AsyncIterator[RawMember]:
+        parts = urlsplit(url)
+        assert parts.hostname is not None
+        assert parts.port is not None
+        sock = trio.socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        await sock.connect((parts.hostname, parts.port))
+        async with trio.SocketStream(sock) as stream:
+            yield cls(stream, parts.hostname, parts.path)
+
+    async def events(self) -> list[wsproto.events.Event]:
+        """What the next read brings (empty once the connection is gone)."""
+        try:
+            data = await self.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            self.gone = True
+            return []
+        self.ws.receive_data(data)
+        events: list[wsproto.events.Event] = []
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                # wsproto hands over what arrived: a message may come in parts.
+                self._partial += event.data
+                if not event.message_finished:
+                    continue
+                event = TextMessage(self._partial)
+                self._partial = ""
+                self.received += 1
+                if json.loads(event.data).get("error", {}).get("code") == -32008:
+                    self.refused += 1
+            elif isinstance(event, CloseConnection):
+                self.close_code = event.code
+            events.append(event)
+        return events
+
+    async def announce(self, peer_id: str) -> None:
+        await self.stream.send_all(self.ws.send(Request(host=self.host, target=self.path)))
+        announce = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "peer.announce",
+            "params": {"peer_id": peer_id, "capabilities": ["audio"]},
+        }
+        while not self.gone:
+            for event in await self.events():
+                if isinstance(event, AcceptConnection):
+                    await self.stream.send_all(self.ws.send(TextMessage(json.dumps(announce))))
+                elif isinstance(event, TextMessage) and json.loads(event.data).get("id") == 1:
+                    assert "result" in json.loads(event.data), event.data
+                    return
+        raise AssertionError(f"{peer_id}: the server closed before answering the announce")
+
+    async def burst(self, messages: list[str]) -> bool:
+        """Write every message in one call; false if the server had closed us already."""
+        data = b"".join(self.ws.send(TextMessage(m)) for m in messages)
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def drain(self, seconds: float) -> None:
+        """Read for ``seconds`` or until the server closes the connection."""
+        with trio.move_on_after(seconds):
+            while not self.gone and self.close_code is None:
+                await self.events()
+
+
+async def _flood(url: str, flooder: Flooder, target: str, joined: trio.Event) -> None:
+    """Announce, wait for the others, then write FLOOD candidates to ``target`` in one burst."""
+    candidate = {"from": flooder.peer_id, "to": target, "candidate": CANDIDATE, "sdp_mid": "0"}
+    note = json.dumps({"jsonrpc": "2.0", "method": "peer.ice_candidate", "params": candidate})
+    async with RawMember.connect(url) as member:
+        await member.announce(flooder.peer_id)
+        flooder.announced.set()
+        await joined.wait()
+        if await member.burst([note] * FLOOD):
+            flooder.sent = FLOOD
+        await member.drain(1.0)
+        flooder.refused, flooder.close_code = member.refused, member.close_code
+
+
+async def _round_trips(url: str, peer_id: str, until: trio.Event, out: list[float]) -> None:
+    """An honest member: peer.list round trips (seconds) until ``until`` is set."""
+    async with open_websocket_url(url) as ws:
+        assert "result" in await _announce(ws, peer_id)
+        n = 100
+        while not until.is_set() or not out:
+            n += 1
+            started = trio.current_time()
+            await ws.send_message(json.dumps({"jsonrpc": "2.0", "id": n, "method": "peer.list"}))
+            while json.loads(await ws.get_message()).get("id") != n:
+                pass
+            out.append(trio.current_time() - started)
+            await trio.sleep(0.01)
+
+
+async def _client_round_trips(node: Node, until: trio.Event, out: list[float]) -> None:
+    """The honest member's own signaling client: peer.list round trips until ``until``."""
+    while not until.is_set() or not out:
+        started = trio.current_time()
+        await node.client.list_peers()
+        out.append(trio.current_time() - started)
+        await trio.sleep(0.01)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def _run_transport(
+    transport: WebRtcTransport, *, task_status: trio.TaskStatus[RunningSession]
+) -> None:
+    async with transport, trio.open_nursery() as nursery:
+        running: RunningSession = await nursery.start(transport.run_session, default_manifest())
+        task_status.started(running)
+        await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def serving_transport() -> AsyncIterator[tuple[Session, WebRtcTransport, Node]]:
+    """The ``meshrtc serve`` wiring (transport on the in-process link) and one honest member
+    whose media link to the transport is up and carrying the mix back."""
+    async with open_session() as session:
+        config = attrs.evolve(session.config(TRANSPORT_ID), ice_host_addresses=("127.0.0.1",))
+        transport = WebRtcTransport(config, hub=session.server)
+        await session.nursery.start(_run_transport, transport)
+        honest = await session.join("honest")
+        await session.until(lambda: TRANSPORT_ID in honest.manager.list_connected(), 30)
+        session.nursery.start_soon(partial(feed_media, honest, 30.0, freq=440.0, shade=90))
+        await session.until(lambda: len(honest.audio(TRANSPORT_ID)) >= 5, 20)
+        yield session, transport, honest
+
+
+@pytest.mark.slow
+async def test_eight_flooders_cannot_drop_the_transport() -> None:
+    async with serving_transport() as (session, transport, honest):
+        server = session.server
+        flooders = [Flooder(f"flood{i}") for i in range(8)]
+        joined, done = trio.Event(), trio.Event()
+        rtts: list[float] = []
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_client_round_trips, honest, done, rtts)
+                async with trio.open_nursery() as attack:
+                    for f in flooders:
+                        attack.start_soon(_flood, server.url, f, TRANSPORT_ID, joined)
+                    await session.until(
+                        lambda: len(server.hub.sessions().get("default", ())) == 10, 10
+                    )
+                    heard_before = len(honest.audio(TRANSPORT_ID))
+                    joined.set()
+                done.set()
+            # Media keeps flowing: the honest member still hears the transport's mix.
+            await session.until(lambda: len(honest.audio(TRANSPORT_ID)) >= heard_before + 25, 10)
+        client = transport.signaling
+        assert client is not None
+        log.warning(
+            "flood of %d x %d candidates to the transport: rtt median %.1f ms, max %.1f ms; "
+            "flooders sent %s, refused %s, closed %s; transport events dropped %d; load %s",
+            len(flooders),
+            FLOOD,
+            1000 * statistics.median(rtts),
+            1000 * max(rtts),
+            [f.sent for f in flooders],
+            [f.refused for f in flooders],
+            [f.close_code for f in flooders],
+            client.dropped_events,
+            _load(),
+        )
+        # The transport was never dropped, never reconnected, and kept its id.
+        assert client.state == "Ready"
+        assert client.reconnects == 0
+        assert TRANSPORT_ID in server.hub.sessions()["default"]
+        assert TRANSPORT_ID in honest.manager.list_connected()
+        # Whoever was cut off was a flooder, closed for flooding (1008), nobody else.
+        assert {f.close_code for f in flooders} <= {None, 1008}
+        assert "honest" in server.hub.sessions()["default"]
+
+
+async def test_no_websocket_client_can_announce_as_the_transport() -> None:
+    async with trio.open_nursery() as nursery:
+        server: SignalingServer = await nursery.start(SignalingServer(port=0).run)
+        async with open_websocket_url(server.url) as ws:
+            reply = await _announce(ws, TRANSPORT_ID)
+        assert reply["error"]["code"] == -32007
+        assert "reserved" in reply["error"]["message"]
+        assert server.hub.sessions() == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_six_flooders_cannot_drop_a_seventh_member() -> None:
+    """The victim stops reading for the length of the flood (a paused tab, a slow link: its
+    small receive buffer fills at once), then reads again. Before, its queue overflowed and the
+    server dropped it as a slow consumer; now each flooder fills only its own share."""
+    async with trio.open_nursery() as nursery:
+        server: SignalingServer = await nursery.start(SignalingServer(port=0).run)
+        flooders = [Flooder(f"flood{i}") for i in range(6)]
+        joined = trio.Event()
+        async with RawMember.connect(server.url, rcvbuf=4096) as victim:
+            await victim.announce("victim")
+            with trio.fail_after(20):
+                async with trio.open_nursery() as attack:
+                    for f in flooders:
+                        attack.start_soon(_flood, server.url, f, "victim", joined)
+                    for f in flooders:
+                        await f.announced.wait()
+                    joined.set()
+                # The flood is over: the victim reads again and is still a member.
+                await victim.drain(0.5)
+                assert victim.close_code is None
+                assert "victim" in server.hub.sessions()["default"]
+        log.warning(
+            "6 x %d candidates to one paused member: it received %d, flooders refused %s, "
+            "closed %s; load %s",
+            FLOOD,
+            victim.received,
+            [f.refused for f in flooders],
+            [f.close_code for f in flooders],
+            _load(),
+        )
+        assert {f.close_code for f in flooders} <= {None, 1008}
+        nursery.cancel_scope.cancel()
