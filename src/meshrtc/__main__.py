@@ -16,8 +16,13 @@ from meshrtc.errors import MeshRtcError
 
 if TYPE_CHECKING:
     from meshrtc.media.drift import ClockDriftEstimator
+    from meshrtc.signaling.auth import TokenAuthority
 
 Command = Callable[[argparse.Namespace], int]
+
+#: The peer id of ``meshrtc serve``'s own transport (reserved: it joins over the privileged
+#: in-process link, which needs no token; no WebSocket client may announce it).
+SERVE_PEER_ID = "meshrtc-server"
 
 
 def _cmd_statecharts(args: argparse.Namespace) -> int:
@@ -62,6 +67,58 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _authority(command: str, args: argparse.Namespace) -> TokenAuthority | None:
+    """The server's token authority, or None after checking that going without one is safe.
+
+    Without a secret anyone who can reach the port joins any session, so the server stays on
+    loopback unless the operator says ``--insecure``.
+    """
+    import os
+
+    from meshrtc.signaling.auth import TokenAuthority, load_secret
+
+    secret = load_secret(args.auth_secret_file, env=os.environ)
+    if secret is not None:
+        return TokenAuthority(secret)
+    if not _is_loopback(args.host) and not args.insecure:
+        raise MeshRtcError(
+            f"refusing to listen on {args.host} without --auth-secret-file (or"
+            " MESHRTC_AUTH_SECRET): anyone who can reach it could join; pass --insecure to"
+            " do it anyway"
+        )
+    where = "loopback only" if _is_loopback(args.host) else f"{args.host}, --insecure"
+    print(
+        f"meshrtc {command}: no auth secret: any client can join any session ({where})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return None
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    import os
+
+    from meshrtc.signaling.auth import ALL_GRANTS, TokenAuthority, load_secret
+
+    secret = load_secret(args.secret_file, env=os.environ)
+    if secret is None:
+        raise MeshRtcError("no secret: pass --secret-file FILE or set MESHRTC_AUTH_SECRET")
+    grants = args.grant or sorted(ALL_GRANTS)
+    print(TokenAuthority(secret).issue(args.peer, args.session, ttl=args.ttl, grants=grants))
+    return 0
+
+
 def _cmd_signal(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -77,7 +134,7 @@ def _cmd_signal(args: argparse.Namespace) -> int:
     server = SignalingServer(
         args.host,
         args.port,
-        token=args.token,
+        auth=_authority("signal", args),
         max_peers=args.max_peers,
         rate_limit=args.rate_limit,
         rate_burst=2 * args.rate_limit,
@@ -235,6 +292,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    auth = _authority("serve", args)
     failure: list[OSError] = []
 
     async def serve() -> None:
@@ -242,7 +300,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             async with trio.open_nursery() as nursery:
                 try:
                     server = await nursery.start(
-                        SignalingServer(args.host, args.port, http_handler=static_handler()).run
+                        SignalingServer(
+                            args.host, args.port, auth=auth, http_handler=static_handler()
+                        ).run
                     )
                     stun = await nursery.start(StunServer(host=args.host).run)
                 except OSError as exc:
@@ -252,7 +312,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 config = TransportConfig(
                     signaling_url=server.url,
                     stun_servers=[stun.url],
-                    peer_id="meshrtc-server",
+                    peer_id=SERVE_PEER_ID,
                     session_id=args.session,
                     video_codec=args.video_codec,
                     ice_host_addresses=(args.host,),
@@ -324,7 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=8765,
         help="TCP port; 0 picks a free one (default: %(default)s)",
     )
-    sig.add_argument("--token", help="require this token in every peer.announce")
     sig.add_argument(
         "--max-peers",
         type=_max_peers,
@@ -349,7 +408,33 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         help="(default: %(default)s)",
     )
+    _auth_options(sig)
     sig.set_defaults(handler=_cmd_signal)
+
+    tok = sub.add_parser(
+        "token",
+        help="print an access token for a server started with --auth-secret-file",
+        description="Print an HS256 access token (JWT) binding a peer id to a session; clients "
+        "pass it as the 'token' query parameter (docs/security.md).",
+    )
+    tok.add_argument(
+        "--secret-file", metavar="FILE", help="the server's secret (or MESHRTC_AUTH_SECRET)"
+    )
+    tok.add_argument("--session", required=True, help="the session the token admits to")
+    tok.add_argument("--peer", required=True, help="the peer id the token admits as ('sub')")
+    tok.add_argument(
+        "--ttl",
+        type=_positive_float,
+        default=3600.0,
+        help="seconds until it expires (default: %(default)s)",
+    )
+    tok.add_argument(
+        "--grant",
+        action="append",
+        choices=("publish", "subscribe", "data"),
+        help="repeatable; default: all three",
+    )
+    tok.set_defaults(handler=_cmd_token)
 
     demo = sub.add_parser(
         "demo",
@@ -405,8 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         help="(default: %(default)s)",
     )
+    _auth_options(serve)
     serve.set_defaults(handler=_cmd_serve)
     return parser
+
+
+def _auth_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--auth-secret-file",
+        metavar="FILE",
+        help="require access tokens signed with this secret (at least 32 bytes; or set "
+        "MESHRTC_AUTH_SECRET); `meshrtc token` issues them",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without an auth secret",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

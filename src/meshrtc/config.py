@@ -215,6 +215,11 @@ def _bool(field: str) -> Any:
     return check
 
 
+def _optional_token(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(attribute.name, "<hidden>", "a non-empty string or None")
+
+
 @attrs.frozen(kw_only=True)
 class TransportConfig:
     """Everything a :class:`WebRtcTransport` needs to join a session.
@@ -238,6 +243,9 @@ class TransportConfig:
     turn_servers: tuple[TurnServer, ...] = attrs.field(default=(), converter=_turn_list)
     peer_id: str = attrs.field(default=None, converter=_peer_id)
     session_id: str = attrs.field(default="default", converter=_session_id)
+    #: Access token for a signaling server with a secret (``meshrtc token``; docs/security.md).
+    #: Sent as the ``token`` query parameter of the WebSocket URL; ``repr`` leaves it out.
+    auth_token: str | None = attrs.field(default=None, validator=_optional_token, repr=False)
     max_peers: int = attrs.field(
         default=MAX_PEERS_LIMIT, validator=_int_in_range(1, MAX_PEERS_LIMIT)
     )

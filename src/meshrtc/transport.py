@@ -139,6 +139,7 @@ class WebRtcTransport(StatefulModel):
                 self.config.signaling_url,
                 self.config.peer_id,
                 session_id=self.config.session_id,
+                token=self.config.auth_token,
                 connector=None if self.hub is None else self.hub.connect_local,
             )
             # ``start`` returns once the client announced (or raises); the guard checks it did.

@@ -19,7 +19,7 @@ import random as _random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 import trio
@@ -235,7 +235,14 @@ class SignalingClient(StatefulModel):
         self.url = url
         self._host = parts.hostname
         self._port = port or (443 if parts.scheme == "wss" else 80)
-        self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        query = parts.query
+        if token is not None:
+            # The server checks the token at the WebSocket upgrade, before any JSON-RPC.
+            if not isinstance(token, str) or not token:
+                raise ConfigError("token", token, "a non-empty string or None")
+            pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "token"]
+            query = urlencode([*pairs, ("token", token)])
+        self._resource = (parts.path or "/") + (f"?{query}" if query else "")
         self._ssl_context = ssl_context or (
             ssl.create_default_context() if parts.scheme == "wss" else None
         )
@@ -247,8 +254,6 @@ class SignalingClient(StatefulModel):
         }
         if user_data is not None:
             params["user_data"] = dict(user_data)
-        if token is not None:
-            params["token"] = token
         try:
             self._announce = Announce.from_json(params)
         except SignalingError as err:
@@ -488,8 +493,10 @@ class SignalingClient(StatefulModel):
             leaf = _first_leaf(group)
             attempt.reason = f"{type(leaf).__name__}: {leaf}"
             if isinstance(leaf, ConnectionRejected):
+                why = bytes(leaf.body or b"").decode("utf-8", "replace").strip()[:200]
                 attempt.error = SignalingConnectionError(
-                    f"{self.url} refused the WebSocket handshake (HTTP {leaf.status_code})"
+                    f"{self.url} refused the WebSocket handshake (HTTP {leaf.status_code}"
+                    + (f": {why})" if why else ")")
                 )
         finally:
             self._ws = None

@@ -860,6 +860,8 @@ class SignalingServer:
             if wait > 0:
                 log.debug("conn %d (%s): refused, locked out for %.0fs", conn_id, address, wait)
                 await _send_quietly(stream, _locked_out(wait))
+                with trio.move_on_after(0.1):  # read what it sent, or closing resets the reply
+                    await stream.receive_some(MAX_HTTP_HEAD)
                 return
         buffer = b""
         with trio.move_on_after(self.handshake_timeout):

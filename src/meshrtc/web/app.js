@@ -148,7 +148,9 @@
         const ws = new WebSocket(this.url);
         this.ws = ws;
         ws.onopen = () => resolve();
-        ws.onerror = () => reject(new Error(`cannot reach the signaling server at ${this.url}`));
+        // Without the query: it may hold the token. A refused token also ends up here.
+        const where = this.url.split("?")[0];
+        ws.onerror = () => reject(new Error(`cannot reach the signaling server at ${where} (or it refused the token)`));
         ws.onmessage = (event) => this.receive(event.data);
         ws.onclose = (event) => {
           for (const { reject: fail } of this.pending.values()) fail(new Error("signaling closed"));
@@ -800,7 +802,13 @@
       const stun = params.get("stun");
       iceServers = stun ? [{ urls: stun }] : [];
       loopbackOnly = params.get("ice") === "loopback";
-      await connect(session, name, options.id || params.get("id") || slug(name));
+      // A token names the peer and the session it admits to (docs/security.md): use those.
+      const claims = tokenClaims(params.get("token"));
+      await connect(
+        claims ? claims.session : session,
+        name,
+        claims ? claims.sub : options.id || params.get("id") || slug(name),
+      );
     } catch (err) {
       api.error = String(err && err.message ? err.message : err);
       setState("error");
@@ -810,10 +818,26 @@
     return snapshot();
   }
 
+  // The claims of this page's `token` query parameter (unverified: the server verifies), or null.
+  function tokenClaims(token) {
+    if (!token) return null;
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+      if (typeof claims.sub === "string" && typeof claims.session === "string") return claims;
+    } catch (err) {
+      // fall through: the server will refuse it and say why
+    }
+    return null;
+  }
+
   async function connect(session, name, peerId) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = params.get("ws") || `${scheme}//${location.host}/ws`;
-    setStatus(`Connecting to ${url}…`);
+    const base = new URL(params.get("ws") || `${scheme}//${location.host}/ws`, location.href);
+    // The server checks the token at the WebSocket upgrade: it travels in the URL's query.
+    if (params.get("token")) base.searchParams.set("token", params.get("token"));
+    const url = base.href;
+    setStatus(`Connecting to ${base.origin}${base.pathname}…`);
     const sig = new Signaling(url, onNotification, onSignalingClosed);
     signaling = sig;
     await sig.open();
@@ -826,12 +850,11 @@
         session_id: session,
         user_data: { name, client: CLIENT },
       };
-      const token = params.get("token");
-      if (token) announce.token = token;
       try {
         result = await sig.request("peer.announce", announce);
       } catch (err) {
-        if (!(err instanceof RpcError) || err.code !== -32006 || attempt >= 3) throw err;
+        const renamable = !params.get("token"); // a token admits exactly one peer id
+        if (!(err instanceof RpcError) || err.code !== -32006 || !renamable || attempt >= 3) throw err;
         note(`peer id ${id} is taken; trying another`);
       }
     }

@@ -1,0 +1,377 @@
+"""Access tokens: the token module, the server's check at the upgrade, the announce binding, the
+guessing throttle, the CLI, and ``meshrtc serve`` with a secret (hostile clients, loopback only).
+
+Before issue 13 ``serve`` took no token at all and ``signal --token`` compared a shared string in
+``peer.announce``: any local process joined, and guesses were answered at 700/s with nothing logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import trio
+
+from meshrtc.__main__ import SERVE_PEER_ID, main
+from meshrtc.errors import ConfigError, MeshRtcError
+from meshrtc.signaling.auth import (
+    AuthError,
+    FailedTokenThrottle,
+    Grant,
+    TokenAuthority,
+    load_secret,
+)
+from meshrtc.signaling.client import SignalingClient, SignalingConnectionError
+from meshrtc.signaling.protocol import SignalingError
+from meshrtc.signaling.server import SignalingServer
+
+from .test_signaling_server import raw_peer, serving
+
+SECRET = b"k" * 64
+NOW = 1_800_000_000.0
+
+
+def authority(now: float = NOW, secret: bytes = SECRET) -> TokenAuthority:
+    return TokenAuthority(secret, clock=lambda: now)
+
+
+# --- The token module ---------------------------------------------------------------------------
+
+
+def test_a_token_round_trips_its_claims() -> None:
+    token = authority().issue("alice", "room", ttl=60, grants=["publish", "data"])
+    claims = authority(NOW + 59).verify(token)
+    assert (claims.peer_id, claims.session_id) == ("alice", "room")
+    assert claims.expires_at == NOW + 60
+    assert claims.grants == {Grant.PUBLISH, Grant.DATA}
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        (None, "missing token"),
+        ("", "missing token"),
+        ("not-a-jwt", "malformed token"),
+        ("x" * 5000, "malformed token"),
+        (
+            TokenAuthority(b"z" * 40, clock=lambda: NOW).issue("alice", "room"),
+            "bad token signature",
+        ),
+        (
+            jwt.encode({"sub": "alice", "session": "room", "exp": NOW + 60}, SECRET, "HS512"),
+            "HS256",
+        ),
+        (jwt.encode({"session": "room", "exp": NOW + 60}, SECRET, "HS256"), "no 'sub'"),
+        (jwt.encode({"sub": "alice", "exp": NOW + 60}, SECRET, "HS256"), "no 'session'"),
+        (jwt.encode({"sub": "alice", "session": "room"}, SECRET, "HS256"), "no 'exp'"),
+        (
+            jwt.encode({"sub": "a", "session": "r", "exp": NOW + 60, "grants": ["root"]}, SECRET),
+            "grants",
+        ),
+    ],
+)
+def test_bad_tokens_are_refused_with_a_reason(token: str | None, why: str) -> None:
+    with pytest.raises(AuthError, match=why):
+        authority().verify(token)
+
+
+def test_an_unsigned_token_is_refused() -> None:
+    unsigned = jwt.encode({"sub": "alice", "session": "room", "exp": NOW + 60}, None, "none")
+    with pytest.raises(AuthError):
+        authority().verify(unsigned)
+
+
+def test_expiry_is_checked_against_the_injected_clock() -> None:
+    token = authority().issue("alice", "room", ttl=30)
+    authority(NOW + 29.9).verify(token)
+    with pytest.raises(AuthError, match="expired"):
+        authority(NOW + 30).verify(token)
+
+
+def test_short_secrets_and_bad_grants_are_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        TokenAuthority(b"short")
+    with pytest.raises(ConfigError):
+        authority().issue("alice", "room", grants=["root"])
+    with pytest.raises(ConfigError):
+        authority().issue("alice", "room", ttl=0)
+
+
+def test_the_secret_comes_from_the_file_then_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET + b"\n")
+    assert load_secret(path, env={"MESHRTC_AUTH_SECRET": "e" * 40}) == SECRET
+    assert load_secret(None, env={"MESHRTC_AUTH_SECRET": "e" * 40}) == b"e" * 40
+    assert load_secret(None, env={}) is None
+    path.write_bytes(b"tiny")
+    with pytest.raises(MeshRtcError, match="at least 32"):
+        load_secret(path, env={})
+    with pytest.raises(MeshRtcError, match="cannot read"):
+        load_secret(tmp_path / "missing", env={})
+
+
+def test_the_throttle_locks_an_address_out_then_lets_it_back() -> None:
+    throttle = FailedTokenThrottle(max_failures=3, window=10.0, lockout=30.0)
+    assert not throttle.failed("a", 0.0)
+    assert not throttle.failed("a", 1.0)
+    assert throttle.locked("b", 1.0) == 0.0
+    assert throttle.failed("a", 2.0)
+    assert throttle.locked("a", 2.0) == 30.0
+    assert throttle.locked("b", 2.0) == 0.0  # per address
+    assert throttle.locked("a", 32.0) == 0.0
+    # Failures further apart than the window never add up to a lockout.
+    assert not any(throttle.failed("c", 11.0 * i) for i in range(10))
+
+
+def test_the_throttle_table_is_bounded() -> None:
+    throttle = FailedTokenThrottle(max_failures=2, max_addresses=100)
+    for i in range(10_000):
+        throttle.failed(f"10.0.{i // 256}.{i % 256}", 0.0)
+        throttle.failed(f"10.0.{i // 256}.{i % 256}", 0.0)
+    assert len(throttle._locked_until) <= 100
+    assert len(throttle._failures) <= 100
+
+
+# --- The server ---------------------------------------------------------------------------------
+
+
+async def upgrade(port: int, query: str) -> tuple[int, bytes]:
+    """A raw WebSocket upgrade request; the HTTP status and body of the reply (101 if accepted)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            f"GET /ws?{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        )
+        reply = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in reply:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            head, _, body = reply.partition(b"\r\n\r\n")
+            status = int(head.split(b" ")[1]) if head else 0
+            if status != 101:
+                while chunk := await stream.receive_some(4096):
+                    body += chunk
+    return status, body
+
+
+@asynccontextmanager
+async def secured(**kwargs: Any) -> AsyncIterator[tuple[SignalingServer, TokenAuthority]]:
+    auth = TokenAuthority(SECRET)
+    async with serving(auth=auth, **kwargs) as server:
+        yield server, auth
+
+
+async def test_no_token_bad_signature_and_expired_are_refused_at_the_upgrade(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "meshrtc.signaling.server")
+    forged = TokenAuthority(b"f" * 40).issue("alice", "default")
+    expired = TokenAuthority(SECRET, clock=lambda: time.time() - 7200).issue("alice", "default")
+    async with secured() as (server, _):
+        cases = [("", "missing token"), (f"token={forged}", "bad token signature")]
+        cases.append((f"token={expired}", "token expired"))
+        for query, why in cases:
+            status, body = await upgrade(server.port, query)
+            assert status == 401
+            assert body.decode().startswith(why)
+        assert server.hub.connections == 0
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 3  # once each, with the client's address
+    assert all("127.0.0.1" in line for line in refusals)
+
+
+async def test_a_valid_token_joins_and_the_announce_must_match_it() -> None:
+    async with secured() as (server, auth):
+        async with raw_peer(server.url, path=f"/ws?token={auth.issue('alice', 'room')}") as peer:
+            wrong_sub = await peer.announce("mallory", "room")
+            assert wrong_sub["error"]["code"] == -32007
+            assert "token is for peer 'alice'" in wrong_sub["error"]["message"]
+            wrong_session = await peer.announce("alice", "default")
+            assert wrong_session["error"]["code"] == -32007
+            assert "token is for session 'room'" in wrong_session["error"]["message"]
+            joined = await peer.announce("alice", "room")
+            assert joined["result"]["peer_id"] == "alice"
+        assert server.hub.sessions() == {}
+
+
+async def test_grants_narrow_what_the_others_are_told() -> None:
+    async with secured() as (server, auth):
+        listener = auth.issue("lurker", "room", grants=["subscribe"])
+        nothing = auth.issue("ghost", "room", grants=[])
+        async with (
+            raw_peer(server.url, path=f"/ws?token={listener}") as lurker,
+            raw_peer(server.url, path=f"/ws?token={nothing}") as ghost,
+            raw_peer(server.url, path=f"/ws?token={auth.issue('full', 'room')}") as full,
+        ):
+            assert "result" in await lurker.announce("lurker", "room")
+            assert "result" in await ghost.announce("ghost", "room")
+            seen = (await full.announce("full", "room"))["result"]["peers"]
+            caps = {p["peer_id"]: p["capabilities"] for p in seen}
+            assert caps == {"lurker": ["audio", "video"], "ghost": []}
+
+
+async def test_the_client_presents_its_token_in_the_url_and_a_bad_one_is_fatal() -> None:
+    async with secured() as (server, auth):
+        good = SignalingClient(server.url, "alice", token=auth.issue("alice", "default"))
+        async with trio.open_nursery() as nursery:
+            assert (await nursery.start(good.run)).peer_id == "alice"
+            await good.aclose()
+        wrong = SignalingClient(server.url, "alice", token=auth.issue("bob", "default"))
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(SignalingError, match="token is for peer 'bob'"):
+                await nursery.start(wrong.run)
+        missing = SignalingClient(server.url, "alice")
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(SignalingConnectionError, match="HTTP 401: missing token"):
+                await nursery.start(missing.run)
+
+
+async def test_guessing_is_locked_out_after_a_few_failures() -> None:
+    """Bounded: 40 guesses from one address; only the first five are even verified."""
+    throttle = FailedTokenThrottle(max_failures=5, window=60.0, lockout=60.0)
+    async with secured(token_throttle=throttle) as (server, auth):
+        statuses = [(await upgrade(server.port, f"token=guess{i}"))[0] for i in range(40)]
+        assert statuses[:5] == [401] * 5
+        assert statuses[5:] == [429] * 35
+        # Locked out means locked out: even a good token waits (the address is the attacker's).
+        status, body = await upgrade(server.port, f"token={auth.issue('alice', 'default')}")
+        assert status == 429
+        assert b"retry in" in body
+
+
+# --- The command line ---------------------------------------------------------------------------
+
+
+def test_token_command_prints_a_token_the_server_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    argv = ["token", "--secret-file", str(secret), "--session", "room", "--peer", "alice"]
+    assert main([*argv, "--ttl", "120", "--grant", "subscribe"]) == 0
+    claims = TokenAuthority(SECRET).verify(capsys.readouterr().out.strip())
+    assert (claims.peer_id, claims.session_id, claims.grants) == (
+        "alice",
+        "room",
+        {Grant.SUBSCRIBE},
+    )
+    assert 110 < claims.expires_at - time.time() <= 120
+
+
+def test_token_command_needs_a_secret(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MESHRTC_AUTH_SECRET", raising=False)
+    assert main(["token", "--session", "room", "--peer", "alice"]) == 2
+    assert "no secret" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["signal", "serve"])
+def test_a_non_loopback_bind_without_a_secret_refuses_to_start(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MESHRTC_AUTH_SECRET", raising=False)
+    assert main([command, "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to listen on 0.0.0.0 without --auth-secret-file" in err
+    assert "--insecure" in err
+
+
+# --- meshrtc serve with a secret ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_serve_with_a_secret_a_member_with_a_token_hears_the_mix(tmp_path: Path) -> None:
+    """The real command with ``--auth-secret-file``: its own transport gets in (it issues itself a
+    token), a member with a token hears another member's tone through the mix, and a client
+    without one is refused at the upgrade."""
+    from meshrtc.config import TransportConfig
+    from meshrtc.demo import AMPLITUDE, SyntheticPeer, goertzel
+    from meshrtc.rtc.bridge import open_bridge
+    from meshrtc.rtc.events import ReceivedAudio
+    from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerConnection, PeerOptions
+    from meshrtc.rtc.peers import PeerManager
+    from meshrtc.rtc.stun import StunServer
+
+    from .browser_helpers import meshrtc_serve
+
+    class ServeMember(SyntheticPeer):
+        def link(self) -> PeerConnection | None:
+            return self.manager.get_peer(SERVE_PEER_ID)
+
+    async def drain(manager: PeerManager, keep_transport_link: bool) -> None:
+        """Read every link's events and items (but the one the test listens to) so none fills."""
+        seen: set[str] = set()
+        async with trio.open_nursery() as links:
+            async for _event in manager.events:
+                for pid, peer in manager.peers.items():
+                    if pid not in seen and not (keep_transport_link and pid == SERVE_PEER_ID):
+                        seen.add(pid)
+                        links.start_soon(discard, peer)
+
+    async def discard(peer: PeerConnection) -> None:
+        async for _item in peer.received:
+            pass
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    auth = TokenAuthority(SECRET)
+    options = PeerOptions(video_fps=10.0, audio_send_queue=REALTIME_SEND_QUEUE)
+    with trio.fail_after(60):
+        async with (
+            meshrtc_serve("--auth-secret-file", str(secret)) as serve,
+            trio.open_nursery() as nursery,
+        ):
+            ws = serve.url.replace("http://", "ws://", 1).rstrip("/") + "/ws"
+            with pytest.raises(SignalingConnectionError, match="HTTP 401: missing token"):
+                await nursery.start(SignalingClient(ws, "intruder").run)
+            stun: StunServer = await nursery.start(StunServer().run)
+            async with open_bridge(name="test-auth-serve") as bridge:
+                members = []
+                for index, pid in enumerate(("alice", "bob")):
+                    config = TransportConfig(
+                        signaling_url=ws,
+                        stun_servers=[stun.url],
+                        peer_id=pid,
+                        ice_host_addresses=("127.0.0.1",),
+                        auth_token=auth.issue(pid, "default"),
+                    )
+                    client = SignalingClient(ws, pid, session_id="default", token=config.auth_token)
+                    await nursery.start(client.run)
+                    manager = PeerManager(config, client, bridge=bridge, options=options)
+                    await nursery.start(manager.run)
+                    members.append(ServeMember(index, manager, None))
+                    nursery.start_soon(drain, manager, pid == "bob")
+                alice, bob = members
+                for _ in range(600):  # bounded: 30 s at most
+                    if alice.note_connected() and bob.note_connected():
+                        break
+                    await trio.sleep(0.05)
+                assert alice.note_connected()
+                assert bob.note_connected()
+                # Both send: the transport sends a member its mix as that member's audio arrives.
+                nursery.start_soon(alice.send, 20.0, time.monotonic())
+                nursery.start_soon(bob.send, 20.0, time.monotonic())
+                link = bob.link()
+                assert link is not None
+                heard = 0
+                async for item in link.received:
+                    if isinstance(item, ReceivedAudio) and not item.concealed:
+                        mono = item.samples[:, 0] if item.samples.ndim == 2 else item.samples
+                        if goertzel(mono, alice.figures.frequency) > AMPLITUDE * 0.3:
+                            heard += 1
+                            if heard >= 10:
+                                break
+                assert heard >= 10
+                nursery.cancel_scope.cancel()
