@@ -16,7 +16,7 @@ server's CPU share (from /proc) and the load average:
 - ``junk``: 4 connections that never announce each send 10 offers of 261 000 empty ``a=`` lines
   (1 MiB), as fast as the server answers; reports server CPU per junk offer.
 - ``sockets`` (a fresh server limited to 1024 open files): 1015 idle WebSockets from 127.0.0.2,
-  held 15 s; 5 s in, an honest client on 127.0.0.1 tries to join (5 s timeout).
+  held; once all are open, an honest client on 127.0.0.1 tries to join (5 s timeout).
 """
 
 from __future__ import annotations
@@ -186,12 +186,12 @@ async def attack_flood(url: str) -> None:
 
 
 IDLE_SOCKETS = 1015
-HOLD_SECONDS = 15.0  # longer than the honest client's 5 s attempt, which starts 5 s in
+HOLD_SECONDS = 30.0  # longer than the honest client's 5 s attempt, made once all are open
 ATTACKER_ADDRESS = "127.0.0.2"  # another loopback address, so a per-address cap can tell
 
 
 async def attack_sockets(url: str) -> None:
-    """Open 1015 WebSockets from 127.0.0.2 and hold them (idle, answering pings) for 15 s."""
+    """Open 1015 WebSockets from 127.0.0.2, say so, and hold them (idle, answering pings)."""
     held = 0
     refused = 0
     port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
@@ -253,11 +253,23 @@ async def honest_join(url: str) -> None:
 
 
 async def sockets_phase(url: str) -> None:
-    async with trio.open_nursery() as nursery:
-        command = [sys.executable, __file__, "--attack", "sockets", "--url", url]
-        nursery.start_soon(run_attacker, command)
-        await trio.sleep(5)  # the attacker opens its sockets
+    command = [sys.executable, __file__, "--attack", "sockets", "--url", url]
+    attacker = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+    assert attacker.stdout is not None
+    try:
+        line = b""
+        with trio.fail_after(120):  # the attacker says when all its sockets are open
+            while not line.endswith(b"\n"):
+                chunk = await attacker.stdout.receive_some(1)
+                if not chunk:
+                    raise SystemExit("the attacker exited early")
+                line += chunk
+        print(line.decode().strip(), flush=True)
         await honest_join(url)
+    finally:
+        attacker.kill()
+        await attacker.wait()
+        await attacker.stdout.aclose()
 
 
 async def attack_junk(url: str) -> None:
