@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -53,7 +54,13 @@ MEDIA_TIMEOUT = 3.0
 _SENDS_NEED = (PeerState.Connecting, PeerState.Reconnecting)
 
 
-def _negotiation(peer_id: str, *, polite: bool, seed: int, states: list[Any]) -> Negotiation:
+def _negotiation(
+    peer_id: str,
+    *,
+    polite: bool,
+    seed: int,
+    on_state_change: Callable[[PeerState], None],
+) -> Negotiation:
     rand = random.Random(seed)
     return Negotiation(
         peer_id=peer_id,
@@ -65,7 +72,7 @@ def _negotiation(peer_id: str, *, polite: bool, seed: int, states: list[Any]) ->
         polite_wait=POLITE_WAIT,
         tries=TRIES,
         backoff_delay=lambda n: min(0.25 * 2.0**n, 1.0) * (1.0 + 0.25 * rand.random()),
-        on_state_change=states.append,
+        on_state_change=on_state_change,
     )
 
 
@@ -110,8 +117,28 @@ class TwoSides(RuleBasedStateMachine):
         for name, polite in (("alice", False), ("bob", True)):
             states: list[Any] = []
             self.sides[name] = _Side(
-                name, _negotiation(name, polite=polite, seed=seed, states=states), states
+                name,
+                _negotiation(
+                    name, polite=polite, seed=seed, on_state_change=self._announced(name, states)
+                ),
+                states,
             )
+
+    def _announced(self, name: str, states: list[Any]) -> Callable[[PeerState], None]:
+        """The state-change callback, checked where the PeerManager turns it into events
+        (PeerConnected, PeerReconnecting; PeerRemoved after Failed): an event announcing a state
+        must not precede that state, and Reconnecting or Failed must not be seen while the old link
+        is still held (the shell has not dropped it yet)."""
+
+        def announce(state: PeerState) -> None:
+            side = self.sides[name]
+            assert state is side.negotiation.state, f"{state} announced in {side.negotiation.state}"
+            if state in (PeerState.Reconnecting, PeerState.Failed):
+                assert side.link is None, f"{state} announced while link {side.link} is held"
+                assert side.negotiation.link_generation is None
+            states.append(state)
+
+        return announce
 
     def other(self, side: _Side) -> _Side:
         return self.sides["bob" if side.name == "alice" else "alice"]
@@ -167,7 +194,7 @@ class TwoSides(RuleBasedStateMachine):
                 side.link = side.up = side.outstanding = side.answering = None
                 side.queued_candidates = 0
                 side.failed_at = self.now
-                self.carry_out(side, negotiation.link_dropped(self.now))
+                self.carry_out(side, negotiation.link_dropped(self.now), tag=tag)
             elif isinstance(action, BackOff):
                 assert negotiation.state is PeerState.Reconnecting
                 # Rebuilt within the backoff bound.
@@ -351,7 +378,9 @@ class TriggerTable(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.negotiation = _negotiation("bob", polite=True, seed=1, states=[])
+        self.negotiation = _negotiation(
+            "bob", polite=True, seed=1, on_state_change=lambda _state: None
+        )
         self.now = 0.0
 
     @rule(trigger=st.sampled_from(PEER_CONNECTION_MACHINE.triggers()))
@@ -511,3 +540,24 @@ def test_a_refusal_fails_for_good_and_a_stale_answer_is_ignored() -> None:
     assert alice.negotiation.state is PeerState.Failed
     assert alice.negotiation.refused
     assert alice.negotiation.want_offer() == []
+
+
+def test_a_renegotiating_remote_is_announced_after_the_old_link_is_dropped() -> None:
+    """The remote rebuilt its side and offers while we are Connected: we enter Reconnecting (the
+    PeerManager's PeerReconnecting) only once our old link is dropped, then answer on a new one.
+    The checks of the announcement are in ``TwoSides._announced``; at 478480b it saw Reconnecting
+    with the old link still held."""
+    machine, alice, _bob = _pair()
+    machine.want_offer("alice")
+    _deliver_all(machine)
+    _both_up(machine)
+    old_link = alice.link
+    machine.link_down("bob", "failed")
+    machine.time_passes(MAX_DELAY + POLITE_WAIT)
+    assert [m.method for m in alice.inbox] == ["offer"]
+    _deliver_all(machine)
+    assert alice.states[-2:] == [PeerState.Connected, PeerState.Reconnecting]
+    assert alice.negotiation.last_loss_reason == "the remote renegotiated"
+    assert alice.link is not None
+    assert alice.link != old_link
+    assert alice.answering is not None, "the new link answers the remote's offer"

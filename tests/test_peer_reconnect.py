@@ -59,12 +59,17 @@ async def test_killed_path_reconnects_and_media_flows_again() -> None:
         at_alice = alice.peer("bob")
         await s.until(lambda: at_bob.sync_manager.state == "Synced", within=10)
 
+        # Only what follows the kill counts: a PeerReconnecting from an earlier loss must not pass
+        # for the kill's (both Connected again then: the failure seen once under load at 478480b).
+        history = [state for _, state in at_bob.history], [state for _, state in at_alice.history]
+        assert history[0] == history[1] == ["New", "GatheringIce", "Connecting", "Connected"]
+        seen_at_bob, seen_at_alice = len(bob.events), len(alice.events)
         await bridge.call(at_bob.path_control.kill)
         killed = time.monotonic()
         await s.until(
             lambda: (
-                any(isinstance(e, PeerReconnecting) for e in bob.events)
-                and any(isinstance(e, PeerReconnecting) for e in alice.events)
+                any(isinstance(e, PeerReconnecting) for e in bob.events[seen_at_bob:])
+                and any(isinstance(e, PeerReconnecting) for e in alice.events[seen_at_alice:])
             ),
             within=10,
         )

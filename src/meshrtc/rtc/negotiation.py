@@ -445,12 +445,20 @@ class Negotiation(StatefulModel):
                 log.info("peer %s: ignoring a colliding offer (we offer)", self.peer_id)
                 return []
             log.info("peer %s: colliding offer; rolling back ours and answering", self.peer_id)
-        actions: list[Action] = []
+        self._retry_at = None
         link = self._link
         if link is not None and link.up and self.may_connection_lost():
-            actions += self._lose(now, "the remote renegotiated")
-        self._retry_at = None
-        return actions + self._start_link(offerer=False)
+            # As for a failed link: drop it first, then (:meth:`link_dropped`) enter Reconnecting,
+            # so nobody sees Reconnecting (and the PeerReconnecting event) while it is still held.
+            reason = "the remote renegotiated"
+            self._link = None
+            self._attempt_deadline = None
+            self._after_drop = lambda now: [
+                *self._lose(now, reason),
+                *self._start_link(offerer=False),
+            ]
+            return [DropLink(reason)]
+        return self._start_link(offerer=False)
 
     def remote_answer(self, tag: str | None, refusal: str | None = None) -> list[Action]:
         """The remote answers (``tag``: the attempt it echoes; ``refusal``: it refuses us)."""

@@ -711,7 +711,9 @@ class PeerConnection:
                 self.sync_manager.reset()
             elif isinstance(action, DropLink):
                 await self._drop_link()
-                await self._carry_out(self._negotiation.link_dropped(time.monotonic()))
+                # The decision may be to answer the remote's offer (it renegotiated): pass it on.
+                after = self._negotiation.link_dropped(time.monotonic())
+                await self._carry_out(after, sdp=sdp, candidate=candidate)
             elif isinstance(action, BackOff):
                 log.debug("peer %s: next attempt at %.3f", self.peer_id, action.until)
             elif isinstance(action, GiveUp):
