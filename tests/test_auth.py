@@ -215,10 +215,13 @@ async def test_grants_narrow_what_the_others_are_told() -> None:
             raw_peer(server.url, path=f"/ws?token={auth.issue('full', 'room')}") as full,
         ):
             assert "result" in await lurker.announce("lurker", "room")
-            assert "result" in await ghost.announce("ghost", "room")
+            # Never an empty list (a peer builds no connection for one): refused instead.
+            refused = await ghost.announce("ghost", "room")
+            assert refused["error"]["code"] == -32007
+            assert "grants none of the announced capabilities" in refused["error"]["message"]
             seen = (await full.announce("full", "room"))["result"]["peers"]
             caps = {p["peer_id"]: p["capabilities"] for p in seen}
-            assert caps == {"lurker": ["audio", "video"], "ghost": []}
+            assert caps == {"lurker": ["audio", "video"]}
 
 
 async def test_the_client_presents_its_token_in_the_url_and_a_bad_one_is_fatal() -> None:

@@ -447,6 +447,10 @@ def _authorized(claims: Claims | None, params: Announce) -> PeerInfo:
     if not claims.grants & {Grant.PUBLISH, Grant.SUBSCRIBE}:
         allowed -= {Capability.AUDIO, Capability.VIDEO}
     kept = tuple(c for c in params.info.capabilities if c in allowed)
+    if not kept:
+        # Never an empty list: peers build no connection for a member with nothing to exchange.
+        grants = sorted(g.value for g in claims.grants)
+        raise _forbidden(f"the token grants none of the announced capabilities (grants: {grants})")
     return attrs.evolve(params.info, capabilities=kept)
 
 
