@@ -21,9 +21,11 @@ import wsproto
 import wsproto.events
 from trio_websocket import ConnectionClosed
 
+from meshrtc.__main__ import main
 from meshrtc.config import validate_peer_id
 from meshrtc.errors import ConfigError
 from meshrtc.signaling import protocol
+from meshrtc.signaling import server as server_module
 from meshrtc.signaling.limits import ConnectionCounter, FloodGuard, Verdict, connection_budget
 from meshrtc.signaling.server import Close, HttpRequest, Send, SignalingHub
 from meshrtc.web import CONTENT_SECURITY_POLICY, static_handler
@@ -301,3 +303,22 @@ async def test_the_page_cannot_be_framed() -> None:
     # The page's own needs: its scripts and styles, and WebSockets to any signaling server.
     assert "script-src 'self'" in CONTENT_SECURITY_POLICY
     assert "connect-src 'self' ws: wss:" in CONTENT_SECURITY_POLICY
+
+
+class _BuiltError(Exception):
+    """Raised by a stand-in server: how ``meshrtc signal`` configured it."""
+
+
+def test_signal_cli_passes_the_connection_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    def record(*_args: object, **kwargs: object) -> None:
+        raise _BuiltError(kwargs)
+
+    monkeypatch.setattr(server_module, "SignalingServer", record)
+    argv = ["signal", "--max-connections", "300", "--max-connections-per-address", "5"]
+    with pytest.raises(_BuiltError) as built:
+        main(argv)
+    kwargs = built.value.args[0]
+    assert kwargs["max_connections"] == 300
+    assert kwargs["max_connections_per_address"] == 5
+    with pytest.raises(SystemExit):
+        main(["signal", "--max-connections-per-address", "0"])

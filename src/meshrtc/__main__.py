@@ -57,6 +57,12 @@ def _max_peers(text: str) -> int:
     return int(text)
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return int(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -139,6 +145,8 @@ def _cmd_signal(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         rate_burst=2 * args.rate_limit,
         ping_interval=args.ping_interval,
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
     )
     failure: list[OSError] = []
 
@@ -395,6 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=100.0,
         help="messages per second per connection, bursts of twice that (default: %(default)s)",
+    )
+    sig.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=None,
+        help="open connections in all; refused at accept beyond (default: the open-file limit "
+        "minus a quarter of it; docs/security.md)",
+    )
+    sig.add_argument(
+        "--max-connections-per-address",
+        type=_positive_int,
+        default=64,
+        help="open connections from one client address (default: %(default)s)",
     )
     sig.add_argument(
         "--ping-interval",
