@@ -378,3 +378,39 @@ async def test_serve_with_a_secret_a_member_with_a_token_hears_the_mix(tmp_path:
                                 break
                 assert heard >= 10
                 nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_the_page_passes_its_token_through(tmp_path: Path) -> None:
+    """``meshrtc serve --auth-secret-file``: the page opened with ``?token=...`` joins as the
+    token's peer id (whatever its name field says) and connects to the transport; opened without
+    one it ends in the error state."""
+    from tests.browser_helpers import TRANSPORT_ID, meshrtc_serve, open_chromium
+    from tests.test_browser import _encode, _fail_with, chromium, query, wait_connected
+
+    binary = chromium()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    token = TokenAuthority(SECRET).issue("carol", "default")
+    with trio.fail_after(60):
+        async with (
+            meshrtc_serve("--auth-secret-file", str(secret)) as serve,
+            open_chromium(binary) as browser,
+        ):
+            try:
+                with trio.fail_after(40):
+                    page = await browser.new_page(
+                        serve.url + "?" + _encode({**query("someone", "VP9"), "token": token})
+                    )
+                    snap = await wait_connected(page, {TRANSPORT_ID})
+                    assert snap["peerId"] == "carol"
+                    refused = await browser.new_page(
+                        serve.url + "?" + _encode(query("intruder", "VP9"))
+                    )
+                    error = await refused.wait_for(
+                        "window.meshrtc.snapshot()", lambda s: s["state"] == "error"
+                    )
+                    assert "refused the token" in error["error"]
+            except BaseException:
+                await _fail_with([browser])
+                raise
