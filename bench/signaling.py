@@ -100,11 +100,15 @@ def process_cpu_seconds(pid: int | None) -> float | None:
 async def server_url(in_process: bool, stats: Stats) -> AsyncIterator[str]:
     if in_process:
         async with trio.open_nursery() as nursery:
-            server: SignalingServer = await nursery.start(SignalingServer(port=0).run)
+            # Every client is on 127.0.0.1: lift the per-address connection cap (64).
+            server: SignalingServer = await nursery.start(
+                SignalingServer(port=0, max_connections_per_address=10_000).run
+            )
             yield server.url
             nursery.cancel_scope.cancel()
         return
     command = [sys.executable, "-m", "meshrtc", "signal", "--port", "0", "--log-level", "error"]
+    command += ["--max-connections-per-address", "10000"]  # every client is on 127.0.0.1
     process = await trio.lowlevel.open_process(
         command, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
