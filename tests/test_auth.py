@@ -253,6 +253,36 @@ async def test_guessing_is_locked_out_after_a_few_failures() -> None:
         assert b"retry in" in body
 
 
+async def test_a_transport_presents_its_configured_token() -> None:
+    """``TransportConfig.auth_token`` reaches the URL: with it the transport joins; without it,
+    entering the transport fails with the server's reason."""
+    import attrs
+
+    from meshrtc.config import TransportConfig
+    from meshrtc.rtc.stun import StunServer
+    from meshrtc.transport import WebRtcTransport
+
+    async with secured() as (server, auth), trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        config = TransportConfig(
+            signaling_url=server.url,
+            stun_servers=[stun.url],
+            peer_id="t1",
+            ice_host_addresses=("127.0.0.1",),
+            auth_token=auth.issue("t1", "default"),
+        )
+        assert "auth_token" not in repr(config)
+        with trio.fail_after(20):
+            async with WebRtcTransport(config) as transport:
+                assert transport.state == "Ready"
+                assert server.hub.sessions() == {"default": ("t1",)}
+            refused = pytest.RaisesExc(SignalingConnectionError, match="HTTP 401: missing token")
+            with pytest.RaisesGroup(refused, flatten_subgroups=True, allow_unwrapped=True):
+                async with WebRtcTransport(attrs.evolve(config, auth_token=None)):
+                    pass
+        nursery.cancel_scope.cancel()
+
+
 # --- The command line ---------------------------------------------------------------------------
 
 
