@@ -11,6 +11,7 @@ closed as 1006, a page that could be framed. All loopback, bounded in count and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 from typing import Any
@@ -322,3 +323,28 @@ def test_signal_cli_passes_the_connection_caps(monkeypatch: pytest.MonkeyPatch) 
     assert kwargs["max_connections_per_address"] == 5
     with pytest.raises(SystemExit):
         main(["signal", "--max-connections-per-address", "0"])
+
+
+def test_stray_answers_and_candidates_are_logged_once_with_the_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = member_hub("alice", "bob")
+    answer = rpc("peer.answer", {"from": "bob", "to": "alice", "sdp": SDP}, 5)
+    params = {"from": "bob", "to": "alice", "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}
+    candidate = rpc("peer.ice_candidate", params)
+    with caplog.at_level(logging.DEBUG, logger="meshrtc.signaling.server"):
+        hub.receive(2, answer, 1.0)
+        hub.receive(2, candidate, 1.0)
+        hub.receive(2, answer, 1.0)
+    strays = [r.getMessage() for r in caplog.records if "stray" in r.getMessage()]
+    assert len(strays) == 1
+    assert "127.0.0.1" in strays[0]
+    assert "answer to no offer from bob to alice" in strays[0]
+    # An answer to an offer, and candidates after it, are not stray.
+    caplog.clear()
+    hub.receive(1, rpc("peer.offer", {"from": "alice", "to": "bob", "sdp": SDP}, 6), 2.0)
+    with caplog.at_level(logging.DEBUG, logger="meshrtc.signaling.server"):
+        own = rpc("peer.ice_candidate", {**params, "from": "alice", "to": "bob"}, 7)
+        reply = hub.receive(1, own, 2.0)
+    assert "forwarded" in reply[-1].text
+    assert not [r for r in caplog.records if "stray" in r.getMessage()]

@@ -46,14 +46,18 @@ from meshrtc.signaling.protocol import (
     MAX_MESSAGE_SIZE,
     Announce,
     AnnounceResult,
+    Answer,
     Capability,
     ClientParams,
     Disconnect,
     ErrorCode,
+    IceCandidate,
     LeaveReason,
     ListPeers,
     Method,
     Notification,
+    Offer,
+    PeerErrorNotice,
     PeerInfo,
     PeerLeft,
     Request,
@@ -135,6 +139,8 @@ class _Conn:
     relay_refused: int = 0
     #: The connection's verified access token (servers with a secret), checked at each announce.
     claims: Claims | None = None
+    #: A stray answer or candidate from it was logged (once per connection is enough to debug).
+    stray_logged: bool = False
 
 
 class _FloodingError(Exception):
@@ -190,6 +196,10 @@ class SignalingHub:
         self._conns: dict[int, _Conn] = {}
         self._peers: dict[str, _Conn] = {}
         self._sessions: dict[str, dict[str, PeerInfo]] = {}
+        #: (offerer, answerer) with an offer not answered yet; pairs that exchanged an offer. Only
+        #: to name stray answers and candidates in the log; they are still forwarded.
+        self._offers: set[tuple[str, str]] = set()
+        self._linked: set[frozenset[str]] = set()
 
     # Views (tests, the demo, operators).
 
@@ -349,8 +359,39 @@ class SignalingHub:
         if target.session_id != conn.session_id:
             raise _forbidden(f"peer {params.to_peer!r} is in another session")
         self._charge(conn, target)
+        self._note_relay(conn, peer.peer_id, params)
         forward = Notification(params.METHOD, params.to_json())
         return {"status": "forwarded"}, [Send(target.conn_id, encode(forward), conn.conn_id)]
+
+    def _note_relay(self, conn: _Conn, sender: str, params: ClientParams) -> None:
+        """Remember offers; log (once per connection, at debug, with the address) an answer to
+        no offer or a candidate between peers that never exchanged one."""
+        if isinstance(params, Offer):
+            self._offers.add((sender, params.to_peer))
+            self._linked.add(frozenset((sender, params.to_peer)))
+            return
+        if isinstance(params, Answer | PeerErrorNotice):
+            if (params.to_peer, sender) in self._offers:
+                self._offers.discard((params.to_peer, sender))
+                return
+            what = "answer to no offer"
+        elif isinstance(params, IceCandidate):
+            if frozenset((sender, params.to_peer)) in self._linked:
+                return
+            what = "candidate before any offer"
+        else:
+            return
+        if not conn.stray_logged:
+            conn.stray_logged = True
+            log.debug(
+                "conn %d (%s): stray %s from %s to %s (forwarded; not logged again for this "
+                "connection)",
+                conn.conn_id,
+                conn.address,
+                what,
+                sender,
+                params.to_peer,
+            )
 
     def _charge(self, sender: _Conn, target: _Conn) -> None:
         """Count one relay against ``sender``'s budget toward ``target``, or refuse it.
@@ -415,6 +456,8 @@ class SignalingHub:
             return []
         peer_id, session_id = conn.peer.peer_id, conn.session_id
         conn.peer = conn.session_id = None
+        self._offers = {pair for pair in self._offers if peer_id not in pair}
+        self._linked = {pair for pair in self._linked if peer_id not in pair}
         del self._peers[peer_id]
         session = self._sessions[session_id]
         del session[peer_id]
