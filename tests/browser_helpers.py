@@ -363,7 +363,7 @@ async def serve_page(
             video_codec=video_codec,
             ice_host_addresses=("127.0.0.1",),
         )
-        async with WebRtcTransport(config, options=options) as transport:
+        async with WebRtcTransport(config, options=options, hub=server) as transport:
             running: RunningSession = await nursery.start(transport.run_session, default_manifest())
             yield Served(f"http://127.0.0.1:{server.port}/", server, transport, running)
             nursery.cancel_scope.cancel()
