@@ -32,6 +32,8 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 
 from meshrtc.pipeline import default_manifest
 from meshrtc.session import RunningSession
+from meshrtc.signaling.client import Backoff, SignalingClient
+from meshrtc.signaling.protocol import LeaveReason
 from meshrtc.signaling.server import SignalingServer
 from meshrtc.transport import WebRtcTransport
 from tests.peer_helpers import Node, Session, feed_media, open_session
@@ -52,12 +54,12 @@ class Flooder:
     announced: trio.Event = attrs.Factory(trio.Event)
 
 
-async def _announce(ws: WebSocketConnection, peer_id: str) -> dict[str, Any]:
+async def _announce(ws: WebSocketConnection, peer_id: str, **extra: Any) -> dict[str, Any]:
     request = {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "peer.announce",
-        "params": {"peer_id": peer_id, "capabilities": ["audio"]},
+        "params": {"peer_id": peer_id, "capabilities": ["audio"], **extra},
     }
     await ws.send_message(json.dumps(request))
     while True:
@@ -307,4 +309,85 @@ async def test_six_flooders_cannot_drop_a_seventh_member() -> None:
             _load(),
         )
         assert {f.close_code for f in flooders} <= {None, 1008}
+        nursery.cancel_scope.cancel()
+
+
+async def _gone(server: SignalingServer, peer_id: str) -> None:
+    """Until the hub has noticed that ``peer_id``'s connection closed (bounded: 5 s)."""
+    with trio.fail_after(5):
+        while True:
+            if server.hub.session_of(peer_id) is None:
+                return
+            await trio.sleep(0.005)
+
+
+async def test_a_dropped_peers_id_is_held_for_the_holder_of_its_secret() -> None:
+    """Before, a squatter could announce a peer's id 6 ms after its connection dropped and get the
+    signaling meant for it. Now the announce returns a resume secret, and within the grace period
+    only its holder reclaims the id."""
+    async with trio.open_nursery() as nursery:
+        server: SignalingServer = await nursery.start(SignalingServer(port=0).run)
+        async with open_websocket_url(server.url) as alice:
+            first = await _announce(alice, "alice")
+        secret = first["result"]["resume"]
+        assert isinstance(secret, str)
+        assert len(secret) >= 16
+        await _gone(server, "alice")
+        async with open_websocket_url(server.url) as squatter:
+            refused = await _announce(squatter, "alice")
+            assert refused["error"]["code"] == -32006
+            assert "held" in refused["error"]["message"]
+            guessed = await _announce(squatter, "alice", resume="x" * len(secret))
+            assert guessed["error"]["code"] == -32006
+        async with open_websocket_url(server.url) as back:
+            resumed = await _announce(back, "alice", resume=secret)
+            assert resumed["result"]["peer_id"] == "alice"
+            assert resumed["result"]["resume"] != secret
+            # Leaving on purpose releases the id at once.
+            await back.send_message(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 2,
+                        "method": "peer.disconnect",
+                        "params": {"peer_id": "alice"},
+                    }
+                )
+            )
+            await _gone(server, "alice")
+        # After the grace period (none here) anyone may take a dropped id.
+        server.hub.resume_grace = 0.0
+        async with open_websocket_url(server.url) as other:
+            assert "result" in await _announce(other, "alice")
+        await _gone(server, "alice")
+        async with open_websocket_url(server.url) as later:
+            assert "result" in await _announce(later, "alice")
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_client_resumes_its_id_after_a_drop() -> None:
+    """A SignalingClient whose connection dropped announces again with its secret; a squatter
+    that tries in between (while the client waits out its backoff) is refused."""
+    async with trio.open_nursery() as nursery:
+        server: SignalingServer = await nursery.start(SignalingServer(port=0).run)
+        squatter_replies: list[dict[str, Any]] = []
+
+        async def backoff_sleep(_seconds: float) -> None:
+            await _gone(server, "bob")
+            async with open_websocket_url(server.url) as squatter:
+                squatter_replies.append(await _announce(squatter, "bob"))
+
+        client = SignalingClient(
+            server.url, "bob", backoff=Backoff(tries=2), random=lambda: 0.0, sleep=backoff_sleep
+        )
+        await nursery.start(client.run)
+        # The server drops bob's connection (as it would after unanswered pings).
+        conn_id = server.hub._peers["bob"].conn_id
+        server._live[conn_id].end(LeaveReason.TIMEOUT, 1001, "ping timeout")
+        with trio.fail_after(10):
+            while client.reconnects < 1:  # noqa: ASYNC110 (no event for a reconnect)
+                await trio.sleep(0.01)
+        assert squatter_replies[0]["error"]["code"] == -32006
+        assert server.hub.session_of("bob") == "default"
+        await client.aclose()
         nursery.cancel_scope.cancel()

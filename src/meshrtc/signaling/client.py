@@ -565,7 +565,7 @@ class SignalingClient(StatefulModel):
         nursery.start_soon(self._ping_loop, ws, attempt, nursery.cancel_scope)
         try:
             result = AnnounceResult.from_json(
-                await self._request(Method.ANNOUNCE, self._announce.to_json(), self.request_timeout)
+                await self._request(Method.ANNOUNCE, self._announce_params(), self.request_timeout)
             )
             if self.state is not _C.Ready:  # the reader found the result malformed
                 raise SignalingError(ErrorCode.INTERNAL_ERROR, "malformed announce result")
@@ -586,6 +586,15 @@ class SignalingClient(StatefulModel):
             task_status.started(result)
         log.info("%s: announced in session %s", self.peer_id, result.session_id)
         # The read and ping loops end the connection by cancelling the nursery.
+
+    def _announce_params(self) -> JsonObject:
+        """The announce, with the secret of the last one: the server then gives us back our id
+        after a drop (and refuses it to anyone else for its grace period)."""
+        params = self._announce.to_json()
+        result = self.announce_result
+        if result is not None and result.resume is not None:
+            params["resume"] = result.resume
+        return params
 
     async def _read_loop(
         self, ws: SignalingLink, attempt: _Attempt, scope: trio.CancelScope

@@ -580,6 +580,8 @@ class Announce:
     session_id: str = DEFAULT_SESSION_ID
     user_data: JsonObject = attrs.field(factory=dict)
     token: str | None = None
+    #: The secret of an earlier announce of this id, to reclaim it within the server's grace period.
+    resume: str | None = None
 
     METHOD: ClassVar[Method] = Method.ANNOUNCE
 
@@ -597,14 +599,23 @@ class Announce:
             out["user_data"] = self.user_data
         if self.token is not None:
             out["token"] = self.token
+        if self.resume is not None:
+            out["resume"] = self.resume
         return out
 
     @classmethod
     def from_json(cls, params: Mapping[str, Any]) -> Announce:
-        _only(params, cls.METHOD, ("peer_id", "capabilities", "session_id", "user_data", "token"))
+        _only(
+            params,
+            cls.METHOD,
+            ("peer_id", "capabilities", "session_id", "user_data", "token", "resume"),
+        )
         token = params.get("token")
         if token is not None and not isinstance(token, str):
             raise _error(ErrorCode.INVALID_PARAMS, "token must be a string")
+        resume = params.get("resume")
+        if resume is not None and (not isinstance(resume, str) or len(resume) > 128):
+            raise _error(ErrorCode.INVALID_PARAMS, "resume must be a string of at most 128")
         session_id = DEFAULT_SESSION_ID
         if params.get("session_id") is not None:
             session_id = _peer_id(params, "session_id")
@@ -614,6 +625,7 @@ class Announce:
             session_id=session_id,
             user_data=_user_data(params.get("user_data")),
             token=token,
+            resume=resume,
         )
 
 
@@ -625,14 +637,20 @@ class AnnounceResult:
     peers: tuple[PeerInfo, ...]
     #: Server wall-clock time (Unix seconds), for logs; never used for intervals.
     server_time: float
+    #: A secret that lets this client (and only it) reclaim its id within the server's grace
+    #: period after its connection drops (``peer.announce`` with ``resume``).
+    resume: str | None = None
 
     def to_json(self) -> JsonObject:
-        return {
+        out: JsonObject = {
             "peer_id": self.peer_id,
             "session_id": self.session_id,
             "peers": [p.to_json() for p in self.peers],
             "server_time": self.server_time,
         }
+        if self.resume is not None:
+            out["resume"] = self.resume
+        return out
 
     @classmethod
     def from_json(cls, result: Mapping[str, Any]) -> AnnounceResult:
@@ -642,11 +660,15 @@ class AnnounceResult:
             raise _error(ErrorCode.INVALID_PARAMS, "announce result: peers must be a list")
         if isinstance(server_time, bool) or not isinstance(server_time, int | float):
             raise _error(ErrorCode.INVALID_PARAMS, "announce result: server_time must be a number")
+        resume = result.get("resume")
+        if resume is not None and not isinstance(resume, str):
+            raise _error(ErrorCode.INVALID_PARAMS, "announce result: resume must be a string")
         return cls(
             _peer_id(result, "peer_id"),
             _peer_id(result, "session_id"),
             tuple(PeerInfo.from_json(p) for p in peers),
             float(server_time),
+            resume,
         )
 
 

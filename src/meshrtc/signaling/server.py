@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hmac
 import itertools
 import logging
 import math
 import resource
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TypeAlias
@@ -137,6 +139,8 @@ class _Conn:
     #: Relays refused (a recipient's budget for it was full) since a recipient last caught up
     #: with everything it relayed; past ``relay_budget`` of them the connection is closed.
     relay_refused: int = 0
+    #: The secret its announce returned: whoever shows it may reclaim the id after a drop.
+    resume: str | None = None
     #: The connection's verified access token (servers with a secret), checked at each announce.
     claims: Claims | None = None
     #: A stray answer or candidate from it was logged (once per connection is enough to debug).
@@ -153,6 +157,9 @@ RESERVED_PEER_IDS: Final = frozenset({"meshrtc-server"})
 #: Relayed messages one sender may have queued toward one recipient (``SignalingServer`` derives
 #: it from its outbox size so that every member's share together fits in the queue).
 DEFAULT_RELAY_BUDGET: Final = 64
+#: Seconds a dropped peer's id is held for the holder of its resume secret (the client's first
+#: reconnect attempts fall well inside it).
+DEFAULT_RESUME_GRACE: Final = 30.0
 
 
 def _forbidden(message: str) -> SignalingError:
@@ -193,6 +200,11 @@ class SignalingHub:
         self.relay_budget = DEFAULT_RELAY_BUDGET
         #: Peer ids only a privileged (in-process) connection may announce.
         self.reserved_ids = RESERVED_PEER_IDS
+        #: Seconds a dropped peer's id stays reserved for the holder of its resume secret.
+        self.resume_grace = DEFAULT_RESUME_GRACE
+        self._clock: Callable[[], float] = time.monotonic
+        #: Ids of peers whose connection dropped: (resume secret, monotonic expiry).
+        self._held: dict[str, tuple[str, float]] = {}
         self._conns: dict[int, _Conn] = {}
         self._peers: dict[str, _Conn] = {}
         self._sessions: dict[str, dict[str, PeerInfo]] = {}
@@ -434,6 +446,7 @@ class SignalingHub:
             raise SignalingError(
                 ErrorCode.PEER_ID_TAKEN, f"peer id {params.peer_id!r} is already taken"
             )
+        self._check_held(params)
         session = self._sessions.get(params.session_id, {})
         if len(session) >= self.max_peers:
             raise SignalingError(
@@ -448,14 +461,42 @@ class SignalingHub:
         log.info("peer %s joined session %s", info.peer_id, params.session_id)
         joined = encode(Notification(Method.JOINED, info.to_json()))
         actions: list[Action] = [Send(self._peers[p.peer_id].conn_id, joined) for p in others]
-        result = AnnounceResult(info.peer_id, params.session_id, others, self._wall_clock())
+        self._held.pop(info.peer_id, None)
+        conn.resume = secrets.token_urlsafe(18)
+        result = AnnounceResult(
+            info.peer_id, params.session_id, others, self._wall_clock(), conn.resume
+        )
         return result.to_json(), actions
+
+    def _check_held(self, params: Announce) -> None:
+        """Refuse an id held for a dropped peer unless the announce shows that peer's secret.
+
+        Before, a squatter could announce a peer's id a few milliseconds after its TCP connection
+        dropped and receive the signaling meant for it; now only the holder of the secret from
+        the peer's last announce reclaims it within ``resume_grace`` seconds (docs/security.md).
+        """
+        now = self._clock()
+        for peer_id in [p for p, (_, until) in self._held.items() if until <= now]:
+            del self._held[peer_id]
+        held = self._held.get(params.peer_id)
+        if held is None:
+            return
+        secret, until = held
+        if params.resume is None or not hmac.compare_digest(params.resume, secret):
+            raise SignalingError(
+                ErrorCode.PEER_ID_TAKEN,
+                f"peer id {params.peer_id!r} is held for its dropped connection for "
+                f"{until - now:.0f} s more; only that client may resume it",
+            )
 
     def _leave(self, conn: _Conn, reason: LeaveReason) -> list[Action]:
         if conn.peer is None or conn.session_id is None:
             return []
         peer_id, session_id = conn.peer.peer_id, conn.session_id
         conn.peer = conn.session_id = None
+        if conn.resume is not None and reason not in (LeaveReason.DISCONNECT, LeaveReason.SHUTDOWN):
+            self._held[peer_id] = (conn.resume, self._clock() + self.resume_grace)
+        conn.resume = None
         self._offers = {pair for pair in self._offers if peer_id not in pair}
         self._linked = {pair for pair in self._linked if peer_id not in pair}
         del self._peers[peer_id]

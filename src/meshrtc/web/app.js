@@ -63,6 +63,8 @@
   window.meshrtc = api;
 
   let signaling = null;
+  /** The resume secret of our last announce ({peerId, secret}), sent when we announce that id again. */
+  let resume = null;
   let localStream = null;
   let iceServers = [];
   let loopbackOnly = false;
@@ -850,6 +852,8 @@
         session_id: session,
         user_data: { name, client: CLIENT },
       };
+      // Our secret from the last announce of this id: the server holds a dropped id for it.
+      if (resume !== null && resume.peerId === id) announce.resume = resume.secret;
       try {
         result = await sig.request("peer.announce", announce);
       } catch (err) {
@@ -859,6 +863,7 @@
       }
     }
     api.peerId = result.peer_id;
+    resume = typeof result.resume === "string" ? { peerId: result.peer_id, secret: result.resume } : null;
     api.sessionId = result.session_id;
     api.sessionPeers = result.peers.slice();
     setState("joined");
