@@ -348,3 +348,12 @@ def test_stray_answers_and_candidates_are_logged_once_with_the_address(
         reply = hub.receive(1, own, 2.0)
     assert "forwarded" in reply[-1].text
     assert not [r for r in caplog.records if "stray" in r.getMessage()]
+
+
+async def test_a_members_connection_is_known_by_its_client_address() -> None:
+    """Log lines name who did what: the hub records the TCP peer's IP address, not the repr of the
+    stream that replays the HTTP head (which is what trio-websocket reports under it)."""
+    async with serving() as server, raw_peer(server.url) as peer:
+        assert "result" in await peer.announce("addressed")
+        addresses = {conn.address for conn in server.hub._conns.values()}
+        assert addresses == {"127.0.0.1"}

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, wrap_server_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 from wsproto.utilities import LocalProtocolError
 
 from meshrtc.config import MAX_PEERS_LIMIT
@@ -931,7 +931,7 @@ class SignalingServer:
         self._handshaking[conn_id] = scope
         try:
             with scope:
-                await self._serve_stream(conn_id, stream)
+                await self._serve_stream(conn_id, stream, address)
         except Exception:
             # trio-websocket 0.12.2 would let this take the whole server down.
             log.exception("conn %d: handler failed", conn_id)
@@ -940,8 +940,7 @@ class SignalingServer:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _serve_stream(self, conn_id: int, stream: trio.SocketStream) -> None:
-        address = _peer_address(stream)
+    async def _serve_stream(self, conn_id: int, stream: trio.SocketStream, address: str) -> None:
         if self.auth is not None:
             # An address that kept presenting bad tokens is refused before its head is read.
             wait = self.token_throttle.locked(address, trio.current_time())
@@ -986,7 +985,7 @@ class SignalingServer:
                     await _send_quietly(stream, refusal)
                     return
             try:
-                await self._serve_websocket(conn_id, _PrefixedStream(stream, buffer))
+                await self._serve_websocket(conn_id, _PrefixedStream(stream, buffer), address)
             finally:
                 self._claims.pop(conn_id, None)
         else:
@@ -1035,15 +1034,17 @@ class SignalingServer:
                 response = HttpResponse(404, _not_found(self.paths))
         await _send_quietly(stream, response, include_body=request.method != "HEAD")
 
-    async def _serve_websocket(self, conn_id: int, stream: _PrefixedStream) -> None:
+    async def _serve_websocket(self, conn_id: int, stream: _PrefixedStream, address: str) -> None:
         try:
-            await self._serve_websocket_inner(conn_id, stream)
+            await self._serve_websocket_inner(conn_id, stream, address)
         except* LocalProtocolError as group:
             # trio-websocket #184: a ping that arrives after we sent our close frame makes its
             # reader try to pong in LOCAL_CLOSING and raise. The connection is closing anyway.
             log.debug("conn %d: ignoring %r while closing", conn_id, group.exceptions[0])
 
-    async def _serve_websocket_inner(self, conn_id: int, stream: _PrefixedStream) -> None:
+    async def _serve_websocket_inner(
+        self, conn_id: int, stream: _PrefixedStream, address: str
+    ) -> None:
         async with trio.open_nursery() as ws_nursery:
             # trio-websocket's reader task lives in ws_nursery, which is only cancelled after the
             # close handshake below, so the peer's close reply can still be read.
@@ -1059,18 +1060,18 @@ class SignalingServer:
                 if request is not None:
                     ws = await request.accept()
                     stream.websocket = ws
-                    await self._serve_peer(conn_id, ws)
+                    await self._serve_peer(conn_id, ws, address)
             finally:
                 ws_nursery.cancel_scope.cancel()
 
-    async def _serve_peer(self, conn_id: int, ws: WebSocketConnection) -> None:
+    async def _serve_peer(self, conn_id: int, ws: WebSocketConnection, address: str) -> None:
         outbox, inbox = trio.open_memory_channel[tuple[int | None, str]](self.outbox_size)
         live = _Live(conn_id, outbox)
         self._handshaking.pop(conn_id, None)
         self._live[conn_id] = live
-        address = ws.remote.address if isinstance(ws.remote, Endpoint) else str(ws.remote)
-        self.hub.open(conn_id, str(address), claims=self._claims.pop(conn_id, None))
-        log.debug("conn %d: WebSocket open (%s)", conn_id, ws.remote)
+        # The TCP peer's address, taken at accept: under the replaying stream ws.remote is no address.
+        self.hub.open(conn_id, address, claims=self._claims.pop(conn_id, None))
+        log.debug("conn %d: WebSocket open (%s)", conn_id, address)
         if self._closing:
             live.end(LeaveReason.SHUTDOWN, 1001, "server shutting down")
         try:
