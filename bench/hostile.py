@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -42,6 +39,8 @@ from trio_websocket import (
     open_websocket_url,
     wrap_client_stream,
 )
+
+from support.signal_process import signal_process
 
 SDP = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -75,42 +74,6 @@ def cpu_seconds(pid: int) -> float:
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-@asynccontextmanager
-async def signal_server(
-    src: str | None, fd_limit: int | None = None
-) -> AsyncIterator[tuple[str, int]]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if src:
-        env["PYTHONPATH"] = src
-    command = [sys.executable, "-m", "meshrtc", "signal", "--port", "0", "--log-level", "error"]
-
-    def limit_files() -> None:
-        if fd_limit is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
-
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, env=env, preexec_fn=limit_files
-    )
-    assert process.stdout is not None
-    try:
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(1)
-                if not chunk:
-                    raise SystemExit("the signaling server exited before listening")
-                line += chunk
-        yield line.decode().rsplit(" ", 1)[1].strip(), process.pid
-    finally:
-        process.terminate()
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stdout.aclose()
 
 
 async def expect_result(ws: WebSocketConnection, request_id: int) -> None:
@@ -338,12 +301,13 @@ async def junk_phase(url: str, pid: int, idle_share: float) -> None:
 async def main(src: str | None, sockets_only: bool) -> None:
     print(f"server from {src or 'this tree'}; load average {load()}", flush=True)
     if not sockets_only:
-        async with signal_server(src) as (url, pid):
+        async with signal_process(src=src) as (url, process):
+            pid = process.pid
             idle_share = await phase("idle", url, pid, None, 3.0)
             await phase("flood", url, pid, "flood", FLOOD_SECONDS + 1)
             await junk_phase(url, pid, idle_share)
     print(f"sockets: a server limited to 1024 open files; load average {load()}", flush=True)
-    async with signal_server(src, fd_limit=1024) as (url, _pid):
+    async with signal_process(src=src, fd_limit=1024) as (url, _process):
         await sockets_phase(url)
 
 

@@ -27,8 +27,6 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +36,7 @@ import trio
 from meshrtc.signaling.client import SignalingClient, SignalingConnectionError
 from meshrtc.signaling.protocol import Offer, SignalingError
 from meshrtc.signaling.server import SignalingServer
+from support.signal_process import signal_process
 
 SDP_TEMPLATE = (
     "v=0\r\n"
@@ -107,30 +106,10 @@ async def server_url(in_process: bool, stats: Stats) -> AsyncIterator[str]:
             yield server.url
             nursery.cancel_scope.cancel()
         return
-    command = [sys.executable, "-m", "meshrtc", "signal", "--port", "0", "--log-level", "error"]
-    command += ["--max-connections-per-address", "10000"]  # every client is on 127.0.0.1
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    assert process.stdout is not None
-    stats.server_pid = process.pid
-    try:
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(1)
-                if not chunk:
-                    raise SystemExit("the signaling server exited before listening")
-                line += chunk
-        yield line.decode().rsplit(" ", 1)[1].strip()
-    finally:
-        process.terminate()
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stdout.aclose()
+    # Every client is on 127.0.0.1: lift the per-address connection cap.
+    async with signal_process(["--max-connections-per-address", "10000"]) as (url, process):
+        stats.server_pid = process.pid
+        yield url
 
 
 async def receive_offers(client: SignalingClient, stats: Stats) -> None:

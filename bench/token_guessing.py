@@ -18,50 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
+
+from support.signal_process import signal_process
 
 WORKERS = 8
 
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-@asynccontextmanager
-async def signal_server(src: str | None, args: list[str]) -> AsyncIterator[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if src:
-        env["PYTHONPATH"] = src
-    command = [sys.executable, "-m", "meshrtc", "signal", "--port", "0", "--log-level", "error"]
-    process = await trio.lowlevel.open_process([*command, *args], stdout=subprocess.PIPE, env=env)
-    assert process.stdout is not None
-    try:
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(1)
-                if not chunk:
-                    raise SystemExit("the signaling server exited before listening")
-                line += chunk
-        yield line.decode().rsplit(" ", 1)[1].strip()
-    finally:
-        process.terminate()
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stdout.aclose()
 
 
 async def guess_in_announce(url: str, deadline: float, counts: Counter[str]) -> None:
@@ -130,7 +101,7 @@ async def run(src: str | None, seconds: float, sources: list[str]) -> float:
         secret.flush()
         old = src is not None
         args = ["--token", "sesame"] if old else ["--auth-secret-file", secret.name]
-        async with signal_server(src, args) as url:
+        async with signal_process(args, src=src) as (url, _process):
             counts: Counter[str] = Counter()
             started = time.monotonic()
             deadline = trio.current_time() + seconds
