@@ -369,7 +369,7 @@ async def serve_page(
             nursery.cancel_scope.cancel()
 
 
-_PAGE_LINE = re.compile(rb"browser page at (http://\S+)")
+_PAGE_LINE = re.compile(rb"browser page at (https?://\S+)")
 
 
 @attrs.define

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from meshrtc.errors import MeshRtcError
 
 if TYPE_CHECKING:
+    import ssl
+
     from meshrtc.media.drift import ClockDriftEstimator
     from meshrtc.signaling.auth import TokenAuthority
 
@@ -112,6 +114,18 @@ def _authority(command: str, args: argparse.Namespace) -> TokenAuthority | None:
     return None
 
 
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server's TLS context from ``--certfile/--keyfile`` (loaded now: a bad file stops the
+    start with its name, not every handshake later), or None for plain ``ws://``."""
+    from meshrtc.signaling.tls import server_context
+
+    if args.certfile is None:
+        if args.keyfile is not None:
+            raise MeshRtcError("--keyfile needs --certfile")
+        return None
+    return server_context(args.certfile, args.keyfile)
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     import os
 
@@ -147,6 +161,7 @@ def _cmd_signal(args: argparse.Namespace) -> int:
         ping_interval=args.ping_interval,
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
+        ssl_context=_server_tls(args),
     )
     failure: list[OSError] = []
 
@@ -301,17 +316,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     auth = _authority("serve", args)
+    signaling = SignalingServer(
+        args.host,
+        args.port,
+        auth=auth,
+        http_handler=static_handler(),
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
+        ssl_context=_server_tls(args),
+    )
     failure: list[OSError] = []
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 try:
-                    server = await nursery.start(
-                        SignalingServer(
-                            args.host, args.port, auth=auth, http_handler=static_handler()
-                        ).run
-                    )
+                    server = await nursery.start(signaling.run)
                     stun = await nursery.start(StunServer(host=args.host).run)
                 except OSError as exc:
                     failure.append(exc)
@@ -334,8 +354,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         f"session {args.session!r}",
                         flush=True,
                     )
-                    page = server.url.removesuffix("/ws").replace("ws://", "http://", 1)
-                    print(f"meshrtc serve: browser page at {page}/", flush=True)
+                    print(f"meshrtc serve: browser page at {server.http_url}", flush=True)
                     async for _ in signals:
                         break
                     nursery.cancel_scope.cancel()
@@ -405,19 +424,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="messages per second per connection, bursts of twice that (default: %(default)s)",
     )
     sig.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        default=None,
-        help="open connections in all; refused at accept beyond (default: the open-file limit "
-        "minus a quarter of it; docs/security.md)",
-    )
-    sig.add_argument(
-        "--max-connections-per-address",
-        type=_positive_int,
-        default=64,
-        help="open connections from one client address (default: %(default)s)",
-    )
-    sig.add_argument(
         "--ping-interval",
         type=_positive_float,
         default=15.0,
@@ -430,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="(default: %(default)s)",
     )
     _auth_options(sig)
+    _server_options(sig)
     sig.set_defaults(handler=_cmd_signal)
 
     tok = sub.add_parser(
@@ -512,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="(default: %(default)s)",
     )
     _auth_options(serve)
+    _server_options(serve)
     serve.set_defaults(handler=_cmd_serve)
     return parser
 
@@ -527,6 +535,33 @@ def _auth_options(parser: argparse.ArgumentParser) -> None:
         "--insecure",
         action="store_true",
         help="allow a non-loopback --host without an auth secret",
+    )
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    """TLS and the connection caps, the same on ``signal`` and ``serve`` (docs/security.md)."""
+    parser.add_argument(
+        "--certfile",
+        metavar="FILE",
+        help="serve TLS (wss:// and https://) with this PEM certificate chain",
+    )
+    parser.add_argument(
+        "--keyfile",
+        metavar="FILE",
+        help="the PEM private key of --certfile (default: read it from --certfile)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=None,
+        help="open connections in all, refused at accept beyond; at most the open-file limit "
+        "less a quarter of it (at least 64), which is also the default (docs/security.md)",
+    )
+    parser.add_argument(
+        "--max-connections-per-address",
+        type=_positive_int,
+        default=64,
+        help="open connections from one client address (default: %(default)s)",
     )
 
 

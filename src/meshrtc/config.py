@@ -220,6 +220,13 @@ def _optional_token(_instance: object, attribute: attrs.Attribute[Any], value: o
         raise ConfigError(attribute.name, "<hidden>", "a non-empty string or None")
 
 
+def _optional_file(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    from pathlib import Path
+
+    if value is not None and (not isinstance(value, str) or not Path(value).is_file()):
+        raise ConfigError(attribute.name, value, "None or the path of an existing file")
+
+
 @attrs.frozen(kw_only=True)
 class TransportConfig:
     """Everything a :class:`WebRtcTransport` needs to join a session.
@@ -246,6 +253,9 @@ class TransportConfig:
     #: Access token for a signaling server with a secret (``meshrtc token``; docs/security.md).
     #: Sent as the ``token`` query parameter of the WebSocket URL; ``repr`` leaves it out.
     auth_token: str | None = attrs.field(default=None, validator=_optional_token, repr=False)
+    #: PEM file of the CA(s) a ``wss://`` signaling server's certificate is checked against,
+    #: instead of the system store (a self-signed deployment); verification is never off.
+    signaling_cafile: str | None = attrs.field(default=None, validator=_optional_file)
     max_peers: int = attrs.field(
         default=MAX_PEERS_LIMIT, validator=_int_in_range(1, MAX_PEERS_LIMIT)
     )

@@ -27,6 +27,7 @@ from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
 from meshrtc.session.manager import RunningSession, SessionManager
 from meshrtc.signaling.client import ClientState, SignalingClient
 from meshrtc.signaling.server import SignalingServer
+from meshrtc.signaling.tls import client_context
 from meshrtc.statechart import MachineSpec, StatefulModel, register, trigger_stub
 
 __all__ = ["TRANSPORT_MACHINE", "TransportError", "TransportState", "WebRtcTransport"]
@@ -135,10 +136,12 @@ class WebRtcTransport(StatefulModel):
             bridge = await stack.enter_async_context(open_bridge())
             inner = await stack.enter_async_context(trio.open_nursery())
             self._nursery = inner
+            cafile = self.config.signaling_cafile
             client = SignalingClient(
                 self.config.signaling_url,
                 self.config.peer_id,
                 session_id=self.config.session_id,
+                ssl_context=None if cafile is None else client_context(cafile),
                 token=self.config.auth_token,
                 connector=None if self.hub is None else self.hub.connect_local,
             )

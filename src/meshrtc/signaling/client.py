@@ -469,9 +469,20 @@ class SignalingClient(StatefulModel):
 
     async def _open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
         if self._ssl_context is not None:
-            return await trio.open_ssl_over_tcp_stream(
+            stream = await trio.open_ssl_over_tcp_stream(
                 self._host, self._port, ssl_context=self._ssl_context
             )
+            # Handshake here: under trio-websocket 0.12.2 a failed one left the upgrade waiting
+            # out connect_timeout, and an untrusted certificate was retried like a network fault.
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                await trio.aclose_forcefully(stream)
+                raise _tls_failure(self.url, exc.__cause__) from None
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            return stream
         return await trio.open_tcp_stream(self._host, self._port)
 
     async def _attempt(self, task_status: trio.TaskStatus[AnnounceResult]) -> _Attempt:
@@ -481,6 +492,9 @@ class SignalingClient(StatefulModel):
         try:
             with trio.fail_after(self.connect_timeout):
                 stream = await self._open_stream()
+        except SignalingConnectionError as exc:  # the server's certificate is not trusted
+            attempt.reason, attempt.error = str(exc), exc
+            return attempt
         except (OSError, trio.TooSlowError) as exc:
             attempt.reason = f"cannot connect to {self.url}: {exc or type(exc).__name__}"
             return attempt
@@ -701,6 +715,18 @@ class SignalingClient(StatefulModel):
             if waiter is not None:
                 waiter.lost = reason
                 waiter.event.set()
+
+
+def _tls_failure(url: str, cause: BaseException | None) -> Exception:
+    """A certificate we do not trust is a configuration error, raised at once; any other TLS
+    failure (a reset, a server restarting) is an :class:`OSError` that is retried."""
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return SignalingConnectionError(
+            f"{url}: TLS certificate verify failed ({cause.verify_message}); if the server's "
+            "certificate is from your own CA, pass its file as cafile "
+            "(TransportConfig.signaling_cafile)"
+        )
+    return OSError(f"TLS handshake failed: {cause or 'connection closed'}")
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -16,6 +16,12 @@ trio-websocket 0.12.2 and works around that version's sharp edges:
 The server reads the HTTP request head itself before handing a WebSocket upgrade to trio-websocket
 (:func:`trio_websocket.wrap_server_stream` over a stream that replays the head). That is what lets a
 plain ``GET`` be answered by an optional :data:`HttpHandler` on the same port (the demo page).
+
+With an ``ssl_context`` the same port speaks TLS (``wss://`` and ``https://``). The connection caps
+are counted at accept, before the handshake, because a handshake costs CPU; the handshake is bounded
+by ``handshake_timeout`` so a client that never finishes one gives its slot back; a failed one is a
+single debug line with the client address. Plain HTTP sent to the TLS port gets a plain 400 saying
+so (a ``ws://`` URL pointed at a ``wss://`` server then fails with a reason, not a hang).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import logging
 import math
 import resource
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TypeAlias
@@ -669,6 +676,9 @@ class _PrefixedStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
+#: The first byte of a TLS ClientHello (content type 22, handshake), RFC 8446 section 5.1.
+_TLS_HANDSHAKE_RECORD: Final = 0x16
+_TLS_ONLY: Final = b"this port speaks TLS: use https:// or wss://\n"
 #: An unmasked, final close frame (what a server sends).
 _CLOSE_FRAME_START: Final = b"\x88"
 #: Codes wsproto reports for a frame it rejected (protocol error, invalid payload data such as bad
@@ -737,6 +747,7 @@ class SignalingServer:
         shutdown_timeout: float = 1.0,
         max_connections: int | None = None,
         max_connections_per_address: int = 64,
+        ssl_context: ssl.SSLContext | None = None,
         http_handler: HttpHandler | None = None,
         paths: Sequence[str] = WEBSOCKET_PATHS,
         wall_clock: Callable[[], float] = time.time,
@@ -761,6 +772,10 @@ class SignalingServer:
         self.outbox_size = outbox_size
         self.http_handler = http_handler
         self.paths = tuple(paths)
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError("ssl_context", ssl_context, "an ssl.SSLContext or None")
+        #: TLS for every connection (``meshrtc.signaling.tls.server_context``); None: plain TCP.
+        self.ssl_context = ssl_context
         #: Verifies the ``token`` query parameter of every WebSocket upgrade (None: no tokens).
         self.auth = auth
         self.token_throttle = token_throttle or FailedTokenThrottle()
@@ -781,8 +796,17 @@ class SignalingServer:
         self._ids = itertools.count(1)
         self._live: dict[int, _Live] = {}
         self._handshaking: dict[int, trio.CancelScope] = {}
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        budget = connection_budget(fd_limit)
         if max_connections is None:
-            max_connections = connection_budget(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            max_connections = budget
+        elif isinstance(max_connections, int) and max_connections > budget:
+            raise ConfigError(
+                "max_connections",
+                max_connections,
+                f"at most {budget} with this process's open-file limit of {fd_limit} (the rest is "
+                "headroom for the server's own files; raise the limit with ulimit -n)",
+            )
         for name, cap in (
             ("max_connections", max_connections),
             ("max_connections_per_address", max_connections_per_address),
@@ -805,11 +829,21 @@ class SignalingServer:
 
     @property
     def url(self) -> str:
-        """``ws://host:port/ws`` for clients on this machine."""
+        """``ws://host:port/ws`` (``wss://`` with TLS) for clients on this machine."""
+        scheme = "ws" if self.ssl_context is None else "wss"
+        return f"{scheme}://{self._authority()}{self.paths[0]}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port/`` (``https://`` with TLS): where the page of an ``http_handler`` is."""
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{self._authority()}/"
+
+    def _authority(self) -> str:
         host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{self.port}{self.paths[0]}"
+        return f"{host}:{self.port}"
 
     # Lifecycle.
 
@@ -915,8 +949,9 @@ class SignalingServer:
         if refusal is not None:
             log.info("refusing a connection from %s: %s", address, refusal)
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(0.2):
-                    await _send_quietly(stream, HttpResponse(503, refusal.encode() + b"\n"))
+                if self.ssl_context is None:  # a TLS client could not read a plain reply
+                    with trio.move_on_after(0.2):
+                        await _send_quietly(stream, HttpResponse(503, refusal.encode() + b"\n"))
                 await stream.aclose()
             return
         try:
@@ -929,18 +964,69 @@ class SignalingServer:
         log.debug("conn %d: TCP connection from %s", conn_id, address)
         scope = trio.CancelScope()
         self._handshaking[conn_id] = scope
+        tls: trio.SSLStream[_PrefixedStream] | None = None
         try:
             with scope:
-                await self._serve_stream(conn_id, stream, address)
+                if self.ssl_context is None:
+                    await self._serve_stream(conn_id, stream, address)
+                else:
+                    tls = await self._tls_handshake(conn_id, stream, address)
+                    if tls is not None:
+                        await self._serve_stream(conn_id, tls, address)
         except Exception:
             # trio-websocket 0.12.2 would let this take the whole server down.
             log.exception("conn %d: handler failed", conn_id)
         finally:
             self._handshaking.pop(conn_id, None)
             with trio.CancelScope(shield=True):
+                if tls is not None:
+                    # close_notify, bounded: a client that stopped reading cannot hold the slot.
+                    with trio.move_on_after(0.2):
+                        await tls.aclose()
                 await stream.aclose()
 
-    async def _serve_stream(self, conn_id: int, stream: trio.SocketStream, address: str) -> None:
+    async def _tls_handshake(
+        self, conn_id: int, stream: trio.SocketStream, address: str
+    ) -> trio.SSLStream[_PrefixedStream] | None:
+        """The TLS stream once its handshake is done; None (logged once) if it failed or timed out.
+
+        Cheap refusals come first: an address locked out for bad tokens, and a first byte that is
+        not a TLS handshake record (plain HTTP gets a plain 400, anything else is just closed).
+        """
+        assert self.ssl_context is not None
+        if self.auth is not None and self.token_throttle.locked(address, trio.current_time()) > 0:
+            log.debug("conn %d (%s): refused before TLS, locked out", conn_id, address)
+            return None
+        with trio.move_on_after(self.handshake_timeout):
+            try:
+                first = await stream.receive_some(MAX_HTTP_HEAD)
+                if not first:
+                    log.debug("conn %d (%s): closed before a TLS handshake", conn_id, address)
+                    return None
+                if first[0] != _TLS_HANDSHAKE_RECORD:
+                    log.debug("conn %d (%s): not a TLS handshake", conn_id, address)
+                    if first[:1].isalpha():  # plain HTTP: say why, in plain text
+                        await _send_quietly(stream, HttpResponse(400, _TLS_ONLY))
+                        with trio.move_on_after(0.1):  # read the rest, or closing resets the reply
+                            await stream.receive_some(MAX_HTTP_HEAD)
+                    return None
+                # Not https_compatible: aclose sends close_notify, so a client can tell our close
+                # from a truncation; a client's ragged close is handled where we read.
+                tls = trio.SSLStream(
+                    _PrefixedStream(stream, first), self.ssl_context, server_side=True
+                )
+                await tls.do_handshake()
+            except trio.BrokenResourceError as exc:
+                why = exc.__cause__ or exc
+                log.debug("conn %d (%s): TLS handshake failed: %s", conn_id, address, why)
+                return None
+            return tls
+        log.debug(
+            "conn %d (%s): no TLS handshake within %gs", conn_id, address, self.handshake_timeout
+        )
+        return None
+
+    async def _serve_stream(self, conn_id: int, stream: trio.abc.Stream, address: str) -> None:
         if self.auth is not None:
             # An address that kept presenting bad tokens is refused before its head is read.
             wait = self.token_throttle.locked(address, trio.current_time())
@@ -956,8 +1042,17 @@ class SignalingServer:
                 if len(buffer) > MAX_HTTP_HEAD:
                     await _send_quietly(stream, HttpResponse(431, b"request head too large\n"))
                     return
-                chunk = await stream.receive_some(4096)
+                try:
+                    chunk = await stream.receive_some(4096)
+                except trio.BrokenResourceError as exc:  # a reset, or TLS closed without notify
+                    log.debug("conn %d (%s): broken before a request: %s", conn_id, address, exc)
+                    return
                 if not chunk:
+                    return
+                if not buffer and chunk[0] == _TLS_HANDSHAKE_RECORD and self.ssl_context is None:
+                    # A wss:// client: close now (it cannot read a plain reply) instead of
+                    # letting it wait out handshake_timeout for a head that never comes.
+                    log.debug("conn %d (%s): TLS handshake on a plain port", conn_id, address)
                     return
                 buffer += chunk
         if b"\r\n\r\n" not in buffer:
@@ -1013,7 +1108,7 @@ class SignalingServer:
             return HttpResponse(401, f"{err}\n".encode())
         return None
 
-    async def _serve_http(self, stream: trio.SocketStream, request: HttpRequest) -> None:
+    async def _serve_http(self, stream: trio.abc.Stream, request: HttpRequest) -> None:
         response: HttpResponse | None = None
         if self.http_handler is not None and request.method in ("GET", "HEAD"):
             try:
@@ -1025,11 +1120,9 @@ class SignalingServer:
             if request.method not in ("GET", "HEAD"):
                 response = HttpResponse(405, b"method not allowed\n", headers=(("Allow", "GET"),))
             elif request.path in self.paths:
-                response = HttpResponse(
-                    426,
-                    b"this is a meshrtc signaling WebSocket endpoint; connect with ws://\n",
-                    headers=(("Upgrade", "websocket"),),
-                )
+                scheme = "ws" if self.ssl_context is None else "wss"
+                text = f"this is a meshrtc signaling WebSocket endpoint; connect with {scheme}://\n"
+                response = HttpResponse(426, text.encode(), headers=(("Upgrade", "websocket"),))
             else:
                 response = HttpResponse(404, _not_found(self.paths))
         await _send_quietly(stream, response, include_body=request.method != "HEAD")
