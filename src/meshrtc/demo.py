@@ -82,6 +82,11 @@ CHILD_EXIT_TIMEOUT = 10.0
 CHILD_READY_TIMEOUT = 30.0
 
 
+#: The child process of each generator (``run_demo(split=True, generator=...)``): ``star``, members
+#: connected to the transport alone replaying pre-encoded media (:mod:`meshrtc.loadgen`); ``mesh``,
+#: full meshrtc peers that also connect to each other (:mod:`meshrtc.demo_peers`).
+GENERATORS = {"star": "meshrtc.loadgen", "mesh": "meshrtc.demo_peers"}
+
 #: Where ``meshrtc`` is imported from, so the child imports the same code.
 _SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,6 +130,12 @@ class PeerFigures:
     #: The transport's drift estimate for this peer, ppm; None until it can be stood behind
     #: (:func:`~meshrtc.media.audio_stage.stable_drift_ppm`: Stable, standard error <= 20 ppm).
     drift_ppm: float | None = None
+    #: Audio packets from the transport never seen (sequence gaps; the star generator counts them).
+    audio_lost: int = 0
+    #: Packets the member's own sender skipped after falling behind (the star generator's).
+    send_skipped: int = 0
+    #: This peer's audio frames the transport dropped before the pipeline (stale or re-anchoring).
+    transport_dropped: int = 0
 
 
 @attrs.define
@@ -181,6 +192,7 @@ class DemoResult:
                     "frames_in": p.frames_in,
                     "frames_out": p.frames_out,
                     "drift_ppm": _round(p.drift_ppm),
+                    "audio_lost": p.audio_lost,
                     "heard": sorted(p.heard),
                     "latency_p50_ms": _pct(p.latencies_ms, 50),
                     "connect_ms": _round(p.connect_ms),
@@ -441,11 +453,13 @@ def _child_argv(
     video: tuple[int, int] | None,
     options: PeerOptions,
     connect_timeout: float,
+    generator: str = "star",
+    listeners: int | None = None,
 ) -> list[str]:
     argv = [
         sys.executable,
         "-m",
-        "meshrtc.demo_peers",
+        GENERATORS[generator],
         "--signaling",
         signaling_url,
         "--stun",
@@ -464,6 +478,10 @@ def _child_argv(
     ]
     if video is not None:
         argv += ["--video", f"{video[0]}x{video[1]}"]
+    if generator == "star":
+        argv += ["--fps", repr(options.video_fps)]
+        if listeners is not None:
+            argv += ["--listeners", str(listeners)]
     return argv
 
 
@@ -486,14 +504,20 @@ async def run_demo(
     connect_timeout: float = 30.0,
     keep_audio: bool = False,
     split: bool = False,
+    generator: str = "star",
+    listeners: int | None = None,
 ) -> DemoResult:
     """Run the demo workload; returns the figures after a complete teardown.
 
-    ``split`` runs the synthetic peers in a child process (module docstring); ``on_tick`` then gets
-    :class:`RemotePeer` views, and ``keep_audio`` is not available.
+    ``split`` runs the synthetic peers in a child process (module docstring), made by
+    ``generator`` (:data:`GENERATORS`; ``listeners``: how many star members decode everything
+    back for the latency probe, default all); ``on_tick`` then gets :class:`RemotePeer` views,
+    and ``keep_audio`` is not available. In-process, the peers are always the mesh kind.
     """
     if split and keep_audio:
         raise ValueError("keep_audio needs the in-process mode (split=False)")
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {sorted(GENERATORS)}, not {generator!r}")
     manifest = manifest or default_manifest()
     options = options or PeerOptions(
         video_fps=10.0, quality_interval=1.0, audio_send_queue=REALTIME_SEND_QUEUE
@@ -517,7 +541,15 @@ async def run_demo(
             child: _Child | None = None
             if split:
                 argv = _child_argv(
-                    server.url, stun.url, peers, seconds, video, options, connect_timeout
+                    server.url,
+                    stun.url,
+                    peers,
+                    seconds,
+                    video,
+                    options,
+                    connect_timeout,
+                    generator,
+                    listeners,
                 )
                 child = await stack.enter_async_context(_open_child(argv, servers))
             synthetic: list[SyntheticPeer] = []
@@ -617,6 +649,9 @@ async def run_demo(
                         pid = s.figures.peer_id
                         s.figures.frames_in = routed.frames_in.get(pid, 0)
                         s.figures.frames_out = routed.frames_out.get(pid, 0)
+                        s.figures.transport_dropped = routed.stale_dropped.get(
+                            pid, 0
+                        ) + routed.grid_dropped.get(pid, 0)
                         link = None if transport.peers is None else transport.peers.get_peer(pid)
                         if link is not None:
                             estimator = link.sync_manager.clock_drift_estimator
