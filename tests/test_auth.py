@@ -7,6 +7,7 @@ Before issue 13 ``serve`` took no token at all and ``signal --token`` compared a
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from meshrtc.signaling.auth import (
 )
 from meshrtc.signaling.client import SignalingClient, SignalingConnectionError
 from meshrtc.signaling.protocol import SignalingError
-from meshrtc.signaling.server import SignalingServer
+from meshrtc.signaling.server import Send, SignalingHub, SignalingServer
 
 from .test_signaling_server import raw_peer, serving
 
@@ -222,6 +223,56 @@ async def test_grants_narrow_what_the_others_are_told() -> None:
             seen = (await full.announce("full", "room"))["result"]["peers"]
             caps = {p["peer_id"]: p["capabilities"] for p in seen}
             assert caps == {"lurker": ["audio", "video"]}
+            # The grants travel with the peer, set by the hub from the token (tests/test_grants.py).
+            assert {p["peer_id"]: p["grants"] for p in seen} == {"lurker": ["subscribe"]}
+
+
+def _request(method: str, request_id: int, **params: Any) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+
+
+def _reply(actions: list[Any], request_id: int) -> dict[str, Any]:
+    replies = [json.loads(a.text) for a in actions if isinstance(a, Send)]
+    return next(r for r in replies if r.get("id") == request_id)
+
+
+def test_an_expired_token_announces_nobody_but_a_member_stays() -> None:
+    """The token is checked at the upgrade and at every announce; a member whose token expires
+    during the call is not cut off (LiveKit checks at join only), but it cannot announce again."""
+    now = [NOW]
+    auth = TokenAuthority(SECRET, clock=lambda: now[0])
+    hub = SignalingHub(auth_required=True, wall_clock=lambda: now[0])
+    hub.open(1, "127.0.0.1", claims=auth.verify(auth.issue("alice", "default", ttl=60)))
+    announce = _request("peer.announce", 1, peer_id="alice", capabilities=["audio"])
+    assert "result" in _reply(hub.receive(1, announce, 0.0), 1)
+    now[0] += 3600  # an hour-long call on a one-minute token
+    assert "result" in _reply(hub.receive(1, _request("peer.list", 2), 1.0), 2)
+    assert hub.sessions() == {"default": ("alice",)}
+    assert "result" in _reply(
+        hub.receive(1, _request("peer.disconnect", 3, peer_id="alice"), 2.0), 3
+    )
+    again = _reply(hub.receive(1, announce.replace('"id": 1', '"id": 4'), 3.0), 4)
+    assert again["error"]["code"] == -32007
+    assert "access token expired 3540 s ago" in again["error"]["message"]
+    assert hub.sessions() == {}
+
+
+async def test_a_dropped_member_with_an_expired_token_cannot_resume() -> None:
+    """Resume needs a new connection, so the upgrade checks the token again: the resume secret
+    alone does not bring back a member whose token has expired (HTTP 401, with the reason)."""
+    now = [time.time()]
+    auth = TokenAuthority(SECRET, clock=lambda: now[0])
+    async with serving(auth=auth, wall_clock=lambda: now[0]) as server:
+        token = auth.issue("alice", "default", ttl=60)
+        async with raw_peer(server.url, path=f"/ws?token={token}") as peer:
+            secret = (await peer.announce("alice", "default"))["result"]["resume"]
+        with trio.fail_after(5):
+            while server.hub.session_of("alice") is not None:  # noqa: ASYNC110 (no event)
+                await trio.sleep(0.005)
+        now[0] += 61
+        status, body = await upgrade(server.port, f"token={token}")
+        assert (status, body.decode()[:13]) == (401, "token expired")
+        assert secret  # held for alice, but only a valid token gets as far as showing it
 
 
 async def test_the_client_presents_its_token_in_the_url_and_a_bad_one_is_fatal() -> None:

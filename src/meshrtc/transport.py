@@ -24,6 +24,7 @@ from meshrtc.pipeline.runner import PipelineRunner
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerOptions
 from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
+from meshrtc.session.listener import ListenerFeed
 from meshrtc.session.manager import RunningSession, SessionManager
 from meshrtc.signaling.client import ClientState, SignalingClient
 from meshrtc.signaling.server import SignalingServer
@@ -212,5 +213,9 @@ class WebRtcTransport(StatefulModel):
         assert self.peers is not None
         peer = self.peers.get_peer(peer_id)
         if peer is None or peer_id in running.session.peers:
+            return
+        if peer.audio and peer.send_media and not peer.receive_media:
+            # May listen, not publish: present in the pipeline as silence, so it gets its mix.
+            running.add_peer(peer, ListenerFeed(peer_id, peer.received))
             return
         running.add_peer(peer, peer.received)

@@ -367,7 +367,11 @@ class PeerConnection:
 
     ``peer_id`` names the *remote* peer; ``local_id`` (default ``config.peer_id``) is ours, for the
     offer rule. ``media`` is what to negotiate (``audio``/``video``/``data``; data also needs
-    ``config.enable_data_channel``); at least one must remain.
+    ``config.enable_data_channel``); at least one must remain. ``send_media`` / ``receive_media``
+    (default True) say whether audio and video go to / are taken from the remote: False when its
+    token lacks ``subscribe`` / ``publish``. Our media sections then offer or answer recvonly /
+    sendonly, and RTP that arrives anyway is dropped on arrival (the remote's SDP is never
+    trusted for it); with neither, no audio or video is negotiated.
 
     Use: ``await nursery.start(peer.run)``; on the offering side ``await peer.offer()``; feed every
     signal from the remote to :meth:`handle_signal`; read :attr:`received`; send with
@@ -388,8 +392,12 @@ class PeerConnection:
         impairments: dict[FrameType, ImpairmentConfig] | None = None,
         on_state_change: Callable[[PeerConnection, str], None] | None = None,
         rand: Callable[[], float] = random.random,
+        send_media: bool = True,
+        receive_media: bool = True,
     ) -> None:
         unknown = set(media) - _MEDIA_KINDS
+        if not (send_media or receive_media):
+            media = set(media) - {"audio", "video"}
         if unknown:
             raise PeerError(f"unknown media {sorted(unknown)}; use audio, video, data")
         self.peer_id = peer_id
@@ -402,6 +410,9 @@ class PeerConnection:
         self.audio = "audio" in media
         self.video = "video" in media
         self.data = "data" in media and config.enable_data_channel
+        #: Audio and video go to the remote (it may subscribe) / are taken from it (it may publish).
+        self.send_media = send_media
+        self.receive_media = receive_media
         if not (self.audio or self.video or self.data):
             raise PeerError(
                 f"peer {peer_id}: needs at least one of audio, video or a data channel "
@@ -868,11 +879,13 @@ class PeerConnection:
             AudioOutputTrack(
                 channels=2, max_queued=self.options.audio_send_queue, clock=media_clock
             )
-            if self.audio
+            if self.audio and self.send_media
             else None
         )
         video_track = (
-            VideoOutputTrack(fps=self.options.video_fps, clock=media_clock) if self.video else None
+            VideoOutputTrack(fps=self.options.video_fps, clock=media_clock)
+            if self.video and self.send_media
+            else None
         )
         if video_track is not None and self._last_picture is not None:
             video_track.put(self._last_picture)
@@ -894,6 +907,7 @@ class PeerConnection:
             deliver=self._deliver,
             close_timeout=self.options.close_timeout,
             started_at=now,
+            accept_media=self.receive_media,
         )
         link = _Link(
             generation, offerer, pc, tap, media_pipe, media, audio_track, video_track, now, receiver
@@ -929,11 +943,16 @@ class PeerConnection:
         )
         use_host_addresses(pc, self.config.ice_host_addresses)
         preferences = self._codec_preferences()
-        if audio_track is not None:
-            audio = pc.addTransceiver(audio_track, direction="sendrecv")
+        # What the remote may do decides our direction, whatever its SDP offers: aiortc answers
+        # the intersection of the offered direction and ours.
+        direction = "sendrecv" if self.receive_media else "sendonly"
+        if not self.send_media:
+            direction = "recvonly"
+        if self.audio:
+            audio = pc.addTransceiver(audio_track or "audio", direction=direction)
             audio.setCodecPreferences(preferences["audio"])
-        if video_track is not None:
-            video = pc.addTransceiver(video_track, direction="sendrecv")
+        if self.video:
+            video = pc.addTransceiver(video_track or "video", direction=direction)
             if preferences["video"]:
                 video.setCodecPreferences(preferences["video"])
             else:

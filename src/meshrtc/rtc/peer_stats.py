@@ -40,6 +40,9 @@ class PeerStats:
     received_dropped: int = 0
     #: Remote candidates refused by validation.
     invalid_candidates: int = 0
+    #: RTP packets dropped on arrival because the remote may not publish (its token lacks the
+    #: ``publish`` grant): they never reach a jitter buffer, a decoder or the pipeline.
+    unpublished_packets: int = 0
     #: Colliding offers ignored (we are the impolite, lower id) and answers to abandoned attempts.
     ignored_offers: int = 0
     stale_answers: int = 0

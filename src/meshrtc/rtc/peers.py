@@ -290,6 +290,9 @@ class PeerManager:
             options=self.options,
             impairments=self._impairments.get(peer_id),
             on_state_change=self._on_peer_state,
+            # Its token's grants, as the server tells them (docs/security.md): held on our side.
+            send_media=info is None or info.may("subscribe"),
+            receive_media=info is None or info.may("publish"),
         )
         self._peers[peer_id] = peer
         self._emit(PeerAdded(peer_id, initiator))

@@ -139,8 +139,12 @@ class MediaReceiver:
         deliver: Callable[[ReceivedMedia], None],
         close_timeout: float,
         started_at: float,
+        accept_media: bool = True,
     ) -> None:
         self.peer_id = peer_id
+        #: False when the remote may not publish: its RTP is counted and dropped on arrival, so a
+        #: client that sends anyway costs no decoding and reaches nobody.
+        self.accept_media = accept_media
         self.tap = tap
         self.bridge = bridge
         self.sync = sync
@@ -244,6 +248,9 @@ class MediaReceiver:
         if isinstance(event, MediaFrame):
             if event.received_at > self.last_activity:
                 self.last_activity = event.received_at
+            if not self.accept_media:
+                stats.unpublished_packets += 1
+                return
             kind = event.frame_type
             if event.ssrc not in self.ssrc_kinds:
                 self.ssrc_kinds[event.ssrc] = kind

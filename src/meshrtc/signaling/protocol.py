@@ -24,6 +24,7 @@ from meshrtc.errors import MeshRtcError
 
 __all__ = [
     "DEFAULT_SESSION_ID",
+    "GRANTS",
     "MAX_MESSAGE_SIZE",
     "MAX_SDP_LENGTH",
     "MAX_SDP_LINES",
@@ -555,22 +556,50 @@ class PeerInfo:
     peer_id: str
     capabilities: tuple[Capability, ...]
     user_data: JsonObject = attrs.field(factory=dict)
+    #: What the peer's access token grants (sorted names from :data:`GRANTS`), set by a server
+    #: with a secret, never by the peer; ``None``: no token, everything. A meshrtc peer takes no
+    #: media from a peer without ``publish`` and sends none to one without ``subscribe``.
+    grants: tuple[str, ...] | None = None
+
+    def may(self, grant: str) -> bool:
+        """True when the peer's token grants ``grant`` (always without a token)."""
+        return self.grants is None or grant in self.grants
 
     def to_json(self) -> JsonObject:
-        return {
+        out: JsonObject = {
             "peer_id": self.peer_id,
             "capabilities": [c.value for c in self.capabilities],
             "user_data": self.user_data,
         }
+        if self.grants is not None:
+            out["grants"] = list(self.grants)
+        return out
 
     @classmethod
     def from_json(cls, params: Mapping[str, Any]) -> PeerInfo:
-        _only(params, Method.JOINED, ("peer_id", "capabilities", "user_data"))
+        _only(
+            params,
+            Method.JOINED,
+            ("peer_id", "capabilities", "user_data", "grants"),
+        )
         return cls(
             _peer_id(params, "peer_id"),
             _capabilities(params.get("capabilities")),
             _user_data(params.get("user_data")),
+            grants=_grants(params.get("grants")),
         )
+
+
+#: Grant names a token may carry (meshrtc.signaling.auth.Grant); PeerInfo.grants uses them.
+GRANTS: Final = ("data", "publish", "subscribe")
+
+
+def _grants(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(g, str) and g in GRANTS for g in value):
+        raise _error(ErrorCode.INVALID_PARAMS, f"grants must be a list of some of {list(GRANTS)}")
+    return tuple(sorted(set(value)))
 
 
 @attrs.frozen

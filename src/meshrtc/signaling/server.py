@@ -448,7 +448,7 @@ class SignalingHub:
             )
         info = params.info
         if self.auth_required and not conn.privileged:
-            info = _authorized(conn.claims, params)
+            info = _authorized(conn.claims, params, self._wall_clock())
         if params.peer_id in self._peers:
             raise SignalingError(
                 ErrorCode.PEER_ID_TAKEN, f"peer id {params.peer_id!r} is already taken"
@@ -516,16 +516,27 @@ class SignalingHub:
         return [Send(self._peers[pid].conn_id, left) for pid in session]
 
 
-def _authorized(claims: Claims | None, params: Announce) -> PeerInfo:
+def _authorized(claims: Claims | None, params: Announce, now: float) -> PeerInfo:
     """The announced peer as its token allows it, or FORBIDDEN saying which claim differs.
 
-    The grants narrow what the others are told this peer exchanges: without ``data`` its
-    capabilities lose ``data``, and without ``publish`` or ``subscribe`` they lose audio and video.
-    A meshrtc transport negotiates only the media in both ends' capabilities, so it never opens
-    that data channel or those tracks with this peer (docs/security.md).
+    The token is checked again here, not only at the upgrade: a connection may announce (or
+    announce again after ``peer.disconnect``) long after it opened, and an expired token must not
+    join anyone then. A peer already in a session is not cut off when its token expires
+    (docs/security.md, "Token expiry").
+
+    The grants travel with the peer (:attr:`PeerInfo.grants`), and a meshrtc peer (the transport
+    of ``serve`` too) enforces them on its own side of each media link: it takes no media from a
+    peer without ``publish`` and sends none to one without ``subscribe``, whatever that peer's
+    SDP offers. Without ``data`` the capabilities lose ``data``, and with neither ``publish`` nor
+    ``subscribe`` they lose audio and video (docs/security.md).
     """
     if claims is None:
         raise _forbidden("no access token on this connection")
+    if now >= claims.expires_at:
+        raise _forbidden(
+            f"the access token expired {now - claims.expires_at:.0f} s ago; reconnect with a "
+            "fresh one"
+        )
     if params.peer_id != claims.peer_id:
         raise _forbidden(f"the token is for peer {claims.peer_id!r}, not {params.peer_id!r}")
     if params.session_id != claims.session_id:
@@ -542,7 +553,8 @@ def _authorized(claims: Claims | None, params: Announce) -> PeerInfo:
         # Never an empty list: peers build no connection for a member with nothing to exchange.
         grants = sorted(g.value for g in claims.grants)
         raise _forbidden(f"the token grants none of the announced capabilities (grants: {grants})")
-    return attrs.evolve(params.info, capabilities=kept)
+    granted = tuple(sorted(g.value for g in claims.grants))
+    return attrs.evolve(params.info, capabilities=kept, grants=granted)
 
 
 # --- Plain HTTP on the same port ----------------------------------------------------------------

@@ -1,0 +1,191 @@
+"""Publish and subscribe grants hold on our side of every media link (issue 13, LiveKit's meaning).
+
+Before: the hub only narrowed the capabilities it told the others, so a token with ``subscribe``
+alone (or ``publish`` alone) was treated as both: a listener was heard in everyone's mix, and a
+speaker got the mix back. Now the hub passes the grants on (``PeerInfo.grants``) and each meshrtc
+peer, the transport of ``serve`` included, enforces them whatever the member's SDP offers: our
+media sections answer sendonly / recvonly, and RTP that arrives anyway is dropped on arrival.
+
+One session, audio only (lean): the transport on its privileged link, ``alice`` (every grant,
+440 Hz), ``lurker`` (subscribe only, sends 660 Hz anyway, and offers sendrecv like any meshrtc
+client) and ``speaker`` (publish only, 1000 Hz). About 6 s on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import attrs
+import numpy as np
+import pytest
+import trio
+
+from meshrtc.pipeline import default_manifest
+from meshrtc.rtc.peers import PeerManager
+from meshrtc.rtc.stun import StunServer
+from meshrtc.session import RunningSession
+from meshrtc.session.listener import ListenerFeed
+from meshrtc.signaling.auth import TokenAuthority
+from meshrtc.signaling.client import SignalingClient
+from meshrtc.signaling.server import SignalingServer
+from meshrtc.transport import WebRtcTransport
+from tests.peer_helpers import TEST_OPTIONS, Changes, Node, Session, tone
+
+log = logging.getLogger(__name__)
+
+SECRET = b"g" * 48
+TRANSPORT_ID = "meshrtc-server"
+TONES = {"alice": 440.0, "lurker": 660.0, "speaker": 1000.0}
+GRANTS = {
+    "alice": ["publish", "subscribe"],
+    "lurker": ["subscribe"],
+    "speaker": ["publish"],
+}
+
+
+def levels(node: Node, remote: str, freq: float, frames: int = 25) -> list[float]:
+    """Amplitude of ``freq`` in each run of ``frames`` decoded frames ``node`` got from ``remote``
+    (half-second spans: a tone's leakage onto another's frequency is negligible)."""
+    decoded = node.decoded_audio(remote)
+    out = []
+    for start in range(0, len(decoded) - frames + 1, frames):
+        span = decoded[start : start + frames]
+        mono = np.concatenate([x.samples[:, 0] for x in span]).astype(np.float64)
+        t = np.arange(mono.size) / 48_000
+        out.append(float(2.0 * abs(np.dot(mono, np.exp(-2j * np.pi * freq * t))) / mono.size))
+    return out
+
+
+async def _tick(changes: Changes) -> None:
+    while True:
+        await trio.sleep(0.05)
+        changes.poke()
+
+
+async def _run_transport(
+    transport: WebRtcTransport, *, task_status: trio.TaskStatus[RunningSession]
+) -> None:
+    async with transport, trio.open_nursery() as nursery:
+        running: RunningSession = await nursery.start(transport.run_session, default_manifest())
+        task_status.started(running)
+        await trio.sleep_forever()
+
+
+async def _speak(node: Node, seconds: float) -> None:
+    for remote in node.manager.list_connected():
+        await node.peer(remote).send_audio(tone(seconds, TONES[node.peer_id]))
+
+
+@asynccontextmanager
+async def granted_session() -> AsyncIterator[tuple[Session, WebRtcTransport, dict[str, Node]]]:
+    authority = TokenAuthority(SECRET)
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        server: SignalingServer = await nursery.start(SignalingServer(port=0, auth=authority).run)
+        session = Session(nursery, stun, server, Changes())
+        nursery.start_soon(_tick, session.changes)
+        config = attrs.evolve(session.config(TRANSPORT_ID), ice_host_addresses=("127.0.0.1",))
+        transport = WebRtcTransport(config, hub=server)
+        await nursery.start(_run_transport, transport)
+        nodes: dict[str, Node] = {}
+        for peer_id, grants in GRANTS.items():
+            token = authority.issue(peer_id, "default", grants=grants)
+            client = SignalingClient(server.url, peer_id, capabilities=("audio",), token=token)
+            await nursery.start(client.run)
+            config = attrs.evolve(session.config(peer_id), ice_host_addresses=("127.0.0.1",))
+            manager = PeerManager(config, client, options=TEST_OPTIONS)
+            await nursery.start(manager.run)
+            node = nodes[peer_id] = Node(peer_id, client, manager, session.changes)
+            nursery.start_soon(node.follow, nursery)
+        everyone = {TRANSPORT_ID, *nodes}
+        await session.until(
+            lambda: all(
+                set(n.manager.list_connected()) == everyone - {pid} for pid, n in nodes.items()
+            ),
+            30,
+        )
+        for node in nodes.values():
+            nursery.start_soon(partial(_speak, node, 30.0))
+        try:
+            yield session, transport, nodes
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_a_listener_is_not_heard_and_a_speaker_gets_no_media() -> None:
+    async with granted_session() as (session, transport, nodes):
+        alice, lurker, speaker = nodes["alice"], nodes["lurker"], nodes["speaker"]
+        assert transport.peers is not None
+        # The transport learned each member's grants from the hub, never from the member.
+        to_lurker = transport.peers.get_peer("lurker")
+        to_speaker = transport.peers.get_peer("speaker")
+        assert to_lurker is not None
+        assert to_speaker is not None
+        assert (to_lurker.send_media, to_lurker.receive_media) == (True, False)
+        assert (to_speaker.send_media, to_speaker.receive_media) == (False, True)
+        # Enough of the mix for a few spectra (the mix is late or partial now and then when the
+        # machine is busy, so presence is the best half second, absence is every one).
+        await session.until(
+            lambda: (
+                len(alice.decoded_audio(TRANSPORT_ID)) >= 150
+                and len(lurker.decoded_audio(TRANSPORT_ID)) >= 150
+            ),
+            30,
+        )
+        heard = {
+            (name, freq): levels(node, TRANSPORT_ID, freq)
+            for name, node in (("alice", alice), ("lurker", lurker))
+            for freq in TONES.values()
+        }
+        log.warning(
+            "mix levels (best, worst half second) %s; load %s",
+            {k: (round(max(v), 4), round(min(v), 4)) for k, v in heard.items()},
+            os.getloadavg(),
+        )
+        # The listener hears the others through the mix, and nobody ever hears the listener.
+        assert max(heard["lurker", 440.0]) > 0.1
+        assert max(heard["lurker", 1000.0]) > 0.1
+        assert max(heard["alice", 1000.0]) > 0.1
+        assert max(heard["alice", 660.0]) < 0.03
+        assert max(heard["lurker", 660.0]) < 0.03
+        # The speaker is heard but gets nothing: no audio from the transport or from alice.
+        assert speaker.audio(TRANSPORT_ID) == []
+        assert speaker.audio("alice") == []
+        # Peer to peer the same: alice takes nothing from the listener, the listener hears her.
+        assert alice.audio("lurker") == []
+        assert len(lurker.decoded_audio("alice")) > 0
+        assert to_lurker.stats.audio_packets == 0
+        # The transport's pipeline sees the listener as silence (it gets its mix), never its tone.
+        running = transport.sessions.get_session("default")
+        assert running is not None
+        assert "lurker" in running.session.peers
+
+
+async def test_the_listener_feed_passes_data_and_fills_silence() -> None:
+    from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia
+
+    now = [100.0]
+    send, receive = trio.open_memory_channel[ReceivedMedia](10)
+    feed = ListenerFeed("lurker", receive, clock=lambda: now[0])
+    first = await feed.receive()
+    assert isinstance(first, ReceivedAudio)
+    assert (first.local_time, first.samples.shape, float(abs(first.samples).max())) == (
+        100.0,
+        (960, 2),
+        0.0,
+    )
+    message = ReceivedData("lurker", "hi", 100.001)
+    send.send_nowait(message)
+    assert await feed.receive() is message
+    now[0] = 100.02
+    assert (await feed.receive()).local_time == pytest.approx(100.02)
+    now[0] = 105.0  # a stall: no burst of 250 frames, the feed resumes near now
+    assert (await feed.receive()).local_time == pytest.approx(104.9)
+    send.close()
+    with pytest.raises(trio.EndOfChannel):
+        await feed.receive()
