@@ -85,6 +85,10 @@ class Audio(RuntimeData):
     )
     sample_rate: int = 48_000
     channels: int = 1
+    #: When the newest received packet this audio carries reached the transport (its monotonic
+    #: clock); None for audio the pipeline made up. Nodes that derive audio keep it (``evolve``);
+    #: a mix takes the newest of the frames it sums. The router's added latency starts here.
+    arrived_at: float | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.sample_rate <= 0:

@@ -13,10 +13,15 @@ arrived, so the mix is stamped with a time it can still be sent at.
 the items come already presented and decoded from ``PeerConnection.received``, so the grid does the
 same job on the timeline they carry without re-buffering them.
 
-Added latency: for every grid slot the router remembers the earliest packet arrival among the audio
-frames snapped onto it; when an output stamped with that slot leaves for a peer, ``now - arrival``
-is what this process added (jitter buffer, decode, pipeline, routing). The router keeps the recent
-values (seconds) for metrics and the benchmark: ``statistics().added_latency``.
+Added latency: every audio frame enters the pipeline with its packet's arrival (``Audio.arrived_at``)
+and a mix leaves with the newest arrival among the frames it sums (MixMinus; the receiver's own
+frame is not among them). When it leaves for its peer, ``now - arrived_at`` is what this process
+added (jitter buffer, decode, pipeline, routing) to the audio that peer hears, at most what any
+frame in that mix spent here, so never more than its end-to-end latency. (It used to be the
+earliest arrival of any frame snapped onto the output's slot: the receiver's own included, and for a
+mix MixMinus had moved to another slot, frames it did not carry; the demo showed "transport adds"
+above the end-to-end figure.) The router keeps the recent values (seconds) for metrics and the
+benchmark: ``statistics().added_latency``.
 
 Counters: the router alone changes its counters; readers take a frozen snapshot with
 :meth:`SessionRouter.statistics` (as trio's channels do), never the live fields.
@@ -56,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 #: Audio or video presented longer ago than this (seconds) is stale (module docstring).
 MAX_INPUT_AGE = 0.25
-#: Grid slots whose arrival time is remembered (10 s): older ones are forgotten unmatched.
-_ARRIVAL_SLOTS = 500
 #: Data messages that may wait for one peer (its channel reopening) before more are dropped.
 DATA_QUEUE = 256
 #: Added-latency samples kept.
@@ -78,6 +81,7 @@ def to_runtime(item: ReceivedMedia, timestamp: float) -> RuntimeData:
             channels=item.channels,
             peer_id=item.peer_id,
             timestamp=timestamp,
+            arrived_at=item.received_at,
         )
     if isinstance(item, ReceivedVideo):
         return Video(frame=item.frame, peer_id=item.peer_id, timestamp=timestamp)
@@ -138,7 +142,6 @@ class SessionRouter:
         #: Outputs addressed to a peer the session does not hold (left before its reply).
         self._outputs_unroutable = 0
         self._drained: trio.Event | None = None
-        self._arrivals: collections.OrderedDict[float, float] = collections.OrderedDict()
         #: Per peer: grid timestamp minus local time of its newest audio frame, and that local time.
         self._audio_shift: dict[str, tuple[float, float]] = {}
         #: Seconds from a packet's arrival to the output of its slot leaving (audio; see module doc).
@@ -176,13 +179,6 @@ class SessionRouter:
                 self._grid_dropped[item.peer_id] = self._grid_dropped.get(item.peer_id, 0) + 1
                 return None
             self._audio_shift[item.peer_id] = (ts - item.local_time, item.local_time)
-            if item.received_at is not None:
-                arrivals = self._arrivals
-                first = arrivals.get(ts)
-                if first is None or item.received_at < first:
-                    arrivals[ts] = item.received_at
-                while len(arrivals) > _ARRIVAL_SLOTS:
-                    arrivals.popitem(last=False)
             return to_runtime(item, ts)
         if isinstance(item, ReceivedVideo):
             return to_runtime(item, self.video_timestamp(item.peer_id, item.local_time))
@@ -252,10 +248,8 @@ class SessionRouter:
                     )
                     continue
                 self._frames_out[peer.peer_id] = self._frames_out.get(peer.peer_id, 0) + 1
-            if targets and isinstance(data, Audio):
-                arrival = self._arrivals.get(data.timestamp)
-                if arrival is not None:
-                    self._added_latency.append(self._clock() - arrival)
+            if targets and isinstance(data, Audio) and data.arrived_at is not None:
+                self._added_latency.append(self._clock() - data.arrived_at)
         finally:
             session.pending_outputs -= 1
             if session.pending_outputs == 0 and self._drained is not None:

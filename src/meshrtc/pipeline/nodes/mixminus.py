@@ -307,6 +307,7 @@ class MixMinusMixer:
         for peer in [p for p, seen in self._last_seen.items() if seen < ts - self.peer_timeout]:
             del self._last_seen[peer]
         mixes = mix_minus(frames, receivers, self.limiter)
+        arrivals = {p: f.arrived_at for p, f in window.frames.items() if f.arrived_at is not None}
         return [
             Audio(
                 samples=mix,
@@ -315,6 +316,8 @@ class MixMinusMixer:
                 peer_id=None,
                 timestamp=ts,
                 to_peer=peer,
+                # The newest packet in this peer's mix (its own frame is not in it).
+                arrived_at=max((t for p, t in arrivals.items() if p != peer), default=None),
             )
             for peer, mix in mixes.items()
         ]
