@@ -220,6 +220,7 @@ def drift_text(estimator: ClockDriftEstimator) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import json
     import logging
+    import os
 
     import trio
     from rich.console import Console
@@ -278,7 +279,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 seconds=args.seconds,
                 manifest=manifest,
                 on_tick=table,
-                split=args.split,
+                split=not args.in_process,
+                generator="mesh" if args.mesh else "star",
             )
         )
     p50, p95 = result.latency(50), result.latency(95)
@@ -287,6 +289,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f" (transport adds p50 {_fmt(result.added_latency(50))} ms / p95"
         f" {_fmt(result.added_latency(95))} ms), teardown {result.teardown_ms:.1f} ms"
     )
+    cores = os.cpu_count() or 1
+    if result.transport_cpu_pct is not None:
+        generator = "in this process too" if args.in_process else "in a child process"
+        console.print(
+            f"CPU (% of one core): transport {result.transport_cpu_pct * cores:.0f}"
+            + (
+                ""
+                if result.peers_cpu_pct is None
+                else f", synthetic peers {result.peers_cpu_pct * cores:.0f}"
+            )
+            + f" ({'mesh' if args.in_process or args.mesh else 'star'} peers {generator})"
+        )
     for pid, f in result.peers.items():
         console.print(
             f"{pid} ({f.frequency:.0f} Hz): heard {sorted(f.heard)}; audio {f.audio_sent} sent /"
@@ -467,8 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run a transport and N synthetic peers on loopback, with a live table",
-        description="One process: signaling server, STUN responder, one transport running the "
-        "manifest, and N synthetic peers (tone, moving pattern, data). docs/quickstart.md.",
+        description="This process: signaling server, STUN responder, one transport running the "
+        "manifest; a child process: N synthetic peers (tone, moving pattern, data) that connect "
+        "to the transport alone and replay media encoded once, so the figures are the "
+        "transport's. docs/quickstart.md.",
     )
     demo.add_argument(
         "--peers", type=_peer_count, default=3, help="synthetic peers, 1-9 (default: %(default)s)"
@@ -483,10 +499,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--json", action="store_true", help="print the figures as one JSON object, last line"
     )
-    demo.add_argument(
-        "--split",
+    generator = demo.add_mutually_exclusive_group()
+    generator.add_argument(
+        "--in-process",
         action="store_true",
-        help="run the synthetic peers in a child process, so the transport has this one to itself",
+        help="run the synthetic peers in this process, as full mesh peers (the old demo: they "
+        "share the interpreter with the transport, so its figures include theirs)",
+    )
+    generator.add_argument(
+        "--mesh",
+        action="store_true",
+        help="synthetic peers in a child process as full meshrtc peers that also connect to each "
+        "other (default: star members that connect to the transport alone and replay media "
+        "encoded once; docs/benchmarks.md)",
     )
     demo.set_defaults(handler=_cmd_demo)
 
