@@ -18,6 +18,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import attrs
 import numpy as np
@@ -189,3 +190,79 @@ async def test_the_listener_feed_passes_data_and_fills_silence() -> None:
     send.close()
     with pytest.raises(trio.EndOfChannel):
         await feed.receive()
+
+
+async def test_media_sent_anyway_by_a_member_who_may_not_publish_is_dropped() -> None:
+    """A hostile client: our answer says sendonly, it rewrites it to sendrecv and sends anyway.
+    Nothing it sends reaches ``received`` (nor a jitter buffer or a decoder). aiortc already
+    drops RTP for a section it answered sendonly; the receive path's own check
+    (``unpublished_packets``) is there for whatever gets past it. About 2 s."""
+    from meshrtc.config import TransportConfig
+    from meshrtc.rtc.bridge import open_bridge
+    from meshrtc.rtc.events import ReceivedAudio
+    from meshrtc.rtc.peer import PeerConnection
+
+    async with trio.open_nursery() as nursery:
+        stun: StunServer = await nursery.start(StunServer().run)
+        config = TransportConfig(stun_servers=[stun.url], ice_host_addresses=("127.0.0.1",))
+        async with open_bridge() as bridge:
+            peers: dict[str, PeerConnection] = {}
+
+            def wire(to: str, rewrite: bool = False) -> Any:
+                async def send(method: str, params: dict[str, Any]) -> None:
+                    if rewrite and "sdp" in params:
+                        params = {
+                            **params,
+                            "sdp": params["sdp"].replace("a=sendonly", "a=sendrecv"),
+                        }
+                    nursery.start_soon(peers[to].handle_signal, method, params)
+
+                return send
+
+            hostile = PeerConnection(
+                "transport", bridge, config, wire("t"), local_id="mallory", media=("audio",)
+            )
+            # The transport's side: mallory may subscribe but not publish.
+            guard = PeerConnection(
+                "mallory",
+                bridge,
+                config,
+                wire("m", rewrite=True),
+                local_id="transport",
+                media=("audio",),
+                receive_media=False,
+            )
+            peers.update(m=hostile, t=guard)
+            heard: list[ReceivedAudio] = []
+
+            async def collect(peer: PeerConnection, into: list[ReceivedAudio]) -> None:
+                async for item in peer.received:
+                    if isinstance(item, ReceivedAudio) and not item.concealed:
+                        into.append(item)  # noqa: PERF401 (read as it arrives)
+
+            got_back: list[ReceivedAudio] = []
+            with trio.fail_after(20):
+                await nursery.start(hostile.run)
+                await nursery.start(guard.run)
+                nursery.start_soon(collect, guard, heard)
+                nursery.start_soon(collect, hostile, got_back)
+                await hostile.offer()
+                await hostile.wait_state("Connected")
+                await guard.wait_state("Connected")
+                await hostile.send_audio(tone(5.0, 660.0))
+                await guard.send_audio(tone(5.0, 440.0))
+                # It still hears us (subscribe), while what it sends stops at the door.
+                # It still hears us (subscribe); 1 s of its own tone was sent meanwhile.
+                while len(got_back) < 50:  # noqa: ASYNC110 (the collector has no event)
+                    await trio.sleep(0.02)
+            log.warning(
+                "hostile sender: %d packets dropped on arrival, %d audio packets buffered, "
+                "%d items delivered; load %s",
+                guard.stats.unpublished_packets,
+                guard.stats.audio_packets,
+                len(heard),
+                os.getloadavg(),
+            )
+            assert heard == []
+            assert guard.stats.audio_packets == 0
+            nursery.cancel_scope.cancel()
