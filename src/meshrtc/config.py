@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from meshrtc.backoff import Backoff
 from meshrtc.errors import ConfigError
 
 __all__ = [
@@ -215,6 +216,11 @@ def _bool(field: str) -> Any:
     return check
 
 
+def _backoff(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, Backoff):
+        raise ConfigError(attribute.name, value, "a meshrtc.backoff.Backoff")
+
+
 def _optional_token(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ConfigError(attribute.name, "<hidden>", "a non-empty string or None")
@@ -279,3 +285,7 @@ class TransportConfig:
     ice_host_addresses: tuple[str, ...] | None = attrs.field(
         default=None, converter=_host_addresses
     )
+    #: Delays between signaling reconnect attempts. ``tries`` bounds an outage only while no
+    #: peer's media flows; with media flowing the client keeps retrying at ``maximum``
+    #: (docs/security.md, "Media outlives signaling").
+    signaling_backoff: Backoff = attrs.field(factory=Backoff, validator=_backoff)

@@ -144,6 +144,7 @@ class WebRtcTransport(StatefulModel):
                 session_id=self.config.session_id,
                 ssl_context=None if cafile is None else client_context(cafile),
                 token=self.config.auth_token,
+                backoff=self.config.signaling_backoff,
                 connector=None if self.hub is None else self.hub.connect_local,
             )
             # ``start`` returns once the client announced (or raises); the guard checks it did.

@@ -11,6 +11,15 @@ most ``max_peers - 1`` PeerConnections. A peer beyond that is refused with an SD
 every section and says why (:func:`~meshrtc.rtc.peer.refusal_sdp`); its PeerConnection fails with
 that reason, and no existing connection is touched. Each PeerConnection runs as one task in the
 manager's nursery; cancelling the manager closes them all at once, each bounded in time.
+
+Media outlives signaling (docs/security.md): peer-to-peer links need the server only to be built.
+After our own re-announce (:class:`Reconnected`) a link that is Connected or Reconnecting is kept,
+whether or not its peer is back yet (after a server restart the others re-announce one by one);
+``peer.joined`` keeps such a link when the announce names the same client instance
+(``incarnation``) and replaces it for a restarted one; ``peer.left`` for a dropped connection (not
+a ``peer.disconnect``) drops a live link only if the peer is not back within ``settle`` seconds
+(the hub's resume grace). While some peer's media flows the client does not give up reconnecting;
+the outage shows as :class:`SignalingLost` / :class:`SignalingRestored`.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 import trio
@@ -29,18 +38,21 @@ from meshrtc.media.frame import FrameType
 from meshrtc.media.quality import ConnectionQualityMetrics
 from meshrtc.rtc.aiortc_adapter import ImpairmentConfig
 from meshrtc.rtc.bridge import Bridge, open_bridge
+from meshrtc.rtc.negotiation import PeerState
 from meshrtc.rtc.peer import PeerConnection, PeerError, PeerOptions, refusal_reason, refusal_sdp
 from meshrtc.signaling.client import Disconnected, Reconnected, SignalingClient
 from meshrtc.signaling.protocol import (
     AnnounceResult,
     Answer,
     IceCandidate,
+    LeaveReason,
     Offer,
     PeerErrorNotice,
     PeerInfo,
     PeerJoined,
     PeerLeft,
 )
+from meshrtc.signaling.server import DEFAULT_RESUME_GRACE
 
 __all__ = [
     "PeerAdded",
@@ -50,6 +62,8 @@ __all__ = [
     "PeerReconnecting",
     "PeerRefused",
     "PeerRemoved",
+    "SignalingLost",
+    "SignalingRestored",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,7 +110,35 @@ class PeerRefused:
     by_remote: bool
 
 
-PeerEvent: TypeAlias = PeerAdded | PeerConnected | PeerReconnecting | PeerRemoved | PeerRefused
+@attrs.frozen
+class SignalingLost:
+    """Our signaling connection dropped; the client is retrying. Links that are up stay up, and
+    the client does not give up while ``media_flows`` (some peer is Connected)."""
+
+    reason: str
+    media_flows: bool
+
+
+@attrs.frozen
+class SignalingRestored:
+    """We announced again after ``outage`` seconds; ``kept``: the links that survived it."""
+
+    outage: float
+    kept: tuple[str, ...]
+
+
+#: States in which a link is alive enough to keep across a re-announce: up, or repairing itself.
+_ALIVE: Final = frozenset({PeerState.Connected, PeerState.Reconnecting})
+
+PeerEvent: TypeAlias = (
+    PeerAdded
+    | PeerConnected
+    | PeerReconnecting
+    | PeerRemoved
+    | PeerRefused
+    | SignalingLost
+    | SignalingRestored
+)
 
 
 class PeerManager:
@@ -105,7 +147,8 @@ class PeerManager:
     ``signaling`` must already be running (``await nursery.start(client.run)``): the manager reads
     its announce result and is the one consumer of its notifications. The manager owns the asyncio
     bridge unless one is given. ``impairments`` (tests only) maps a remote peer id to the adapter
-    impairment of the packets received from it.
+    impairment of the packets received from it. ``settle``: seconds a live link outlives a
+    ``peer.left`` that reports a dropped connection (the peer may resume within them).
     """
 
     def __init__(
@@ -117,6 +160,7 @@ class PeerManager:
         options: PeerOptions | None = None,
         impairments: Mapping[str, dict[FrameType, ImpairmentConfig]] | None = None,
         event_buffer: int = 1024,
+        settle: float = DEFAULT_RESUME_GRACE,
     ) -> None:
         self.config = config
         self.signaling = signaling
@@ -127,6 +171,11 @@ class PeerManager:
         self.bridge: Bridge | None = bridge
         self._impairments = dict(impairments or {})
         self._peers: dict[str, PeerConnection] = {}
+        #: The remote client instance each link was built with (None: it announced none).
+        self._incarnations: dict[str, str | None] = {}
+        #: Peers reported gone by a dropped connection, by the link we hold for them meanwhile.
+        self._leaving: dict[str, PeerConnection] = {}
+        self.settle = settle
         self._removal_reasons: dict[int, str] = {}
         self._events_send, self.events = trio.open_memory_channel[PeerEvent](event_buffer)
         #: Events dropped because nobody read :attr:`events`.
@@ -135,6 +184,8 @@ class PeerManager:
         self._cancel = trio.CancelScope()
         self._done = trio.Event()
         self._started = False
+        # Media that flows needs no signaling: the client must not give up on us meanwhile.
+        signaling.keep_trying = self.media_flows
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -149,6 +200,10 @@ class PeerManager:
     def list_connected(self) -> list[str]:
         """Remote peer ids whose connection is Connected now, in the order they were added."""
         return [pid for pid, peer in self._peers.items() if peer.is_connected]
+
+    def media_flows(self) -> bool:
+        """Some link is Connected (its media has not been silent for ``media_timeout``)."""
+        return any(peer.is_connected for peer in self._peers.values())
 
     def get_metrics(self, peer_id: str) -> ConnectionQualityMetrics | None:
         peer = self._peers.get(peer_id)
@@ -237,6 +292,10 @@ class PeerManager:
                 await peer.handle_signal("candidate", params)
         elif isinstance(event, PeerJoined):
             info = event.peer
+            self._leaving.pop(info.peer_id, None)
+            if self._keeps(info):
+                log.info("%s: %s announced again; its link is kept", self.local_id, info.peer_id)
+                return
             self._replace(info.peer_id, "the peer joined again")
             if self._has_room():
                 self._add(info.peer_id, initiator=False, info=info)
@@ -244,21 +303,88 @@ class PeerManager:
                 # Its offers will get the refusal; nothing to hold for it meanwhile.
                 self._emit(PeerRefused(info.peer_id, self._full_reason(), by_remote=False))
         elif isinstance(event, PeerLeft):
-            self._replace(event.peer_id, f"left the session ({event.reason})")
+            self._on_left(event)
         elif isinstance(event, Reconnected):
-            # The server saw us leave and come back: every remote closed its side. Start over as
-            # the newcomer, offering to whoever is there now.
-            log.info("%s: signaling reconnected; rebuilding the mesh", self.local_id)
-            for peer_id in list(self._peers):
-                self._replace(peer_id, "our signaling connection was re-established")
-            await self._join(event.result)
+            await self._rejoin(event.result)
         elif isinstance(event, Disconnected):
-            log.info("%s: signaling lost (%s); media continues", self.local_id, event.reason)
+            flows = self.media_flows()
+            log.info(
+                "%s: signaling lost (%s); %s",
+                self.local_id,
+                event.reason,
+                "media continues" if flows else "no media flows",
+            )
+            self._emit(SignalingLost(event.reason, flows))
+
+    def _keeps(self, info: PeerInfo) -> bool:
+        """Whether the link to ``info.peer_id`` survives its announce: alive, and the same client
+        instance (a restarted process lost its DTLS state, so its old link cannot carry on)."""
+        peer = self._peers.get(info.peer_id)
+        if peer is None or peer.state not in _ALIVE:
+            return False
+        known = self._incarnations.get(info.peer_id)
+        return known is not None and known == info.incarnation
+
+    def _on_left(self, event: PeerLeft) -> None:
+        peer = self._peers.get(event.peer_id)
+        if (
+            peer is None
+            or peer.state not in _ALIVE
+            or event.reason == LeaveReason.DISCONNECT
+            or self.settle <= 0
+        ):
+            self._replace(event.peer_id, f"left the session ({event.reason})")
+            return
+        # Its signaling dropped, not necessarily its media: it may resume within the grace.
+        log.info(
+            "%s: %s's signaling dropped (%s); keeping its live link for %.0f s",
+            self.local_id,
+            event.peer_id,
+            event.reason,
+            self.settle,
+        )
+        self._leaving[event.peer_id] = peer
+        assert self._nursery is not None
+        self._nursery.start_soon(self._settle, peer, event.reason)
+
+    async def _settle(self, peer: PeerConnection, reason: str) -> None:
+        await trio.sleep(self.settle)
+        if self._leaving.get(peer.peer_id) is peer:
+            del self._leaving[peer.peer_id]
+            self._replace(
+                peer.peer_id, f"left the session ({reason}) and did not come back in time"
+            )
+
+    async def _rejoin(self, result: AnnounceResult) -> None:
+        """After our re-announce: keep every live link, rebuild the rest, offer to newcomers.
+
+        A peer missing from ``result`` may still be on its way back (a restarted server hears
+        from its old members one by one), so its live link stays; a peer listed with another
+        incarnation restarted, so it gets a fresh link (we are the newcomer: we offer).
+        """
+        listed = {info.peer_id: info for info in result.peers}
+        kept = []
+        for peer_id, peer in list(self._peers.items()):
+            info = listed.get(peer_id)
+            if peer.state in _ALIVE and (info is None or self._keeps(info)):
+                kept.append(peer_id)
+            else:
+                self._replace(peer_id, "our signaling connection was re-established")
+        outage = self.signaling.last_outage
+        log.info(
+            "%s: signaling back after %.1f s; kept %d live links %s",
+            self.local_id,
+            outage,
+            len(kept),
+            kept,
+        )
+        self._emit(SignalingRestored(outage, tuple(kept)))
+        await self._join(result)
 
     async def _join(self, result: AnnounceResult) -> None:
         """Offer to the peers already in the session (in join order), as far as there is room."""
         for info in result.peers:
-            if info.peer_id == self.local_id:
+            if info.peer_id == self.local_id or info.peer_id in self._peers:
                 continue
             if self._has_room():
                 self._add(info.peer_id, initiator=True, info=info)
@@ -295,6 +421,7 @@ class PeerManager:
             receive_media=info is None or info.may("publish"),
         )
         self._peers[peer_id] = peer
+        self._incarnations[peer_id] = None if info is None else info.incarnation
         self._emit(PeerAdded(peer_id, initiator))
         self._nursery.start_soon(self._run_peer, peer, initiator)
         return peer
@@ -304,6 +431,8 @@ class PeerManager:
         peer = self._peers.pop(peer_id, None)
         if peer is None:
             return
+        self._incarnations.pop(peer_id, None)
+        self._leaving.pop(peer_id, None)
         self._removal_reasons[id(peer)] = reason
         assert self._nursery is not None
         self._nursery.start_soon(peer.aclose)
@@ -317,6 +446,9 @@ class PeerManager:
         finally:
             if self._peers.get(peer.peer_id) is peer:
                 del self._peers[peer.peer_id]
+                self._incarnations.pop(peer.peer_id, None)
+            if self._leaving.get(peer.peer_id) is peer:
+                del self._leaving[peer.peer_id]
             reason = self._removal_reasons.pop(id(peer), None) or peer.failure_reason or "closed"
             if peer.refused:
                 self._emit(PeerRefused(peer.peer_id, reason, by_remote=True))
@@ -332,8 +464,13 @@ class PeerManager:
 
     def _sender(self, peer_id: str) -> Any:
         client = self.signaling
+        leaving = self._leaving
 
         async def send(method: str, params: dict[str, Any]) -> None:
+            if peer_id in leaving:
+                # The server says the peer is gone: a rebuild offer from its held link would
+                # reach whoever announces the id next, a restarted process included.
+                raise PeerError(f"{peer_id} left the session; its held link does not signal")
             if method == "offer":
                 await client.offer(peer_id, params["sdp"])
             elif method == "answer":

@@ -5,7 +5,13 @@ sends and awaits by id (:meth:`SignalingClient.request` and the ``offer``/``answ
 and notifications the server pushes, delivered in order on :attr:`SignalingClient.notifications`.
 When the connection drops (socket closed, pings unanswered) it reconnects with exponential backoff
 plus jitter and announces again; consumers see :class:`Disconnected` then :class:`Reconnected` on the
-same channel, so the rtc layer knows to renegotiate (the lower id offers, docs/signaling.md).
+same channel, so the rtc layer can tell which links survived (docs/signaling.md, "Re-announcing").
+
+It gives up after ``backoff.tries`` failed attempts only when its ``keep_trying`` predicate says
+nothing depends on it any more: the PeerManager answers "some peer's media still flows", and media
+that flows needs no signaling, so a long server outage must not end the process (issue 13).
+Every announce carries this client instance's random ``incarnation``, which lets the others tell
+the same process re-announcing (keep its live link) from a restarted one (its old link is gone).
 
 The random source and the backoff sleep are injected, so reconnect tests are deterministic and do
 not wait for real seconds.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 import random as _random
+import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
@@ -30,6 +37,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from meshrtc.backoff import Backoff
 from meshrtc.config import validate_peer_id
 from meshrtc.errors import ConfigError, MeshRtcError
 from meshrtc.signaling.link import SignalingLink
@@ -95,7 +103,8 @@ CLIENT_MACHINE = register(
         name="SignalingClient",
         doc="Idle → Connecting → Announcing → Ready. A lost connection (or a failed attempt) goes "
         "to Reconnecting, which waits out the backoff and tries again, or gives up after the "
-        "configured tries; closing is allowed from every state.",
+        "configured tries unless keep_trying says media still flows (then it keeps retrying at "
+        "the capped delay); closing is allowed from every state.",
         states=ClientState,
         initial=_C.Idle,
         transitions=(
@@ -136,35 +145,6 @@ class Disconnected:
 #: What :attr:`SignalingClient.notifications` carries: typed server notifications, raw ones the
 #: client does not know (a newer server), and the client's own connection events.
 ClientEvent: TypeAlias = ServerEvent | Notification | Reconnected | Disconnected
-
-
-def _check_backoff(inst: Backoff, attribute: attrs.Attribute[Any], value: object) -> None:
-    lowest = 0 if attribute.name in ("tries", "jitter") else 1 if attribute.name == "factor" else 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < lowest:
-        raise ConfigError(f"backoff.{attribute.name}", value, f"a number >= {lowest}")
-    if attribute.name == "tries" and not isinstance(value, int):
-        raise ConfigError("backoff.tries", value, "an integer >= 0")
-
-
-@attrs.frozen
-class Backoff:
-    """Reconnect delays: ``min(initial * factor**n, maximum) * (1 + jitter * U[0, 1))``.
-
-    Jitter is applied on top of the cap so that many clients that lost the same server do not come
-    back in lockstep even once they all reached the cap. ``tries`` counts attempts after a loss;
-    it starts again from zero after every successful announce.
-    """
-
-    tries: int = attrs.field(default=5, validator=_check_backoff)
-    initial: float = attrs.field(default=1.0, validator=_check_backoff)
-    factor: float = attrs.field(default=2.0, validator=_check_backoff)
-    maximum: float = attrs.field(default=30.0, validator=_check_backoff)
-    jitter: float = attrs.field(default=0.25, validator=_check_backoff)
-
-    def delay(self, attempt: int, rand: float) -> float:
-        """Seconds to wait before attempt ``attempt`` (0-based); ``rand`` is uniform in [0, 1)."""
-        base = min(self.initial * self.factor**attempt, self.maximum)
-        return base * (1.0 + self.jitter * rand)
 
 
 @attrs.define(eq=False)
@@ -224,6 +204,7 @@ class SignalingClient(StatefulModel):
         ssl_context: ssl.SSLContext | None = None,
         event_buffer: int = 1024,
         connector: Callable[[], Awaitable[SignalingLink]] | None = None,
+        keep_trying: Callable[[], bool] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -247,10 +228,13 @@ class SignalingClient(StatefulModel):
             ssl.create_default_context() if parts.scheme == "wss" else None
         )
         self.peer_id = validate_peer_id("peer_id", peer_id)
+        #: This client instance, announced with every (re-)announce (:attr:`PeerInfo.incarnation`).
+        self.incarnation = secrets.token_hex(8)
         params: JsonObject = {
             "peer_id": peer_id,
             "capabilities": list(capabilities),
             "session_id": session_id,
+            "incarnation": self.incarnation,
         }
         if user_data is not None:
             params["user_data"] = dict(user_data)
@@ -271,6 +255,9 @@ class SignalingClient(StatefulModel):
         self.ping_interval = float(ping_interval)
         self.ping_timeout = float(ping_timeout)
         self.backoff = backoff or Backoff()
+        #: Asked once ``backoff.tries`` attempts failed: True keeps the client retrying (at the
+        #: capped delay) instead of giving up. The PeerManager sets it to "some media flows".
+        self.keep_trying = keep_trying
         self._random = random
         self._sleep = sleep
         CLIENT_MACHINE.build(self)
@@ -291,6 +278,12 @@ class SignalingClient(StatefulModel):
         self.announce_result: AnnounceResult | None = None
         #: How many times the client reconnected and announced again.
         self.reconnects = 0
+        #: ``trio.current_time()`` when the current outage began (None while connected).
+        self.down_since: float | None = None
+        #: Seconds from the last drop to the announce that ended it.
+        self.last_outage = 0.0
+        #: Failed attempts that ``keep_trying`` turned into one more try (over all outages).
+        self.kept_trying = 0
         #: Notifications dropped because nobody read :attr:`notifications` (logged as errors).
         self.dropped_events = 0
 
@@ -412,8 +405,11 @@ class SignalingClient(StatefulModel):
             self._stopped.set()
 
     def tries_exhausted(self) -> bool:
-        """Guard of ``give_up``: this many reconnect attempts in a row failed."""
-        return self._failures >= self.backoff.tries
+        """Guard of ``give_up``: this many reconnect attempts in a row failed, and nothing (no
+        flowing media, by ``keep_trying``) asks for more."""
+        if self._failures < self.backoff.tries:
+            return False
+        return self.keep_trying is None or not self.keep_trying()
 
     async def _connect_loop(self, task_status: trio.TaskStatus[AnnounceResult]) -> None:
         self._failures = 0
@@ -426,19 +422,23 @@ class SignalingClient(StatefulModel):
             self.connection_lost()
             if attempt.ready:
                 self._failures = 0
+                self.down_since = trio.current_time()
                 self._emit(Disconnected(attempt.reason))
             if self.fire_if_taken("give_up"):
                 raise SignalingConnectionError(
                     f"gave up after {self.backoff.tries} reconnect attempts: {attempt.reason}"
                 )
+            if self._failures >= self.backoff.tries:
+                self.kept_trying += 1
             delay = self.backoff.delay(self._failures, self._random())
             self._failures += 1
             log.info(
-                "%s: signaling connection lost (%s); retry %d/%d in %.2fs",
+                "%s: signaling connection lost (%s); retry %d/%d%s in %.2fs",
                 self.peer_id,
                 attempt.reason,
                 self._failures,
                 self.backoff.tries,
+                " (media still flows)" if self._failures > self.backoff.tries else "",
                 delay,
             )
             await self._sleep(delay)
@@ -663,6 +663,9 @@ class SignalingClient(StatefulModel):
             else:
                 self._peers = {p.peer_id: p for p in result.peers}
                 self.announce_result = result
+                if self.down_since is not None:
+                    self.last_outage = trio.current_time() - self.down_since
+                self.down_since = None
                 self.announced()
                 if self._announced_once:
                     self.reconnects += 1

@@ -530,6 +530,13 @@ def _user_data(value: object) -> JsonObject:
     return value
 
 
+def _incarnation(params: Mapping[str, Any]) -> str | None:
+    """Optional (older clients and pages send none); bounded like an id, as it is relayed."""
+    if params.get("incarnation") is None:
+        return None
+    return _peer_id(params, "incarnation")
+
+
 def _capabilities(value: object) -> tuple[Capability, ...]:
     allowed = ", ".join(repr(c.value) for c in Capability)
     if not isinstance(value, list) or not value:
@@ -556,6 +563,10 @@ class PeerInfo:
     peer_id: str
     capabilities: tuple[Capability, ...]
     user_data: JsonObject = attrs.field(factory=dict)
+    #: Names the client process behind the id (random per client instance, optional): the same
+    #: incarnation after a drop is the same process whose media link may still be alive; another
+    #: is a restarted one whose old link is gone (docs/signaling.md, "Re-announcing").
+    incarnation: str | None = None
     #: What the peer's access token grants (sorted names from :data:`GRANTS`), set by a server
     #: with a secret, never by the peer; ``None``: no token, everything. A meshrtc peer takes no
     #: media from a peer without ``publish`` and sends none to one without ``subscribe``.
@@ -571,6 +582,8 @@ class PeerInfo:
             "capabilities": [c.value for c in self.capabilities],
             "user_data": self.user_data,
         }
+        if self.incarnation is not None:
+            out["incarnation"] = self.incarnation
         if self.grants is not None:
             out["grants"] = list(self.grants)
         return out
@@ -580,12 +593,13 @@ class PeerInfo:
         _only(
             params,
             Method.JOINED,
-            ("peer_id", "capabilities", "user_data", "grants"),
+            ("peer_id", "capabilities", "user_data", "incarnation", "grants"),
         )
         return cls(
             _peer_id(params, "peer_id"),
             _capabilities(params.get("capabilities")),
             _user_data(params.get("user_data")),
+            _incarnation(params),
             grants=_grants(params.get("grants")),
         )
 
@@ -611,12 +625,14 @@ class Announce:
     token: str | None = None
     #: The secret of an earlier announce of this id, to reclaim it within the server's grace period.
     resume: str | None = None
+    #: The announcing client instance (see :attr:`PeerInfo.incarnation`); passed on to the others.
+    incarnation: str | None = None
 
     METHOD: ClassVar[Method] = Method.ANNOUNCE
 
     @property
     def info(self) -> PeerInfo:
-        return PeerInfo(self.peer_id, self.capabilities, self.user_data)
+        return PeerInfo(self.peer_id, self.capabilities, self.user_data, self.incarnation)
 
     def to_json(self) -> JsonObject:
         out: JsonObject = {
@@ -630,6 +646,8 @@ class Announce:
             out["token"] = self.token
         if self.resume is not None:
             out["resume"] = self.resume
+        if self.incarnation is not None:
+            out["incarnation"] = self.incarnation
         return out
 
     @classmethod
@@ -637,7 +655,15 @@ class Announce:
         _only(
             params,
             cls.METHOD,
-            ("peer_id", "capabilities", "session_id", "user_data", "token", "resume"),
+            (
+                "peer_id",
+                "capabilities",
+                "session_id",
+                "user_data",
+                "token",
+                "resume",
+                "incarnation",
+            ),
         )
         token = params.get("token")
         if token is not None and not isinstance(token, str):
@@ -655,6 +681,7 @@ class Announce:
             user_data=_user_data(params.get("user_data")),
             token=token,
             resume=resume,
+            incarnation=_incarnation(params),
         )
 
 
