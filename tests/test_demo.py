@@ -75,11 +75,16 @@ async def test_three_peers_hear_each_other_not_themselves() -> None:
     assert _sockets() - sockets_before == set()
 
 
-async def test_split_mode_reports_the_childs_figures_and_reaps_it() -> None:
+@pytest.mark.parametrize("generator", ["star", "mesh"])
+async def test_split_mode_reports_the_childs_figures_and_reaps_it(generator: str) -> None:
+    """The default path (``meshrtc demo``: star members in a child) and the mesh option: two
+    members heard through the transport's mix, figures from both processes, nothing left."""
     children_before = _children()
     sockets_before = _sockets()
     with trio.fail_after(60):
-        result = await run_demo(peers=2, seconds=2.0, split=True, video=None)
+        result = await run_demo(
+            peers=2, seconds=2.0, split=True, video=(160, 120), generator=generator
+        )
     assert set(result.peers) == {"peer1", "peer2"}
     for index, (pid, fig) in enumerate(sorted(result.peers.items())):
         assert fig.frequency == tone_frequency(index)
@@ -92,10 +97,18 @@ async def test_split_mode_reports_the_childs_figures_and_reaps_it() -> None:
         assert set(fig.heard) == {"peer1", "peer2"} - {pid}, fig.heard
         assert fig.frames_in > 0
         assert fig.frames_out > 0
+        assert fig.video_received > 0
     # Latencies themselves depend on the machine's load (an onset > 0.5 s late is not counted);
     # the expected count and the transport's own samples do not.
     assert result.onsets()[1] == 2 * 1 * 2
     assert result.added_ms
+    # The transport's share of what a peer hears never exceeds what it hears end to end.
+    assert all(v >= 0 for v in result.added_ms)
+    latency = result.latency(50)
+    if (
+        latency is not None
+    ):  # e2e onsets need clean 0.5 s tone edges: a loaded machine may drop them
+        assert min(result.added_ms) <= latency
     assert result.transport_cpu_pct is not None
     assert result.transport_cpu_pct > 0
     assert result.peers_cpu_pct is not None
@@ -131,6 +144,9 @@ def test_cli_demo_json_last_line() -> None:
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(figures["peers"]) == {"peer1"}
     assert figures["peers"]["peer1"]["audio_sent"] > 0
+    # The default: the transport here, the synthetic peers' CPU measured apart in their child.
+    assert figures["peers_cpu_pct"] is not None
+    assert "star peers in a child process" in " ".join(proc.stderr.split())  # rich wraps lines
     for key in ("connect_ms", "latency_p50_ms", "latency_p95_ms", "teardown_ms"):
         assert key in figures
 
@@ -142,6 +158,7 @@ def test_cli_bad_arguments_and_manifest(tmp_path: os.PathLike[str]) -> None:
     for args in (
         ("demo", "--peers", "0"),
         ("demo", "--seconds", "-1"),
+        ("demo", "--in-process", "--mesh"),
         ("demo", "--manifest", bad),
         ("serve", "--port", "70000"),
         ("serve", "--manifest", bad),
