@@ -380,3 +380,47 @@ async def test_serve_with_a_cert_answers_wss_with_a_token_and_holds_its_caps(
             await held.aclose()
             await member.aclose()
         nursery.cancel_scope.cancel()
+
+
+def spki_hash(pki: Pki) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of the server certificate: what Chromium's
+    ``--ignore-certificate-errors-spki-list`` pins (only this key, not any certificate)."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(pki.certfile.read_bytes())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.mark.slow
+async def test_chromium_opens_the_page_over_https_and_joins_over_wss(pki: Pki) -> None:
+    """``meshrtc serve --certfile --keyfile``: Chromium, trusting only this certificate's key
+    (``--ignore-certificate-errors-spki-list``), loads the page over https, which connects to
+    ``wss://`` on its own and gets a media link to the transport."""
+    from tests.browser_helpers import TRANSPORT_ID, meshrtc_serve, open_chromium
+    from tests.test_browser import _encode, _fail_with, chromium, query, wait_connected
+
+    binary = chromium()
+    tls = ("--certfile", str(pki.certfile), "--keyfile", str(pki.keyfile))
+    pin = f"--ignore-certificate-errors-spki-list={spki_hash(pki)}"
+    with trio.fail_after(60):
+        async with (
+            meshrtc_serve(*tls) as serve,
+            open_chromium(binary, extra_flags=[pin]) as browser,
+        ):
+            assert serve.url.startswith("https://")
+            try:
+                with trio.fail_after(40):
+                    page = await browser.new_page(serve.url + "?" + _encode(query("dora", "VP9")))
+                    snap = await wait_connected(page, {TRANSPORT_ID})
+                    assert snap["peerId"] == "dora"
+                    assert await page.evaluate("location.protocol") == "https:"
+            except BaseException:
+                await _fail_with([browser])
+                raise
