@@ -28,7 +28,7 @@ from meshrtc.__main__ import SERVE_PEER_ID, main
 from meshrtc.config import TransportConfig
 from meshrtc.errors import ConfigError
 from meshrtc.signaling import server as server_module
-from meshrtc.signaling.auth import TokenAuthority
+from meshrtc.signaling.auth import FailedTokenThrottle, TokenAuthority
 from meshrtc.signaling.client import Backoff, SignalingClient, SignalingConnectionError
 from meshrtc.signaling.limits import connection_budget
 from meshrtc.signaling.server import SignalingServer
@@ -242,6 +242,26 @@ async def test_the_caps_count_a_connection_before_its_handshake(pki: Pki) -> Non
             with trio.fail_after(2):
                 await nursery.start(honest.run)
             await honest.aclose()
+
+
+async def test_an_address_locked_out_for_bad_tokens_gets_no_tls_handshake(pki: Pki) -> None:
+    auth = TokenAuthority(b"s" * 64)
+    throttle = FailedTokenThrottle(max_failures=1)
+    async with tls_server(pki, auth=auth, token_throttle=throttle) as server:
+        reply = await tls_exchange(
+            server.port,
+            pki.client(),
+            b"GET /ws?token=forged HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        assert reply.startswith(b"HTTP/1.1 401")
+        # Locked out now: closed before the server does any TLS work for it.
+        locked = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await locked.send_all(client_hello())
+        with trio.fail_after(2):
+            assert await locked.receive_some(65536) == b""  # no ServerHello
+        await locked.aclose()
 
 
 # --- Configuration ------------------------------------------------------------------------------
