@@ -23,13 +23,16 @@ import pytest
 import trio
 
 from meshrtc.config import TransportConfig
+from meshrtc.errors import ConfigError
 from meshrtc.rtc.bridge import Bridge, open_bridge
 from meshrtc.rtc.events import ReceivedAudio
 from meshrtc.rtc.peer import PeerConnection, PeerOptions
 from meshrtc.rtc.peers import PeerAdded, PeerManager, SignalingLost, SignalingRestored
 from meshrtc.rtc.stun import StunServer
 from meshrtc.signaling.client import Backoff, SignalingClient, SignalingConnectionError
+from meshrtc.signaling.protocol import Announce, ErrorCode, PeerInfo, SignalingError
 from meshrtc.signaling.server import SignalingServer
+from meshrtc.transport import WebRtcTransport
 
 from .peer_helpers import Changes, Node, tone
 
@@ -275,21 +278,29 @@ async def test_without_media_the_client_still_gives_up_after_its_tries() -> None
 
 
 async def test_a_restarted_peer_with_the_same_id_gets_a_fresh_link() -> None:
+    """A new process under bob's id replaces bob's link even while the old one still carries
+    media (here: the old process lost its signaling for good, as if its host were cut off)."""
     async with open_mesh() as mesh:
         assert mesh.server is not None
-        mesh.server.hub.resume_grace = 0.0  # the crashed process holds no secret for its id
+        mesh.server.hub.resume_grace = 0.0  # the new process holds no secret for the id
+        relay = _Relay(mesh.port)
+        await mesh.nursery.start(relay.run)
         await mesh.join("alice")
-        crash = trio.CancelScope()
-        old_bob = await mesh.join("bob", scope=crash)
+        old_bob = await mesh.join("bob", url=f"ws://127.0.0.1:{relay.port}/ws")
         await mesh.until(lambda: mesh.connected("alice", "bob"), within=15)
+        await mesh.start_audio("bob")
+        await mesh.until(lambda: len(mesh.arrivals.get(("alice", "bob"), ())) >= 10)
         old_link = mesh.nodes["alice"].peer("bob")
-        crash.cancel()  # bob's process dies: no peer.disconnect, only its socket closing
+        relay.cut(refuse=True)  # the old bob's signaling is gone; its media link is not
+        await mesh.until(lambda: "bob" not in mesh.nodes["alice"].client.peers)
+        assert mesh.nodes["alice"].manager.get_peer("bob") is old_link  # held: bob may resume
         new_bob = await mesh.join("bob")
         assert new_bob.client.incarnation != old_bob.client.incarnation
         await mesh.until(
             lambda: (
                 mesh.nodes["alice"].manager.get_peer("bob") not in (None, old_link)
-                and mesh.connected("alice", "bob")
+                and mesh.nodes["alice"].peer("bob").is_connected
+                and new_bob.manager.list_connected() == ["alice"]
             ),
             within=8,  # under the 10 s connect timeout: a glare with a stale offer fails it
         )
@@ -300,6 +311,17 @@ async def test_a_restarted_peer_with_the_same_id_gets_a_fresh_link() -> None:
         assert mesh.nodes["alice"].peer("bob") is fresh
 
 
+async def test_a_dropped_peer_whose_media_stops_is_removed_at_once_not_after_the_settle() -> None:
+    async with open_mesh() as mesh:
+        await mesh.join("alice")
+        crash = trio.CancelScope()
+        await mesh.join("bob", scope=crash)
+        await mesh.until(lambda: mesh.connected("alice", "bob"), within=15)
+        crash.cancel()  # bob's process ends: no peer.disconnect; its links close
+        # Well under the 30 s settle: the held link went down, so it is dropped then.
+        await mesh.until(lambda: mesh.nodes["alice"].manager.peers == {}, within=5)
+
+
 class _Relay:
     """A TCP relay in front of the signaling server whose connections can be cut (a network
     drop for that one client while the server and the peer-to-peer path stay up)."""
@@ -307,6 +329,7 @@ class _Relay:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
+        self.refusing = False
         self._scopes: list[trio.CancelScope] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -315,12 +338,17 @@ class _Relay:
         task_status.started()
         await trio.serve_listeners(self._handle, listeners)
 
-    def cut(self) -> None:
+    def cut(self, *, refuse: bool = False) -> None:
+        """Close every relayed connection; ``refuse``: and every later one at once."""
+        self.refusing = refuse
         for scope in self._scopes:
             scope.cancel()
         self._scopes.clear()
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        if self.refusing:
+            await client.aclose()
+            return
         scope = trio.CancelScope()
         self._scopes.append(scope)
         up = await trio.open_tcp_stream("127.0.0.1", self.target_port)
@@ -364,3 +392,37 @@ async def test_a_client_that_resumes_its_id_within_the_grace_keeps_its_link() ->
         assert "alice" in mesh.nodes["bob"].client.peers
         for receiver, sender in [("alice", "bob"), ("bob", "alice")]:
             assert mesh.empty_windows(receiver, sender, start - 0.5, end) == []
+
+
+def test_the_incarnation_is_an_optional_bounded_announce_and_peer_info_field() -> None:
+    info = PeerInfo.from_json({"peer_id": "bob", "capabilities": ["audio"], "incarnation": "a1"})
+    assert info.incarnation == "a1"
+    assert PeerInfo.from_json(info.to_json()) == info
+    assert "incarnation" not in PeerInfo("bob", info.capabilities).to_json()
+    announce = {"peer_id": "bob", "capabilities": ["audio"]}
+    assert Announce.from_json({**announce, "incarnation": "x" * 64}).info.incarnation == "x" * 64
+    for bad in ("x" * 65, "", "a b", "a\n", 7, ["a"]):
+        with pytest.raises(SignalingError) as caught:
+            Announce.from_json({**announce, "incarnation": bad})
+        assert caught.value.code == ErrorCode.INVALID_PARAMS
+    one, two = SignalingClient("ws://h/ws", "bob"), SignalingClient("ws://h/ws", "bob")
+    assert one.incarnation != two.incarnation
+
+
+def test_the_signaling_backoff_is_validated_and_reaches_the_transports_client() -> None:
+    with pytest.raises(ConfigError):
+        TransportConfig(signaling_backoff=(5, 1.0))  # type: ignore[arg-type]
+    assert TransportConfig().signaling_backoff == Backoff()  # today's default
+
+
+async def test_the_transport_uses_its_configured_backoff_and_shows_the_outage() -> None:
+    async with trio.open_nursery() as nursery:
+        server: SignalingServer = await nursery.start(SignalingServer().run)
+        few = Backoff(tries=3, initial=0.05, factor=2.0, maximum=0.1, jitter=0.0)
+        config = TransportConfig(signaling_url=server.url, peer_id="t", signaling_backoff=few)
+        async with WebRtcTransport(config) as transport:
+            assert transport.signaling is not None
+            assert transport.signaling.backoff is few
+            assert transport.signaling_state == "Ready"
+            assert transport.signaling_outage == 0.0
+        nursery.cancel_scope.cancel()

@@ -119,6 +119,18 @@ class WebRtcTransport(StatefulModel):
             raise TransportError("the transport is not running")
         return self.signaling.peer_id
 
+    @property
+    def signaling_state(self) -> ClientState | None:
+        """The signaling client's state: Reconnecting during an outage, which the links and the
+        sessions ride out (docs/security.md, "Media outlives signaling"); None before it runs."""
+        return None if self.signaling is None else self.signaling.state
+
+    @property
+    def signaling_outage(self) -> float:
+        """Seconds the current signaling outage has lasted (0.0 while connected)."""
+        since = None if self.signaling is None else self.signaling.down_since
+        return 0.0 if since is None else trio.current_time() - since
+
     # --- guards ------------------------------------------------------------------------------
 
     def signaling_announced(self) -> bool:

@@ -17,9 +17,10 @@ After our own re-announce (:class:`Reconnected`) a link that is Connected or Rec
 whether or not its peer is back yet (after a server restart the others re-announce one by one);
 ``peer.joined`` keeps such a link when the announce names the same client instance
 (``incarnation``) and replaces it for a restarted one; ``peer.left`` for a dropped connection (not
-a ``peer.disconnect``) drops a live link only if the peer is not back within ``settle`` seconds
-(the hub's resume grace). While some peer's media flows the client does not give up reconnecting;
-the outage shows as :class:`SignalingLost` / :class:`SignalingRestored`.
+a ``peer.disconnect``) drops a Connected link only if the peer is not back within ``settle``
+seconds (the hub's resume grace), or as soon as its media stops. While some peer's media flows
+the client does not give up reconnecting; the outage shows as :class:`SignalingLost` /
+:class:`SignalingRestored`.
 """
 
 from __future__ import annotations
@@ -329,7 +330,7 @@ class PeerManager:
         peer = self._peers.get(event.peer_id)
         if (
             peer is None
-            or peer.state not in _ALIVE
+            or not peer.is_connected  # a link that needs signaling to repair itself is lost
             or event.reason == LeaveReason.DISCONNECT
             or self.settle <= 0
         ):
@@ -456,6 +457,10 @@ class PeerManager:
 
     def _on_peer_state(self, peer: PeerConnection, state: str) -> None:
         if self._peers.get(peer.peer_id) is not peer:
+            return
+        if self._leaving.get(peer.peer_id) is peer and not peer.is_connected:
+            # Gone from the session and now from the media path too: nothing left to keep.
+            self._replace(peer.peer_id, "left the session and its media stopped")
             return
         if state == "Connected":
             self._emit(PeerConnected(peer.peer_id, peer.stats.reconnects > 0))
