@@ -157,6 +157,8 @@ class DemoResult:
     peers_cpu_pct: float | None = None
     #: Split mode: the peers' own teardown in their process (ms), after the transport's.
     peers_teardown_ms: float | None = None
+    #: Star generator: how many members decoded everything back (the latency probe); None: all.
+    listeners: int | None = None
 
     def onsets(self) -> tuple[int, int]:
         """Tone onsets detected, and expected (every peer hears every other's on-periods).
@@ -165,8 +167,9 @@ class DemoResult:
         latency the percentiles do not show.
         """
         n = len(self.peers)
+        listening = n if self.listeners is None else min(n, self.listeners)
         detected = sum(len(p.latencies_ms) for p in self.peers.values())
-        return detected, n * (n - 1) * int(np.ceil(self.seconds / GATE_PERIOD))
+        return detected, listening * (n - 1) * int(np.ceil(self.seconds / GATE_PERIOD))
 
     def link_connect(self, q: float) -> float | None:
         values = [p.connect_ms for p in self.peers.values() if p.connect_ms is not None]
@@ -680,6 +683,7 @@ async def run_demo(
         transport_cpu_pct=transport_cpu_pct,
         peers_cpu_pct=peers_cpu_pct,
         peers_teardown_ms=peers_teardown_ms,
+        listeners=listeners if split and generator == "star" else None,
     )
 
 

@@ -107,7 +107,7 @@ async def run_members(
             async with trio.open_nursery() as nursery:
                 for i, pid in enumerate(ids):
                     listener = None
-                    if i < listening:
+                    if i < listening and members > 1:  # alone, there is no other tone to time
                         probe = probes[pid] = OnsetProbe(
                             frequencies, captured.get, own=pid, max_latency=GATE_ON
                         )
