@@ -318,3 +318,43 @@ async def test_browser_and_transport_rebuild_a_lost_link() -> None:
             except BaseException:
                 await _fail_with([browser])
                 raise
+
+
+@pytest.mark.slow
+async def test_a_page_whose_websocket_drops_keeps_its_link_to_the_transport() -> None:
+    """Media outlives signaling (docs/security.md): the page's WebSocket drops (no
+    ``peer.disconnect``); the transport holds its live link through ``peer.left``, the page comes
+    back with its resume secret and incarnation, and neither side builds a new connection."""
+    binary = chromium()
+    with trio.fail_after(60):
+        async with (
+            serve_page(video_codec="H264", options=OPTIONS) as served,
+            open_chromium(binary) as browser,
+        ):
+            try:
+                with trio.fail_after(40):
+                    page = await browser.new_page(served.page_url(**query("alice", "H264")))
+                    await wait_connected(page, {TRANSPORT_ID})
+                    await wait_media_flowing(page, [TRANSPORT_ID])
+                    assert served.transport.peers is not None
+                    peer = served.transport.peers.get_peer("alice")
+                    assert peer is not None
+                    generation = peer.generation
+                    builds = (await page.evaluate("window.meshrtc.snapshot()"))["builds"]
+                    hub = served.server.hub
+                    await page.evaluate("window.meshrtc.dropSignaling()")
+                    # Back when the hub knows alice again (the page retries after 0.5 s).
+                    await page.wait_for(
+                        "window.meshrtc.log.filter(l => l.includes('link kept')).length",
+                        lambda n: n >= 1,
+                    )
+                    snap = await wait_connected(page, {TRANSPORT_ID})
+                    assert snap["builds"] == builds
+                    assert hub.session_of("alice") == "default"
+                    await wait_media_flowing(page, [TRANSPORT_ID])
+                    assert served.transport.peers.get_peer("alice") is peer
+                    assert peer.generation == generation
+                    assert peer.is_connected
+            except BaseException:
+                await _fail_with([browser])
+                raise

@@ -11,7 +11,12 @@
 // - offers carry `a=x-meshrtc-attempt:<tag>` and answers echo the remote's tag, so a late answer
 //   to an abandoned attempt is recognised; an answer with `a=x-meshrtc-refused` ends the link;
 // - an offer this page cannot answer gets `peer.error` (code -32009, the browser's reason) instead
-//   of silence, and a `peer.error` answering our offer ends the link with its reason.
+//   of silence, and a `peer.error` answering our offer ends the link with its reason;
+// - media outlives signaling: after our WebSocket comes back (we announce again, with our resume
+//   secret and this page's `incarnation`) a connected link is kept if its peer is the same client
+//   instance (same incarnation), or not back yet; `peer.joined` of the same instance keeps it;
+//   `peer.left` for a dropped connection holds a connected link for SETTLE_MS (docs/signaling.md,
+//   "Re-announcing").
 //
 // URL parameters (all optional): session, name, id (peer id; default: the name made valid),
 // codec (VP9 | H264 | VP8 | AV1: put first with RTCRtpTransceiver.setCodecPreferences),
@@ -36,6 +41,12 @@
   const BACKOFF_MAX_MS = 1000;
   const BACKOFF_TRIES = 8;
   const POLITE_WAIT_MS = 1000;
+  // How long a connected link outlives a peer.left for a dropped connection: the server's resume
+  // grace, within which the peer may announce again.
+  const SETTLE_MS = 30000;
+  // This page's client instance, sent with every announce: the others keep their links to us when
+  // we announce again after a drop, and replace them when the page is reloaded (a new instance).
+  const INCARNATION = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
   const DISCONNECTED_GRACE_MS = 3000;
   const MAX_MESSAGES = 500;
 
@@ -54,11 +65,17 @@
     echoes: [],
     lastEcho: null,
     log: [],
+    builds: 0, // RTCPeerConnections built so far (a kept link builds none)
+    incarnation: INCARNATION,
     join: (options) => join(options || {}),
     leave: () => leave(),
     send: (text) => sendText(String(text)),
     stats: () => collectStats(),
     snapshot: () => snapshot(),
+    // Test hook: the WebSocket closes as if the network dropped it (no peer.disconnect).
+    dropSignaling: () => {
+      if (signaling && signaling.ws) signaling.ws.close(4000, "dropped");
+    },
   };
   window.meshrtc = api;
 
@@ -222,6 +239,7 @@
       this.retryTimer = null;
       this.attemptTimer = null;
       this.graceTimer = null;
+      this.settleTimer = null; // set while its peer is reported gone (peer.left) but media flows
       this.closed = false;
       this.refused = null;
       this.stats = null;
@@ -248,6 +266,7 @@
       this.dropPc();
       const generation = ++this.generation;
       const pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
+      api.builds += 1;
       this.pc = pc;
       this.remoteSet = false;
       this.offerTag = null;
@@ -444,9 +463,25 @@
       };
     }
 
+    // Up now: worth keeping across a signaling outage (its media needs no server).
+    alive() {
+      return !this.closed && this.pc !== null && this.pc.connectionState === "connected";
+    }
+
+    // Its incarnation is the one this link was built with: the same client instance.
+    sameInstance(info) {
+      return typeof info.incarnation === "string" && info.incarnation === this.info.incarnation;
+    }
+
     onConnectionState(state) {
       note(`${this.id}: connection ${state}`);
       clearTimeout(this.graceTimer);
+      if (this.settleTimer && state !== "connected") {
+        // Gone from the session, and now from the media path too: nothing left to keep.
+        note(`${this.id}: held link lost its media; closing it`);
+        dropLink(this.id, this);
+        return;
+      }
       if (state === "connected") {
         clearTimeout(this.attemptTimer);
         this.everConnected = true;
@@ -497,6 +532,7 @@
 
     close() {
       this.closed = true;
+      clearTimeout(this.settleTimer);
       clearTimeout(this.retryTimer);
       clearTimeout(this.attemptTimer);
       clearTimeout(this.graceTimer);
@@ -756,6 +792,7 @@
       peers,
       messages: api.messages.length,
       lastEcho: api.lastEcho,
+      builds: api.builds,
     };
   }
 
@@ -851,6 +888,7 @@
         capabilities: ["audio", "video", "data"],
         session_id: session,
         user_data: { name, client: CLIENT },
+        incarnation: INCARNATION,
       };
       // Our secret from the last announce of this id: the server holds a dropped id for it.
       if (resume !== null && resume.peerId === id) announce.resume = resume.secret;
@@ -870,8 +908,23 @@
     const receiveOnly = api.media.audio || api.media.video ? "" : " (receive only: no camera or microphone)";
     setStatus(`Joined session ${api.sessionId} as ${api.peerId}${receiveOnly}`, "joined");
     note(`joined ${api.sessionId} as ${api.peerId}; ${result.peers.length} other peer(s)`);
-    // The newcomer offers to everyone already there.
+    // The newcomer offers to everyone already there, except to the same client instances we still
+    // have a connected link with (after our own signaling drop). A connected link to a peer not
+    // listed stays too: after a server restart the others come back one by one.
+    const listed = new Set(result.peers.map((info) => info.peer_id));
+    for (const [id, link] of links) {
+      if (!listed.has(id) && !link.alive()) dropLink(id, link);
+    }
     for (const info of result.peers) {
+      const old = links.get(info.peer_id);
+      if (old && old.alive() && old.sameInstance(info)) {
+        clearTimeout(old.settleTimer);
+        old.settleTimer = null;
+        old.info = info;
+        note(`${info.peer_id}: link kept across our re-announce`);
+        continue;
+      }
+      if (old) old.close();
       const link = new Link(info);
       links.set(info.peer_id, link);
       link.enqueue("offer", () => link.offer());
@@ -885,15 +938,29 @@
     if (method === "peer.joined") {
       api.sessionPeers = api.sessionPeers.filter((x) => x.peer_id !== p.peer_id).concat([p]);
       const old = links.get(p.peer_id);
-      if (old) old.close(); // it joined again: its old connection is gone
-      links.set(p.peer_id, new Link(p)); // it will offer to us
-      note(`${p.peer_id} joined`);
+      if (old && old.alive() && old.sameInstance(p)) {
+        // The same instance announcing again after its signaling dropped: its media never stopped.
+        clearTimeout(old.settleTimer);
+        old.settleTimer = null;
+        old.info = p;
+        note(`${p.peer_id} announced again; link kept`);
+      } else {
+        if (old) old.close(); // a new instance (or a dead link): its old connection is gone
+        links.set(p.peer_id, new Link(p)); // it will offer to us
+        note(`${p.peer_id} joined`);
+      }
     } else if (method === "peer.left") {
       api.sessionPeers = api.sessionPeers.filter((x) => x.peer_id !== p.peer_id);
       const link = links.get(p.peer_id);
-      if (link) link.close();
-      links.delete(p.peer_id);
-      note(`${p.peer_id} left (${p.reason})`);
+      if (link && link.alive() && p.reason !== "disconnect") {
+        // Its signaling dropped, not necessarily its media: it may resume within the grace.
+        clearTimeout(link.settleTimer);
+        link.settleTimer = setTimeout(() => dropLink(p.peer_id, link), SETTLE_MS);
+        note(`${p.peer_id} left (${p.reason}); keeping its connected link for ${SETTLE_MS / 1000} s`);
+      } else {
+        if (link) dropLink(p.peer_id, link);
+        note(`${p.peer_id} left (${p.reason})`);
+      }
     } else if (method === "peer.error") {
       const link = links.get(p.from);
       if (link) link.enqueue("error", () => link.onPeerError(p.error));
@@ -917,14 +984,20 @@
     updateControls();
   }
 
+  function dropLink(id, link) {
+    link.close();
+    if (links.get(id) === link) links.delete(id);
+    renderPeerList();
+  }
+
   function closeLinks() {
     for (const link of links.values()) link.close();
     links.clear();
     api.sessionPeers = [];
   }
 
-  // The server saw us leave: every remote closed its side. Media already flowing keeps going until
-  // we are back; then we join again as the newcomer (as PeerManager does after Reconnected).
+  // Media already flowing keeps going while we are away; once back we announce again and keep the
+  // links that are still connected (as PeerManager does after Reconnected), offering to the rest.
   function onSignalingClosed(event) {
     if (api.state !== "joined") return;
     note(`signaling closed (${event.code}); reconnecting`);
@@ -946,7 +1019,6 @@
   }
 
   async function connectAgain(session, name, peerId) {
-    closeLinks();
     await connect(session, name, peerId);
   }
 
