@@ -391,3 +391,133 @@ async def test_the_client_resumes_its_id_after_a_drop() -> None:
         assert server.hub.session_of("bob") == "default"
         await client.aclose()
         nursery.cancel_scope.cancel()
+
+
+def _sdp(*media: str) -> str:
+    """An offer that passes the signaling server's shape check (v=, o=, s=, t=, m= lines)."""
+    head = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    return head + "".join(media)
+
+
+#: An Opus section with no ICE credentials and no DTLS fingerprint: aiortc cannot use it.
+_NO_TRANSPORT = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n"
+#: A well-formed section in a codec meshrtc does not speak (PCMU only).
+_PCMU_ONLY = (
+    "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n"
+    "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+    "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\n"
+    "a=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+async def _signal(ws: WebSocketConnection, method: str, request_id: int, **params: Any) -> None:
+    message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+    await ws.send_message(json.dumps(message))
+
+
+async def _next_error(ws: WebSocketConnection, within: float = 10.0) -> dict[str, Any]:
+    """The next peer.error notification (or error response) that reaches ``ws``."""
+    with trio.fail_after(within):
+        while True:
+            message: dict[str, Any] = json.loads(await ws.get_message())
+            if message.get("method") == "peer.error":
+                params: dict[str, Any] = message["params"]
+                return {"from": params["from"], **params["error"]}
+            if "error" in message:
+                error: dict[str, Any] = message["error"]
+                return error
+
+
+@pytest.mark.slow
+async def test_offers_the_transport_cannot_answer_get_a_reason_and_cost_nobody_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before, a bad offer to the transport got no reply (and aiortc's raw exception in the log);
+    now its sender gets peer.error (-32009) saying why, or the server's -32602 for what it never
+    relays; the honest member's link and media are untouched. About 8 s."""
+    caplog.set_level(logging.DEBUG, "meshrtc")
+    async with serving_transport() as (session, transport, honest):
+        assert transport.peers is not None
+        link = transport.peers.get_peer("honest")
+        assert link is not None
+        heard_before = len(honest.audio(TRANSPORT_ID))
+        async with open_websocket_url(session.server.url) as ws:
+            assert "result" in await _announce(ws, "mallory")
+            replies = []
+            for n, sdp in enumerate(
+                (_sdp(_NO_TRANSPORT), _sdp(_PCMU_ONLY), _sdp(*[_NO_TRANSPORT] * 65)), start=10
+            ):
+                await _signal(ws, "peer.offer", n, to=TRANSPORT_ID, sdp=sdp, **{"from": "mallory"})
+                replies.append(await _next_error(ws))
+                # Its connection has given up: the next offer starts a new one.
+                await session.until(lambda: transport.peers.get_peer("mallory") is None, 5)
+        log.warning("replies to bad offers: %s; load %s", replies, _load())
+        no_transport, pcmu, too_many = replies
+        assert no_transport["code"] == pcmu["code"] == -32009
+        assert no_transport["from"] == pcmu["from"] == TRANSPORT_ID
+        assert "ICE username fragment or password is missing" in no_transport["message"]
+        assert "Error(" not in no_transport["message"]  # a reason, not a raw exception
+        assert "PCMU" in pcmu["message"] or "codec" in pcmu["message"]
+        assert too_many["code"] == -32002  # the server's SDP bounds: never reaches the transport
+        assert "more than 64 'm=' sections" in too_many["message"]
+        # Nobody else paid: the same link, never rebuilt, still carrying the mix.
+        await session.until(lambda: len(honest.audio(TRANSPORT_ID)) >= heard_before + 25, 10)
+        assert transport.peers.get_peer("honest") is link
+        assert link.stats.reconnects == 0
+        assert link.is_connected
+    raw = [r for r in caplog.records if "Error(" in r.getMessage() and r.levelno >= logging.INFO]
+    assert raw == [], [r.getMessage() for r in raw]
+
+
+async def test_stray_answers_and_candidates_to_the_transport_are_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A member sends the transport answers, candidates and peer.error notices that belong to no
+    offer: first while the transport waits for its offer, then after its connection ended. Each
+    kind is ignored and logged once at debug, nothing fails. Before, the first ones were logged
+    each time (peer.error at info) and the later ones not at all. About 2 s."""
+    caplog.set_level(logging.DEBUG, "meshrtc")
+    async with open_session() as session:
+        config = attrs.evolve(session.config(TRANSPORT_ID), ice_host_addresses=("127.0.0.1",))
+        transport = WebRtcTransport(config, hub=session.server)
+        await session.nursery.start(_run_transport, transport)
+        assert transport.peers is not None
+        async with open_websocket_url(session.server.url) as ws:
+            assert "result" in await _announce(ws, "mallory")
+            stray = {"from": "mallory", "to": TRANSPORT_ID}
+            noise = {"code": -32009, "message": "noise"}
+            n = 100
+            for phase in ("waiting for its offer", "after its connection ended"):
+                for _ in range(5):
+                    n += 3
+                    await _signal(ws, "peer.answer", n, sdp=_sdp(_PCMU_ONLY), **stray)
+                    await _signal(ws, "peer.ice_candidate", n + 1, candidate=CANDIDATE, **stray)
+                    await _signal(ws, "peer.error", n + 2, error=noise, **stray)
+                for _ in range(15):  # every one was relayed: the transport has them all
+                    reply = json.loads(await ws.get_message())
+                    assert reply.get("result") == {"status": "forwarded"}, (phase, reply)
+                if phase == "waiting for its offer":
+                    await session.until(lambda: len(_strays(caplog, "mallory")) >= 3, 5)
+                    # An offer it cannot answer ends mallory's connection on the transport.
+                    await _signal(ws, "peer.offer", 1, sdp=_sdp(_PCMU_ONLY), **stray)
+                    assert (await _next_error(ws))["code"] == -32009
+                    await session.until(lambda: transport.peers.get_peer("mallory") is None, 5)
+            await session.until(lambda: len(_strays(caplog, "mallory")) >= 4, 5)
+        assert transport.signaling is not None
+        assert transport.signaling.state == "Ready"
+    lines = _strays(caplog, "mallory")
+    log.warning("stray lines: %s", lines)
+    # Once per kind while its connection waited (answer, candidate, error), once after.
+    assert len(lines) == 4, lines
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.getMessage() in lines)
+    assert not [r for r in caplog.records if "Error(" in r.getMessage()]
+
+
+def _strays(caplog: pytest.LogCaptureFixture, peer_id: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("meshrtc.rtc")
+        and peer_id in r.getMessage()
+        and "not logged again" in r.getMessage()
+    ]

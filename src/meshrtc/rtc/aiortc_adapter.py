@@ -1501,6 +1501,15 @@ class NegotiatedAnswer:
     rejected: dict[int, str]
 
 
+def _reason(exc: Exception) -> str:
+    """What went wrong, in words for the offerer: aiortc's message, or the type when there is none
+    worth reading (a bare ``KeyError('sideways')`` says only which key)."""
+    text = str(exc)
+    if isinstance(exc, KeyError | IndexError) or not text:
+        return f"malformed SDP ({type(exc).__name__} {text})".replace(" )", ")")
+    return text
+
+
 async def answer_offer(
     pc: RTCPeerConnection, offer: str, preferences: Mapping[str, Sequence[RTCRtpCodecCapability]]
 ) -> NegotiatedAnswer:
@@ -1514,7 +1523,7 @@ async def answer_offer(
     except AdapterError:
         raise
     except Exception as exc:  # aiortc's parser raises many types on bad SDP
-        raise UnanswerableOfferError(f"unreadable offer: {exc!r}") from exc
+        raise UnanswerableOfferError(f"unreadable offer: {_reason(exc)}") from exc
     sections = SessionText.parse(offer).sections
     usable = [i for i, section in enumerate(sections) if not section.rejected and i not in unusable]
     if not usable:
@@ -1525,7 +1534,7 @@ async def answer_offer(
         await pc.setRemoteDescription(RTCSessionDescription(seen, "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # aiortc raises many types; the offerer is told
-        raise UnanswerableOfferError(f"aiortc refused the offer: {exc!r}") from exc
+        raise UnanswerableOfferError(f"aiortc refused the offer: {_reason(exc)}") from exc
     answer = reject_in_answer(pc.localDescription.sdp, offer, unusable)
     for section in unusable.values():
         log.info("answering with a rejected section: %s", section.reason)

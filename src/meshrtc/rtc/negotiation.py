@@ -298,6 +298,10 @@ class Negotiation(StatefulModel):
         self._ignored_offers = 0
         self._stale_answers = 0
         self._refused_offers = 0
+        #: peer.error notices with no offer of ours outstanding (logged once).
+        self._stray_errors = 0
+        #: Candidates with no link to add them to (before any offer, or after the end).
+        self._stray_candidates = 0
         self._reconnects = 0
         self._last_state = PeerState.New
         #: The decision made once the shell has dropped the link (:meth:`link_dropped`).
@@ -473,20 +477,37 @@ class Negotiation(StatefulModel):
             or (tag is not None and tag != f"{self.connection_id}.{link.generation}")
         ):
             self._stale_answers += 1
-            log.debug("peer %s: ignoring an answer to no outstanding offer", self.peer_id)
+            if self._stale_answers == 1:  # once: a hostile peer's stream of them floods nothing
+                log.debug(
+                    "peer %s: ignoring an answer to no outstanding offer (counted in "
+                    "stale_answers, not logged again)",
+                    self.peer_id,
+                )
             return []
         return [ApplyAnswer()]
 
     def remote_candidate(self) -> list[Action]:
         link = self._link
         if link is None or not self.live:
+            self._stray_candidates += 1
+            if self._stray_candidates == 1:
+                log.debug(
+                    "peer %s: ignoring a candidate with no link to add it to (not logged again)",
+                    self.peer_id,
+                )
             return []
         return [AddCandidate()] if link.remote_set else [QueueCandidate()]
 
     def remote_error(self, message: str) -> list[Action]:
         """``peer.error``: the remote cannot answer our outstanding offer."""
         if not self.offer_outstanding or not self.live:
-            log.info("peer %s: error with no offer outstanding: %s", self.peer_id, message)
+            self._stray_errors += 1
+            if self._stray_errors == 1:
+                log.debug(
+                    "peer %s: peer.error with no offer outstanding (not logged again): %.200s",
+                    self.peer_id,
+                    message,
+                )
             return []
         return self._give_up(f"{self.peer_id} cannot answer our offer: {message}")
 

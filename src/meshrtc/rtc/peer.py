@@ -811,7 +811,14 @@ class PeerConnection:
                 candidate = candidate_from_sdp(text.removeprefix("candidate:"))
             except ValueError as err:
                 self.stats.invalid_candidates += 1
-                log.warning("peer %s: refusing candidate %.80r: %s", self.peer_id, text, err)
+                if self.stats.invalid_candidates == 1:  # once: a stream of them floods nothing
+                    log.debug(
+                        "peer %s: refusing candidate %.80r: %s (counted in invalid_candidates, "
+                        "not logged again)",
+                        self.peer_id,
+                        text,
+                        err,
+                    )
                 return
             candidate.sdpMid = params.get("sdpMid")
             index = params.get("sdpMLineIndex")

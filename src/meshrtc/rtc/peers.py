@@ -178,6 +178,8 @@ class PeerManager:
         self._leaving: dict[str, PeerConnection] = {}
         self.settle = settle
         self._removal_reasons: dict[int, str] = {}
+        #: Peers a stray signal came from, logged once each (bounded: cleared when full).
+        self._strays: set[str] = set()
         self._events_send, self.events = trio.open_memory_channel[PeerEvent](event_buffer)
         #: Events dropped because nobody read :attr:`events`.
         self.dropped_events = 0
@@ -274,14 +276,14 @@ class PeerManager:
                 await peer.handle_signal("answer", {"sdp": event.sdp})
             elif (reason := refusal_reason(event.sdp)) is not None:
                 self._emit(PeerRefused(event.from_peer, reason, by_remote=True))
+            else:
+                self._stray(event.from_peer, "an answer")
         elif isinstance(event, PeerErrorNotice):
             peer = self._peers.get(event.from_peer)
             if peer is not None:
                 await peer.handle_signal("error", {"code": event.code, "message": event.message})
             else:
-                log.info(
-                    "%s: peer.error from %s: %s", self.local_id, event.from_peer, event.message
-                )
+                self._stray(event.from_peer, f"peer.error {event.message[:200]!r}")
         elif isinstance(event, IceCandidate):
             peer = self._peers.get(event.from_peer)
             if peer is not None:
@@ -291,6 +293,8 @@ class PeerManager:
                     "sdpMLineIndex": event.sdp_m_line_index,
                 }
                 await peer.handle_signal("candidate", params)
+            else:
+                self._stray(event.from_peer, "a candidate")
         elif isinstance(event, PeerJoined):
             info = event.peer
             self._leaving.pop(info.peer_id, None)
@@ -486,6 +490,25 @@ class PeerManager:
                 raise PeerError(f"cannot signal {method!r}")
 
         return send
+
+    def _stray(self, peer_id: str, what: str) -> None:
+        """A signal from a peer we have no connection with: logged once per peer, at debug.
+
+        Harmless (a late message for a connection already closed, or a hostile member's noise),
+        so it fails nothing and never floods the log; the signaling server names the sender's
+        address in its own stray line.
+        """
+        if peer_id in self._strays:
+            return
+        if len(self._strays) >= 256:
+            self._strays.clear()
+        self._strays.add(peer_id)
+        log.debug(
+            "%s: %s from %s, with which we have no connection: ignored (not logged again for it)",
+            self.local_id,
+            what,
+            peer_id,
+        )
 
     def _full_reason(self) -> str:
         return f"mesh of {self.local_id} is full ({len(self._peers) + 1} of max_peers={self.max_peers})"
