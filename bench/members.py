@@ -56,7 +56,12 @@ def _load() -> str:
 
 
 async def _run(
-    members: int, seconds: float, video: tuple[int, int] | None, generator: str, listeners: int
+    members: int,
+    seconds: float,
+    video: tuple[int, int] | None,
+    generator: str,
+    listeners: int,
+    aligned: bool,
 ) -> DemoResult:
     with trio.fail_after(seconds + RUN_MARGIN):
         return await run_demo(
@@ -66,6 +71,7 @@ async def _run(
             split=True,
             generator=generator,
             listeners=listeners,
+            aligned=aligned,
         )
 
 
@@ -114,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
         help="star members that decode all audio back for the e2e latency probe (default: "
         "%(default)s; the others decode only their first packet)",
     )
+    parser.add_argument(
+        "--aligned",
+        action="store_true",
+        help="star members' packets all on one 20 ms phase (the transport's best case; default: "
+        "each member on its own seeded phase, as real users are)",
+    )
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="one long 10-member a+v run")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -131,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     target = TransportConfig(signaling_url="ws://127.0.0.1:1/").jitter_buffer_size_ms
     print(
         f"{os.cpu_count()} cores, load {_load()}, {args.seconds:g} s per run, {generator} "
-        f"generator in a child process ({args.listeners} listeners); goals at 10 members: "
+        f"generator in a child process ({args.listeners} listeners, "
+        f"{'aligned' if args.aligned else 'own'} phases); goals at 10 members: "
         f"audio <= 5 % of a core per member, "
         f"added p95 <= {target + 10} ms, e2e p95 <= 150 ms, connect <= 300 ms; a+v added p95 "
         f"<= 100 ms, teardown <= 100 ms; generator < 0.25 of the transport",
@@ -142,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     for mode, video in modes:
         for n in sizes:
             result = trio.run(
-                functools.partial(_run, n, args.seconds, video, generator, args.listeners)
+                functools.partial(
+                    _run, n, args.seconds, video, generator, args.listeners, args.aligned
+                )
             )
             print(row(mode, n, result), flush=True)
             if video is None and n == 10:

@@ -134,6 +134,10 @@ class PeerFigures:
     audio_lost: int = 0
     #: Packets the member's own sender skipped after falling behind (the star generator's).
     send_skipped: int = 0
+    #: Star generator: the latest its audio packets left after their due time (ms), before the
+    #: traffic (connecting) and during it; the generator's own pacing jitter.
+    send_late_idle_ms: float | None = None
+    send_late_ms: float | None = None
     #: This peer's audio frames the transport dropped before the pipeline (stale or re-anchoring).
     transport_dropped: int = 0
 
@@ -458,6 +462,7 @@ def _child_argv(
     connect_timeout: float,
     generator: str = "star",
     listeners: int | None = None,
+    aligned: bool = False,
 ) -> list[str]:
     argv = [
         sys.executable,
@@ -485,6 +490,8 @@ def _child_argv(
         argv += ["--fps", repr(options.video_fps)]
         if listeners is not None:
             argv += ["--listeners", str(listeners)]
+        if aligned:
+            argv.append("--aligned")
     return argv
 
 
@@ -509,12 +516,14 @@ async def run_demo(
     split: bool = False,
     generator: str = "star",
     listeners: int | None = None,
+    aligned: bool = False,
 ) -> DemoResult:
     """Run the demo workload; returns the figures after a complete teardown.
 
     ``split`` runs the synthetic peers in a child process (module docstring), made by
     ``generator`` (:data:`GENERATORS`; ``listeners``: how many star members decode everything
-    back for the latency probe, default all); ``on_tick`` then gets :class:`RemotePeer` views,
+    back for the latency probe, default all; ``aligned``: every star member's packets on one
+    phase instead of each on its own); ``on_tick`` then gets :class:`RemotePeer` views,
     and ``keep_audio`` is not available. In-process, the peers are always the mesh kind.
     """
     if split and keep_audio:
@@ -553,6 +562,7 @@ async def run_demo(
                     connect_timeout,
                     generator,
                     listeners,
+                    aligned,
                 )
                 child = await stack.enter_async_context(_open_child(argv, servers))
             synthetic: list[SyntheticPeer] = []

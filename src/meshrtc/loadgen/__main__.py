@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
 import time
 from typing import Any
@@ -65,6 +66,8 @@ async def run_members(
     listeners: int | None = None,
     fps: float = 10.0,
     transport_id: str = "transport",
+    aligned: bool = False,
+    seed: int = 0,
 ) -> None:
     """The child's whole life, driven by the parent's words (module docstring)."""
 
@@ -83,6 +86,11 @@ async def run_members(
     echoed = dict.fromkeys(ids, 0)
     sent = dict.fromkeys(ids, 0)
     listening = members if listeners is None else listeners
+    # Each member's 20 ms packets on its own phase (seeded), as real users' are; ``aligned``: all
+    # on one, the transport's best case (every frame of an instant falls in one grid slot).
+    epoch = time.monotonic()
+    rng = random.Random(seed)
+    phases = [0.0 if aligned else rng.uniform(0.0, tones[pid].interval) for pid in ids]
 
     def on_onset(pid: str) -> Any:
         return lambda t: captured.__setitem__(pid, t)
@@ -124,6 +132,7 @@ async def run_members(
                         listener=listener,
                         on_onset=on_onset(pid),
                         on_data=on_data(pid),
+                        epoch=epoch + phases[i],
                     )
                     await nursery.start(member.run)
                     group.append(member)
@@ -172,6 +181,8 @@ async def run_members(
                             else 1000.0 * (c.first_audio_at - m.joined_at),
                             audio_lost=c.audio_lost,
                             send_skipped=m.audio_track.skipped,
+                            send_late_idle_ms=1000.0 * m.audio_track.late_max[0],
+                            send_late_ms=1000.0 * m.audio_track.late_max[1],
                         )
                     )
                 await emit({"event": "figures", "peers": figures, "cpu_s": cpu_s, "wall_s": wall_s})
@@ -203,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--listeners", type=int, default=None, help="default: every member")
     parser.add_argument("--options", default=None, help="ignored (the mesh child's PeerOptions)")
+    parser.add_argument(
+        "--aligned", action="store_true", help="every member's packets on one phase (best case)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the members' phases")
     parser.add_argument("--connect-timeout", type=float, default=30.0)
     parser.add_argument(
         "--deadline", type=float, required=True, help="the child exits after this many seconds"
@@ -224,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                     fps=args.fps,
                     listeners=args.listeners,
                     connect_timeout=args.connect_timeout,
+                    aligned=args.aligned,
+                    seed=args.seed,
                     stdin=stdin,
                     stdout=stdout,
                 )

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,7 @@ from av.video.frame import PictureType
 from meshrtc.errors import MeshRtcError
 from meshrtc.loadgen.replay import EncodedClip, Replay
 from meshrtc.media.frame import FrameType, MediaFrame
+from meshrtc.media.rtcp import NTP_EPOCH_OFFSET
 from meshrtc.rtc.aiortc_adapter import (
     AudioDecoder,
     PeerTap,
@@ -177,7 +179,9 @@ class ReplayTrack(MediaStreamTrack):
     """An outgoing track that returns pre-encoded ``av.Packet`` objects, paced in real time.
 
     Before :meth:`start` it replays ``idle`` (None: sends nothing); from :meth:`start` on, ``clip``,
-    its pts continuing where the idle packets left off. ``on_onset`` is called (asyncio thread)
+    its pts continuing where the idle packets left off. ``epoch`` fixes the phase of its 20 ms
+    packets (members whose epochs differ by a fraction of a packet fall between each other's
+    slots at the transport, as real users do). ``on_onset`` is called (asyncio thread)
     with ``time.monotonic()`` when a tone onset packet is handed to aiortc: the latency probe's
     capture time.
     """
@@ -189,15 +193,20 @@ class ReplayTrack(MediaStreamTrack):
         *,
         idle: EncodedClip | None = None,
         on_onset: Callable[[float], None] | None = None,
+        epoch: float | None = None,
     ) -> None:
         super().__init__()
         self.kind = kind
+        #: Packets are due on ``epoch + k * interval`` (monotonic); None: from the first recv().
+        self.epoch = epoch
         self.clip = clip
         self.idle = idle
         self.replay: Replay | None = None if idle is None else Replay(idle)
         self._live_limit: int | None = None
         self.on_onset = on_onset
         self._time_base = fractions.Fraction(1, clip.clock_rate)
+        #: Read once: the Sender Reports follow one straight line (see :meth:`ntp_time`).
+        self._wall_offset = time.time() - time.monotonic()
         self._started: asyncio.Event | None = None
         self._live = False
         self._t0: float | None = None
@@ -205,6 +214,9 @@ class ReplayTrack(MediaStreamTrack):
         #: Packets handed to aiortc since :meth:`start`, and packets skipped after a stall.
         self.sent_live = 0
         self.skipped = 0
+        #: The latest a packet was handed over after its due time (seconds): idle, live. The
+        #: generator's own pacing jitter, which the transport's jitter buffer sees.
+        self.late_max = [0.0, 0.0]
 
     def start(self, seconds: float | None = None) -> None:
         """Switch to the clip (call on the asyncio thread); after ``seconds`` of it, back to idle
@@ -227,6 +239,15 @@ class ReplayTrack(MediaStreamTrack):
         else:
             self.replay = Replay(self.idle, origin=self._sent * self.clip.step)
 
+    def ntp_time(self, pts: int) -> int:
+        """NTP time of ``pts``: when it was due, on one straight line (the adapter puts it in the
+        Sender Reports, as for meshrtc's own tracks). aiortc's own pair would be the send time of
+        the last packet, off by the pacing's jitter, and the transport maps every frame with it."""
+        t0 = time.monotonic() if self._t0 is None else self._t0
+        unix = t0 + self._wall_offset + pts / self.clip.clock_rate + NTP_EPOCH_OFFSET
+        fraction, seconds = math.modf(unix)
+        return (int(seconds) << 32) | min(int(fraction * (1 << 32)), 0xFFFFFFFF)
+
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
@@ -240,12 +261,20 @@ class ReplayTrack(MediaStreamTrack):
         interval = self.clip.interval
         now = time.monotonic()
         if self._t0 is None:
-            self._t0 = now - self._sent * interval
+            start = now
+            if self.epoch is not None:  # the next instant of this track's phase
+                start = self.epoch + math.ceil((now - self.epoch) / interval) * interval
+            self._t0 = start - self._sent * interval
         due = self._t0 + self._sent * interval
         if due > now:
             await asyncio.sleep(due - now)
-        elif now - due > MAX_BEHIND:
-            behind = int((now - due) / interval)
+            late = time.monotonic() - due
+        else:
+            late = now - due
+        if late > self.late_max[self._live]:
+            self.late_max[self._live] = late
+        if late > MAX_BEHIND:
+            behind = int(late / interval)
             self._sent += behind
             self.skipped += behind
             replay.skip(behind)
@@ -313,6 +342,7 @@ class StarMember:
         on_data: Callable[[str | bytes], None] | None = None,
         close_timeout: float = 2.0,
         token: str | None = None,
+        epoch: float | None = None,
     ) -> None:
         self.peer_id = peer_id
         self.bridge = bridge
@@ -327,8 +357,10 @@ class StarMember:
         self.close_timeout = close_timeout
         self.token = token
         self.counters = MemberCounters()
-        self.audio_track = ReplayTrack("audio", audio, idle=idle_audio, on_onset=on_onset)
-        self.video_track = None if video is None else ReplayTrack("video", video)
+        self.audio_track = ReplayTrack(
+            "audio", audio, idle=idle_audio, on_onset=on_onset, epoch=epoch
+        )
+        self.video_track = None if video is None else ReplayTrack("video", video, epoch=epoch)
         self.joined_at: float | None = None
         self._pc: RTCPeerConnection | None = None
         self._tap: PeerTap | None = None
