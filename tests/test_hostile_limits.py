@@ -357,3 +357,59 @@ async def test_a_members_connection_is_known_by_its_client_address() -> None:
         assert "result" in await peer.announce("addressed")
         addresses = {conn.address for conn in server.hub._conns.values()}
         assert addresses == {"127.0.0.1"}
+
+
+async def _upgrade_status(port: int, *headers: str) -> tuple[int, bytes]:
+    """A WebSocket upgrade with extra header lines; the HTTP status and the start of the body."""
+    lines = "".join(f"{h}\r\n" for h in headers)
+    request = (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{lines}\r\n"
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request.encode())
+        reply = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in reply and (chunk := await stream.receive_some(4096)):
+                reply += chunk
+            if not reply.startswith(b"HTTP/1.1 101"):
+                while chunk := await stream.receive_some(4096):
+                    reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+async def test_a_web_page_of_another_origin_cannot_open_a_websocket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before, any page the user visited could open ws://127.0.0.1:8765 (browsers apply no
+    same-origin policy to WebSockets) and join a session of a server without a secret. Now a
+    browser's Origin must be the server's own (its page) or allowed; programs send none."""
+    caplog.set_level(logging.WARNING, "meshrtc.signaling.server")
+    async with serving(allowed_origins=["https://app.example:8443"]) as server:
+        port = server.port
+        status, body = await _upgrade_status(port, "Origin: http://evil.example")
+        assert status == 403
+        assert b"'http://evil.example' may not open a WebSocket here" in body
+        assert (await _upgrade_status(port, "Origin: null"))[0] == 403
+        assert (await _upgrade_status(port, f"Origin: http://127.0.0.1:{port + 1}"))[0] == 403
+        assert (await _upgrade_status(port, f"Origin: http://127.0.0.1:{port}"))[0] == 101
+        assert (await _upgrade_status(port, "Origin: https://app.example:8443"))[0] == 101
+        assert (await _upgrade_status(port))[0] == 101  # a program, not a page
+    refused = [r.getMessage() for r in caplog.records if "may not open" in r.getMessage()]
+    assert len(refused) == 3
+    assert all("127.0.0.1" in line for line in refused)
+
+
+def test_signal_and_serve_cli_pass_allowed_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    def record(*_args: object, **kwargs: object) -> None:
+        raise _BuiltError(kwargs)
+
+    monkeypatch.setattr(server_module, "SignalingServer", record)
+    for command in ("signal", "serve"):
+        argv = [command, "--allow-origin", "https://a.example", "--allow-origin", "*"]
+        with pytest.raises(_BuiltError) as built:
+            main(argv)
+        assert built.value.args[0]["allowed_origins"] == ["https://a.example", "*"]

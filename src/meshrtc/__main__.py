@@ -162,6 +162,7 @@ def _cmd_signal(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
         ssl_context=_server_tls(args),
+        allowed_origins=args.allow_origin,
     )
     failure: list[OSError] = []
 
@@ -338,6 +339,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
         ssl_context=_server_tls(args),
+        allowed_origins=args.allow_origin,
     )
     failure: list[OSError] = []
 
@@ -587,6 +589,14 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=64,
         help="open connections from one client address (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        metavar="ORIGIN",
+        action="append",
+        default=[],
+        help="a browser origin (e.g. https://app.example:8443, or *) whose pages may open a "
+        "WebSocket here besides this server's own; repeatable (docs/security.md)",
     )
 
 

@@ -763,6 +763,7 @@ class SignalingServer:
         http_handler: HttpHandler | None = None,
         paths: Sequence[str] = WEBSOCKET_PATHS,
         wall_clock: Callable[[], float] = time.time,
+        allowed_origins: Sequence[str] = (),
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError("port", port, "an integer from 0 to 65535")
@@ -784,6 +785,9 @@ class SignalingServer:
         self.outbox_size = outbox_size
         self.http_handler = http_handler
         self.paths = tuple(paths)
+        #: Browser origins (``https://app.example:8443``, or ``*``) allowed to open a WebSocket
+        #: besides the server's own pages; a client that sends no Origin is not a browser page.
+        self.allowed_origins = tuple(o.rstrip("/").lower() for o in allowed_origins)
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise ConfigError("ssl_context", ssl_context, "an ssl.SSLContext or None")
         #: TLS for every connection (``meshrtc.signaling.tls.server_context``); None: plain TCP.
@@ -1086,6 +1090,11 @@ class SignalingServer:
             if request.path not in self.paths:
                 await _send_quietly(stream, HttpResponse(404, _not_found(self.paths)))
                 return
+            refused = _origin_problem(request, self.allowed_origins)
+            if refused is not None:
+                log.warning("conn %d (%s): refused: %s", conn_id, address, refused)
+                await _send_quietly(stream, HttpResponse(403, refused.encode() + b"\n"))
+                return
             if self.auth is not None:
                 refusal = self._check_token(conn_id, address, request)
                 if refusal is not None:
@@ -1266,6 +1275,31 @@ def _websocket_problem(request: HttpRequest) -> str | None:
     if not request.header("sec-websocket-key"):
         return "missing Sec-WebSocket-Key"
     return None
+
+
+def _origin_problem(request: HttpRequest, allowed: Sequence[str]) -> str | None:
+    """Why a browser page of another origin may not open a WebSocket here, or None.
+
+    Browsers send ``Origin`` with every WebSocket handshake and let any page open one to any
+    host, loopback included (no same-origin policy for WebSockets): without this check any web
+    page the user visits could join a session of a server without a secret and hear its mix.
+    Pages served by this server (same host and port) and ``allowed`` origins may; clients that
+    send no Origin (programs, not pages) are not affected; tokens are checked after.
+    """
+    origin = request.header("origin")
+    if origin is None:
+        return None
+    origin = origin.strip().rstrip("/").lower()
+    if "*" in allowed or origin in allowed:
+        return None
+    parts = urlsplit(origin)
+    host = (request.header("host") or "").strip().lower()
+    if parts.scheme in ("http", "https") and parts.netloc and parts.netloc == host:
+        return None
+    return (
+        f"origin {origin[:100]!r} may not open a WebSocket here (only this server's own pages; "
+        "allow others with --allow-origin)"
+    )
 
 
 def _peer_address(stream: trio.SocketStream) -> str:
