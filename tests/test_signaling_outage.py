@@ -93,12 +93,13 @@ class Mesh:
         url: str | None = None,
         backoff: Backoff = QUICK,
         scope: trio.CancelScope | None = None,
+        settle: float = 30.0,
     ) -> Node:
         client = SignalingClient(url or self.url, peer_id, capabilities=("audio",), backoff=backoff)
         config = TransportConfig(
             signaling_url=self.url, stun_servers=[self.stun.url], peer_id=peer_id
         )
-        manager = PeerManager(config, client, bridge=self.bridge, options=OPTIONS)
+        manager = PeerManager(config, client, bridge=self.bridge, options=OPTIONS, settle=settle)
         ready = trio.Event()
         node_box: list[Node] = []
 
@@ -322,6 +323,34 @@ async def test_a_dropped_peer_whose_media_stops_is_removed_at_once_not_after_the
         await mesh.until(lambda: mesh.nodes["alice"].manager.peers == {}, within=5)
 
 
+async def test_a_held_peer_listed_in_our_own_re_announce_is_no_longer_on_its_way_out() -> None:
+    """alice hears bob's connection drop (she holds his link), then loses her own; bob resumes
+    while she is away, so she misses his ``peer.joined`` and finds him in her own announce result
+    instead. His link is kept for good: the settle time passing later does not drop it."""
+    async with open_mesh() as mesh:
+        relays = {name: _Relay(mesh.port) for name in ("alice", "bob")}
+        for relay in relays.values():
+            await mesh.nursery.start(relay.run)
+        for name in ("alice", "bob"):
+            await mesh.join(name, url=f"ws://127.0.0.1:{relays[name].port}/ws", settle=3.0)
+        await mesh.until(lambda: mesh.connected("alice", "bob"), within=15)
+        await mesh.start_audio("alice", "bob")
+        before = mesh.links()
+        alice, bob = mesh.nodes["alice"], mesh.nodes["bob"]
+        relays["bob"].cut(refuse=True)
+        await mesh.until(lambda: "bob" not in alice.client.peers)
+        relays["alice"].cut(refuse=True)
+        await mesh.until(lambda: alice.client.state != "Ready")
+        await relays["bob"].reopen()
+        await mesh.until(lambda: _reannounced(mesh, "bob"))
+        await relays["alice"].reopen()
+        await mesh.until(lambda: _reannounced(mesh, "alice") and "bob" in alice.client.peers)
+        await trio.sleep(3.0)  # the settle time passes: a hold left behind would fire now
+        assert mesh.links() == before
+        assert all(peer.is_connected for peer in before.values())
+        assert bob.client.state == "Ready"
+
+
 class _Relay:
     """A TCP relay in front of the signaling server whose connections can be cut (a network
     drop for that one client while the server and the peer-to-peer path stay up)."""
@@ -329,26 +358,40 @@ class _Relay:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
-        self.refusing = False
         self._scopes: list[trio.CancelScope] = []
+        self._listening = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._listen)
+            task_status.started()
+            await trio.sleep_forever()  # the nursery outlives a pause in listening
+
+    async def _listen(self, *, task_status: trio.TaskStatus[None]) -> None:
+        # Same port every time (SO_REUSEADDR): the client's URL does not change.
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
+        with self._listening:
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=self._nursery)
 
     def cut(self, *, refuse: bool = False) -> None:
-        """Close every relayed connection; ``refuse``: and every later one at once."""
-        self.refusing = refuse
+        """Close every relayed connection; ``refuse``: and stop listening until :meth:`reopen`
+        (a refused connection fails at once, as when the server is away)."""
         for scope in self._scopes:
             scope.cancel()
         self._scopes.clear()
+        if refuse:
+            self._listening.cancel()
+
+    async def reopen(self) -> None:
+        assert self._nursery is not None
+        self._listening = trio.CancelScope()
+        await self._nursery.start(self._listen)
 
     async def _handle(self, client: trio.SocketStream) -> None:
-        if self.refusing:
-            await client.aclose()
-            return
         scope = trio.CancelScope()
         self._scopes.append(scope)
         up = await trio.open_tcp_stream("127.0.0.1", self.target_port)

@@ -373,6 +373,8 @@ class PeerManager:
             info = listed.get(peer_id)
             if peer.state in _ALIVE and (info is None or self._keeps(info)):
                 kept.append(peer_id)
+                if info is not None:
+                    self._leaving.pop(peer_id, None)  # it is back: no longer on its way out
             else:
                 self._replace(peer_id, "our signaling connection was re-established")
         outage = self.signaling.last_outage
