@@ -257,6 +257,24 @@ def test_an_expired_token_announces_nobody_but_a_member_stays() -> None:
     assert hub.sessions() == {}
 
 
+def test_the_tokens_session_is_checked_before_the_session_is_full() -> None:
+    """A full session tells a client without a token for it nothing but 'not your session'."""
+    auth = authority()
+    hub = SignalingHub(max_peers=1, auth_required=True, wall_clock=lambda: NOW)
+    hub.open(1, claims=auth.verify(auth.issue("alice", "room")))
+    announce = _request(
+        "peer.announce", 1, peer_id="alice", session_id="room", capabilities=["audio"]
+    )
+    assert "result" in _reply(hub.receive(1, announce, 0.0), 1)
+    hub.open(2, claims=auth.verify(auth.issue("mallory", "lobby")))
+    crash = _request(
+        "peer.announce", 2, peer_id="mallory", session_id="room", capabilities=["audio"]
+    )
+    refused = _reply(hub.receive(2, crash, 0.0), 2)
+    assert refused["error"]["code"] == -32007  # not -32005 (session full)
+    assert "token is for session 'lobby'" in refused["error"]["message"]
+
+
 async def test_a_dropped_member_with_an_expired_token_cannot_resume() -> None:
     """Resume needs a new connection, so the upgrade checks the token again: the resume secret
     alone does not bring back a member whose token has expired (HTTP 401, with the reason)."""
