@@ -390,6 +390,29 @@ def test_a_non_loopback_bind_without_a_secret_refuses_to_start(
     assert "--insecure" in err
 
 
+@pytest.mark.parametrize("command", ["signal", "serve"])
+def test_without_a_secret_the_servers_say_so(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loopback default starts, but says on stderr that anyone may join (before the server is
+    even built)."""
+    from meshrtc.signaling import server as server_module
+
+    class BuiltError(Exception):
+        pass
+
+    def built(*_args: object, **_kwargs: object) -> None:
+        raise BuiltError
+
+    monkeypatch.delenv("MESHRTC_AUTH_SECRET", raising=False)
+    monkeypatch.setattr(server_module, "SignalingServer", built)
+    with pytest.raises(BuiltError):
+        main([command, "--port", "0"])
+    err = capsys.readouterr().err
+    assert f"meshrtc {command}: no auth secret: any client can join any session" in err
+    assert "loopback only" in err
+
+
 # --- meshrtc serve with a secret ----------------------------------------------------------------
 
 
