@@ -75,6 +75,7 @@ async def test_three_peers_hear_each_other_not_themselves() -> None:
     assert _sockets() - sockets_before == set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generator", ["star", "mesh"])
 async def test_split_mode_reports_the_childs_figures_and_reaps_it(generator: str) -> None:
     """The default path (``meshrtc demo``: star members in a child) and the mesh option: two
