@@ -147,3 +147,26 @@ async def test_aiortc_sends_the_replayed_packets_as_they_are_with_running_number
 
 async def _close(*pcs: RTCPeerConnection) -> None:
     await asyncio.gather(*(pc.close() for pc in pcs))
+
+
+def test_a_replay_track_goes_live_for_its_seconds_then_idles_with_time_running() -> None:
+    idle = EncodedClip((b"idle",), 960, 48_000)
+    onsets: list[float] = []
+    track = ReplayTrack("audio", CLIP, idle=idle, on_onset=onsets.append)
+
+    async def run() -> list[tuple[bytes, int]]:
+        out = []
+        for n in range(9):
+            if n == 2:
+                track.start(0.06)  # three 20 ms packets of the clip
+            packet = await track.recv()
+            out.append((bytes(packet), packet.pts))
+        return out
+
+    got = asyncio.run(run())
+    assert [data for data, _ in got] == [b"idle"] * 2 + [b"a", b"b", b"c"] + [b"idle"] * 4
+    assert [pts for _, pts in got] == [960 * n for n in range(9)]
+    assert track.sent_live == 3
+    assert len(onsets) == 1
+    assert track.skipped == 0
+    assert track.late_max[1] < 0.1

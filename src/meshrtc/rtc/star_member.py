@@ -73,6 +73,7 @@ __all__ = [
     "MemberCounters",
     "ReplayTrack",
     "StarMember",
+    "StarMemberError",
     "encode_tone_clip",
     "encode_video_clip",
     "silence_clip",
@@ -237,7 +238,7 @@ class ReplayTrack(MediaStreamTrack):
             self._started = None
             self._t0 = None
         else:
-            self.replay = Replay(self.idle, origin=self._sent * self.clip.step)
+            self.replay = Replay(self.idle, origin=self._sent * self.idle.step)
 
     def ntp_time(self, pts: int) -> int:
         """NTP time of ``pts``: when it was due, on one straight line (the adapter puts it in the
@@ -362,7 +363,6 @@ class StarMember:
         )
         self.video_track = None if video is None else ReplayTrack("video", video, epoch=epoch)
         self.joined_at: float | None = None
-        self._pc: RTCPeerConnection | None = None
         self._tap: PeerTap | None = None
         self._channel: RTCDataChannel | None = None
         self._decoder: AudioDecoder | None = None
@@ -461,7 +461,6 @@ class StarMember:
             if pc.connectionState == "connected" and self.counters.connected_at is None:
                 self.counters.connected_at = time.monotonic()
 
-        self._pc = pc
         self._tap = tap_peer_connection(pc, self._on_event)
         return pc
 
