@@ -323,6 +323,7 @@ async def test_a_dropped_peer_whose_media_stops_is_removed_at_once_not_after_the
         await mesh.until(lambda: mesh.nodes["alice"].manager.peers == {}, within=5)
 
 
+@pytest.mark.slow
 async def test_a_held_peer_listed_in_our_own_re_announce_is_no_longer_on_its_way_out() -> None:
     """alice hears bob's connection drop (she holds his link), then loses her own; bob resumes
     while she is away, so she misses his ``peer.joined`` and finds him in her own announce result
