@@ -420,12 +420,17 @@ class Negotiation(StatefulModel):
         return [FlushCandidates(), SendAnswer()]
 
     def offer_unanswerable(self, reason: str) -> list[Action]:
-        """The remote's offer cannot be answered at all: tell it, and fail (a retry would too)."""
+        """The remote's offer cannot be answered at all: fail (a retry would too), then tell it.
+
+        Failed first: the remote may offer again the moment it hears why, and that offer must
+        find this connection already given up (the PeerManager then starts a new one), not
+        still closing, where it would be dropped unanswered.
+        """
         log.warning("peer %s: cannot answer its offer: %s", self.peer_id, reason)
         self._refused_offers += 1
         return [
-            SendError(reason[:1000]),
             *self._give_up(f"cannot answer the offer of {self.peer_id}: {reason}"),
+            SendError(reason[:1000]),
         ]
 
     def answer_applied(self, *, media: bool) -> list[Action]:

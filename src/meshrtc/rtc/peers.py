@@ -264,6 +264,11 @@ class PeerManager:
     async def _on_notification(self, event: object) -> None:
         if isinstance(event, Offer):
             peer = self._peers.get(event.from_peer)
+            if peer is not None and peer.state in ("Failed", "Closed"):
+                # It gave up (say on an offer it could not answer) and is still closing: a new
+                # offer starts a new connection instead of vanishing into the old one.
+                self._replace(event.from_peer, "a new offer after it ended")
+                peer = None
             if peer is None:
                 if not self._has_room():
                     await self._refuse(event.from_peer)
