@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from meshrtc.__main__ import SERVE_PEER_ID, main
+from meshrtc.backoff import Backoff
 from meshrtc.errors import ConfigError, MeshRtcError
 from meshrtc.signaling.auth import (
     AuthError,
@@ -29,7 +30,7 @@ from meshrtc.signaling.auth import (
     load_secret,
 )
 from meshrtc.signaling.client import SignalingClient, SignalingConnectionError
-from meshrtc.signaling.protocol import SignalingError
+from meshrtc.signaling.protocol import LeaveReason, SignalingError
 from meshrtc.signaling.server import Send, SignalingHub, SignalingServer
 
 from .test_signaling_server import raw_peer, serving
@@ -291,6 +292,56 @@ async def test_a_dropped_member_with_an_expired_token_cannot_resume() -> None:
         status, body = await upgrade(server.port, f"token={token}")
         assert (status, body.decode()[:13]) == (401, "token expired")
         assert secret  # held for alice, but only a valid token gets as far as showing it
+
+
+async def test_a_refused_reconnect_is_retried_while_media_flows_and_a_new_token_gets_back_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call outlives its token (checked when a connection opens). If signaling drops after the
+    token expired, the refusal must not end a client whose media still flows: it keeps retrying,
+    and the fresh token the application hands it (``set_token``) gets it back in. With no media,
+    the same refusal is final."""
+    now = [time.time()]
+    auth = TokenAuthority(SECRET, clock=lambda: now[0])
+    flows = [True]
+    quick = Backoff(tries=1, initial=0.02, factor=1.0, maximum=0.02, jitter=0.0)
+    async with serving(auth=auth, wall_clock=lambda: now[0]) as server:
+        client = SignalingClient(
+            server.url,
+            "alice",
+            token=auth.issue("alice", "default", ttl=60),
+            backoff=quick,
+            keep_trying=lambda: flows[0],
+        )
+        failures: list[SignalingConnectionError] = []
+
+        async def run_client(task_status: trio.TaskStatus[object]) -> None:
+            try:
+                await client.run(task_status=task_status)
+            except SignalingConnectionError as err:
+                failures.append(err)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run_client)
+                now[0] += 61
+                (live,) = server._live.values()
+                live.end(LeaveReason.TIMEOUT, 1001, "ping timeout")
+                while client.kept_trying < 3:  # noqa: ASYNC110 (refused attempts, no event)
+                    await trio.sleep(0.01)
+                assert client.state != "Closed"
+                client.set_token(auth.issue("alice", "default", ttl=60))
+                while client.state != "Ready":  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                assert server.hub.session_of("alice") == "default"
+                now[0] += 61
+                flows[0] = False
+                (live,) = server._live.values()
+                live.end(LeaveReason.TIMEOUT, 1001, "ping timeout")
+                while not failures:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+    assert "HTTP 401: token expired" in str(failures[0])
+    assert any("retrying because media still flows" in r.getMessage() for r in caplog.records)
 
 
 async def test_the_client_presents_its_token_in_the_url_and_a_bad_one_is_fatal() -> None:

@@ -216,14 +216,9 @@ class SignalingClient(StatefulModel):
         self.url = url
         self._host = parts.hostname
         self._port = port or (443 if parts.scheme == "wss" else 80)
-        query = parts.query
-        if token is not None:
-            # The server checks the token at the WebSocket upgrade, before any JSON-RPC.
-            if not isinstance(token, str) or not token:
-                raise ConfigError("token", token, "a non-empty string or None")
-            pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "token"]
-            query = urlencode([*pairs, ("token", token)])
-        self._resource = (parts.path or "/") + (f"?{query}" if query else "")
+        self._path, self._query = parts.path or "/", parts.query
+        self._resource = ""
+        self.set_token(token)
         self._ssl_context = ssl_context or (
             ssl.create_default_context() if parts.scheme == "wss" else None
         )
@@ -411,6 +406,27 @@ class SignalingClient(StatefulModel):
             return False
         return self.keep_trying is None or not self.keep_trying()
 
+    def set_token(self, token: str | None) -> None:
+        """Present ``token`` from the next connection attempt on.
+
+        The server checks a token when a connection opens, not during it, so a call outlives its
+        token; but a reconnect after expiry is refused. An application that refreshes tokens hands
+        the new one here, and the next retry gets back in.
+        """
+        query = self._query
+        if token is not None:
+            # The server checks the token at the WebSocket upgrade, before any JSON-RPC.
+            if not isinstance(token, str) or not token:
+                raise ConfigError("token", token, "a non-empty string or None")
+            pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "token"]
+            query = urlencode([*pairs, ("token", token)])
+        self._resource = self._path + (f"?{query}" if query else "")
+
+    def _media_depends_on_retrying(self) -> bool:
+        """A refusal is final at the first connect (a wrong token or certificate should fail fast)
+        and after a drop when nothing flows; it is one more failed attempt while media flows."""
+        return self._announced_once and self.keep_trying is not None and self.keep_trying()
+
     async def _connect_loop(self, task_status: trio.TaskStatus[AnnounceResult]) -> None:
         self._failures = 0
         while True:
@@ -418,7 +434,12 @@ class SignalingClient(StatefulModel):
             if self._closing:
                 return
             if attempt.error is not None:
-                raise attempt.error
+                if not self._media_depends_on_retrying():
+                    raise attempt.error
+                # Refused (token expired, certificate no longer trusted...) while our links still
+                # carry media: ending the process would cut the call that needs no signaling. Say
+                # so loudly and keep trying; a fixed server or a new token lets us back in.
+                log.error("%s: %s; retrying because media still flows", self.peer_id, attempt.error)
             self.connection_lost()
             if attempt.ready:
                 self._failures = 0
