@@ -43,6 +43,7 @@ from meshrtc.rtc.negotiation import PeerState
 from meshrtc.rtc.peer import PeerConnection, PeerError, PeerOptions, refusal_reason, refusal_sdp
 from meshrtc.signaling.client import Disconnected, Reconnected, SignalingClient
 from meshrtc.signaling.protocol import (
+    DEFAULT_RESUME_GRACE,
     AnnounceResult,
     Answer,
     IceCandidate,
@@ -53,7 +54,6 @@ from meshrtc.signaling.protocol import (
     PeerJoined,
     PeerLeft,
 )
-from meshrtc.signaling.server import DEFAULT_RESUME_GRACE
 
 __all__ = [
     "PeerAdded",

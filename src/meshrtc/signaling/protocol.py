@@ -69,6 +69,9 @@ JSONRPC_VERSION: Final = "2.0"
 DEFAULT_SESSION_ID: Final = "default"
 #: Largest WebSocket message either side accepts (as ``len()`` of the text); larger closes with 1009.
 MAX_MESSAGE_SIZE: Final = 1 << 20
+#: Seconds a server holds a dropped peer's id for the holder of its resume secret. A protocol fact:
+#: peers hold a live link that long after a ``peer.left`` for a dropped connection.
+DEFAULT_RESUME_GRACE: Final = 30.0
 #: ``user_data`` is echoed to every peer of the session, so it stays small (compact UTF-8 JSON).
 MAX_USER_DATA_BYTES: Final = 1024
 #: Request ids are echoed back verbatim; bounding them keeps an error response small.

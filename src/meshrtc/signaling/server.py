@@ -52,6 +52,7 @@ from meshrtc.signaling.limits import ConnectionCounter, FloodGuard, Verdict, con
 from meshrtc.signaling.link import LocalLink
 from meshrtc.signaling.protocol import (
     CLIENT_METHODS,
+    DEFAULT_RESUME_GRACE,
     MAX_MESSAGE_SIZE,
     Announce,
     AnnounceResult,
@@ -164,9 +165,6 @@ RESERVED_PEER_IDS: Final = frozenset({"meshrtc-server"})
 #: Relayed messages one sender may have queued toward one recipient (``SignalingServer`` derives
 #: it from its outbox size so that every member's share together fits in the queue).
 DEFAULT_RELAY_BUDGET: Final = 64
-#: Seconds a dropped peer's id is held for the holder of its resume secret (the client's first
-#: reconnect attempts fall well inside it).
-DEFAULT_RESUME_GRACE: Final = 30.0
 
 
 def _forbidden(message: str) -> SignalingError:
