@@ -1,7 +1,7 @@
 """The transport at 2-10 members, loaded by the fair (star) generator in a child process.
 
 Run: ``.venv/bin/python bench/members.py [--sizes 2,4,6,8,10] [--seconds 10] [--video both]``
-(about 3 minutes with the defaults). Each size is a fresh ``run_demo(split=True)``: this process
+(about 2 minutes with the defaults). Each size is a fresh ``run_demo(split=True)``: this process
 runs the signaling server, the STUN responder and the transport (running the default manifest);
 the child runs ``size - 1`` star members (:mod:`meshrtc.loadgen`, docs/benchmarks.md), each
 connected to the transport alone and replaying media encoded once. ``--mesh`` uses the old
