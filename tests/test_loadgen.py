@@ -73,7 +73,9 @@ def _tone(freq: float, n: int = 960, amplitude: float = 0.1) -> np.ndarray:
 
 def test_onset_probe_times_rising_edges_of_others_only() -> None:
     captured = {"a": 1.000, "me": 1.000}
-    probe = OnsetProbe({"a": 500.0, "b": 700.0, "me": 900.0}, captured.get, own="me")
+    probe = OnsetProbe(
+        {"a": 500.0, "b": 700.0, "me": 900.0}, captured.get, own="me", max_latency=1.0
+    )
     silence = np.zeros(960, np.float32)
     t = 1.0
     for _ in range(12):
@@ -88,6 +90,19 @@ def test_onset_probe_times_rising_edges_of_others_only() -> None:
     probe.feed(_tone(700), 1.290)
     assert len(probe.latencies) == 1
     assert "b" in probe.heard
+    # a's tone drops out for 200 ms and comes back: not a second onset of the same capture.
+    t = 1.29
+    for _ in range(10):
+        t += 0.02
+        probe.feed(silence, t)
+    probe.feed(_tone(500), t + 0.02)
+    assert len(probe.latencies) == 1
+    captured["a"] = 1.8  # its next capture is timed again
+    for _ in range(10):
+        t += 0.02
+        probe.feed(silence, t)
+    probe.feed(_tone(500), 1.95)
+    assert probe.latencies[1:] == [pytest.approx(0.15)]
 
 
 def test_encoded_clips_are_what_the_generator_replays() -> None:

@@ -6,8 +6,9 @@ tone switching on once a period. :class:`OnsetProbe` measures, per 20 ms frame, 
 of those frequencies (one matrix product with precomputed references, not one DFT per frequency)
 and calls a rising edge after at least ``min_off_frames`` quiet frames an onset; its latency is the
 frame's arrival minus the sender's latest onset capture time (the same method as
-:mod:`meshrtc.demo`). An onset later than ``max_latency`` is not counted (it cannot be told apart
-from the next period's), so a shortfall in the count is latency the percentiles do not show.
+:mod:`meshrtc.demo`), each capture matched at most once. An onset later than ``max_latency`` is
+not counted (it cannot be told apart from the next period's), so a shortfall in the count is
+latency the percentiles do not show.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class OnsetProbe:
         )
         self._n = len(self.senders)
         self._off = np.zeros(len(self.senders), dtype=np.int64)
+        #: Per sender, the capture time its last onset was matched with: a tone that drops out
+        #: for 200 ms and comes back is not a second onset of the same capture.
+        self._matched: dict[str, float] = {}
         #: Seconds per detected onset, and the senders heard at all (their loudest level).
         self.latencies: list[float] = []
         self.heard: dict[str, float] = {}
@@ -73,7 +77,12 @@ class OnsetProbe:
             sender = self.senders[i]
             if sender != self.own and self._off[i] >= self.min_off_frames:
                 captured = self.captured(sender)
-                if captured is not None and 0 <= arrived - captured < self.max_latency:
+                if (
+                    captured is not None
+                    and captured != self._matched.get(sender)
+                    and 0 <= arrived - captured < self.max_latency
+                ):
                     self.latencies.append(arrived - captured)
+                    self._matched[sender] = captured
             self.heard[sender] = max(self.heard.get(sender, 0.0), float(levels[i]))
         self._off = np.where(on, 0, self._off + 1)
