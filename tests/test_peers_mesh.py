@@ -12,6 +12,7 @@ import time
 
 import attrs
 import numpy as np
+import trio
 
 from meshrtc.media.frame import FrameType
 from meshrtc.rtc.bridge import open_bridge
@@ -42,6 +43,19 @@ def _enough(receiver: Node, sender: str, audio: int, video: int, data: int) -> b
         and len(receiver.video(sender)) >= video
         and len(receiver.data(sender)) >= data
     )
+
+
+def _counts(receiver: Node, sender: str) -> dict[str, object]:
+    peer = receiver.peer(sender)
+    return {
+        "state": peer.state,
+        "srs": len(peer.sender_reports),
+        "timed": any(x.sender_time is not None for x in receiver.audio(sender)[-5:]),
+        "audio": len(receiver.audio(sender)),
+        "decoded": len(receiver.decoded_audio(sender)),
+        "video": len(receiver.video(sender)),
+        "data": len(receiver.data(sender)),
+    }
 
 
 def _check_pair(
@@ -147,12 +161,21 @@ async def _exchange(
     for sender, receiver in itertools.permutations(names, 2):
         for message in _messages(sender, receiver):
             await s.nodes[sender].peer(receiver).send_data(message)
-    await s.until(
-        lambda: all(
-            _enough(s.nodes[r], snd, audio, video, 3) for snd, r in itertools.permutations(names, 2)
-        ),
-        within=30,
-    )
+    try:
+        await s.until(
+            lambda: all(
+                _enough(s.nodes[r], snd, audio, video, 3)
+                for snd, r in itertools.permutations(names, 2)
+            ),
+            within=30,
+        )
+    except trio.TooSlowError:
+        short = {
+            f"{snd}->{r}": _counts(s.nodes[r], snd)
+            for snd, r in itertools.permutations(names, 2)
+            if not _enough(s.nodes[r], snd, audio, video, 3)
+        }
+        raise AssertionError(f"short of media after 30 s: {short}") from None
     for sender, receiver in itertools.permutations(names, 2):
         expected = [
             m if isinstance(m, bytes | str) else f'{{"from":"{sender}","n":3}}'
