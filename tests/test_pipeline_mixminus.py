@@ -306,3 +306,54 @@ def test_a_peer_that_keeps_every_window_waiting_is_reanchored() -> None:
     # its timestamps move 40 ms forward; from every other window it is not.
     missing = [round(ts, 2) for ts, ok in heard_b if not ok and ts > 0.1]
     assert len(missing) <= 2, missing
+
+
+def naive_mix_minus(
+    frames: dict[str, np.ndarray], receivers: list[str], limiter: str
+) -> dict[str, np.ndarray]:
+    """The per-member mix the vectorised one replaced: for each receiver, the others summed."""
+    length = max((f.size for f in frames.values()), default=0)
+    mixes = {}
+    for peer in receivers:
+        mix = np.zeros(length, np.float64)
+        for other, samples in frames.items():
+            if other != peer:
+                mix[: samples.size] += samples
+        mixes[peer] = limit(mix, limiter)
+    return mixes
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    senders=st.integers(min_value=0, max_value=10),
+    listeners=st.integers(min_value=0, max_value=2),
+    length=st.integers(min_value=0, max_value=96),
+    short=st.integers(min_value=0, max_value=96),
+    loud=st.booleans(),
+    limiter=st.sampled_from(["clip", "soft", "none"]),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_vectorised_mix_minus_equals_the_per_member_mix(
+    senders: int, listeners: int, length: int, short: int, loud: bool, limiter: str, seed: int
+) -> None:
+    # 16-bit PCM as decoders deliver it: float64 sums of such samples are exact in any order, so
+    # the two must agree to the bit, clipping included (``loud``: full-scale frames from up to ten
+    # members sum far past 1.0).
+    rng = np.random.default_rng(seed)
+    scale = 32767 if loud else 4000
+    frames = {
+        f"p{i}": (rng.integers(-scale, scale + 1, length) / 32768).astype(np.float32)
+        for i in range(senders)
+    }
+    if frames and short < length:
+        frames["p0"] = frames["p0"][:short]  # a shorter frame is zero-padded
+    receivers = [*frames, *(f"l{i}" for i in range(listeners))]
+    rng.shuffle(receivers)
+    got = mix_minus(frames, receivers, limiter)
+    want = naive_mix_minus(frames, receivers, limiter)
+    assert list(got) == list(want)
+    for peer in receivers:
+        assert got[peer].dtype == np.float32
+        np.testing.assert_array_equal(got[peer], want[peer])
+        if limiter != "none":
+            assert (np.abs(got[peer]) <= 1.0).all()
