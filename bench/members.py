@@ -26,7 +26,10 @@ Columns (per size; CPU is CPU time over the traffic window, % of ONE core):
   more than 100 ms behind (a busy generator; should be 0).
 
 The machine may be shared: the load average is printed on every row. ``--soak MINUTES`` runs one
-long 10-member audio + video run instead (not run by the tests). Last line:
+long 10-member audio + video run instead (not run by the tests). ``--profile FILE`` records this
+process (the transport) with py-spy over each run's traffic window, one collapsed-stack file per
+run (``FILE`` with ``-<mode>-<members>`` before its suffix; opens in speedscope), and prints each
+run's active time per component (``bench/support/profile_attribution.py``). Last line:
 ``members10_audio_added_p95_ms=<float>`` (nan when size 10 audio was not run).
 """
 
@@ -36,15 +39,54 @@ import argparse
 import functools
 import math
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import trio
 
 from meshrtc.config import TransportConfig
 from meshrtc.demo import DemoResult, run_demo
+from support.profile_attribution import report
 
 #: Bound on one run beyond its traffic seconds (child start, clip encoding, connect, teardowns).
 RUN_MARGIN = 90.0
 VIDEO = (320, 240)
+#: py-spy's sampling rate (Hz) for ``--profile``; it reads the process without stopping it.
+PROFILE_RATE = 200
+#: How long py-spy may take to write its file after its ``--duration``.
+PROFILE_EXIT_TIMEOUT = 30.0
+
+
+class Profiler:
+    """py-spy on this process, started at the first tick of a run (the traffic window's start:
+    ``run_demo`` ticks only after the members connected) for that run's traffic seconds."""
+
+    def __init__(self, output: Path, seconds: float) -> None:
+        self.output = output
+        self.seconds = seconds
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *_args: object) -> None:
+        if self.process is not None:
+            return
+        beside = Path(sys.executable).parent / "py-spy"
+        spy = str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+        self.process = subprocess.Popen(
+            [
+                spy, "record", "--pid", str(os.getpid()), "--rate", str(PROFILE_RATE),
+                "--duration", str(max(1, int(self.seconds))), "--format", "raw",
+                "--nonblocking", "--output", str(self.output),
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def finish(self) -> str:
+        if self.process is None:
+            return f"profile: no traffic window, nothing recorded in {self.output}"
+        self.process.wait(timeout=self.seconds + PROFILE_EXIT_TIMEOUT)
+        return f"profile {self.output}\n{report(self.output)}"
 
 
 def _f(value: float | None, spec: str = ".0f") -> str:
@@ -62,6 +104,7 @@ async def _run(
     generator: str,
     listeners: int,
     aligned: bool,
+    profiler: Profiler | None = None,
 ) -> DemoResult:
     with trio.fail_after(seconds + RUN_MARGIN):
         return await run_demo(
@@ -72,6 +115,7 @@ async def _run(
             generator=generator,
             listeners=listeners,
             aligned=aligned,
+            on_tick=None if profiler is None else profiler.start,
         )
 
 
@@ -127,6 +171,13 @@ def main(argv: list[str] | None = None) -> None:
         "each member on its own seeded phase, as real users are)",
     )
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="one long 10-member a+v run")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="record the transport with py-spy over each traffic window (collapsed stacks, e.g. "
+        "/tmp/members.txt -> /tmp/members-audio-10.txt) and print its time per component",
+    )
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     if any(not 2 <= n <= 10 for n in sizes):
@@ -154,12 +205,20 @@ def main(argv: list[str] | None = None) -> None:
     added10 = float("nan")
     for mode, video in modes:
         for n in sizes:
+            profiler = None
+            if args.profile is not None:
+                path = args.profile.with_name(
+                    f"{args.profile.stem}-{mode}-{n}{args.profile.suffix}"
+                )
+                profiler = Profiler(path, args.seconds)
             result = trio.run(
                 functools.partial(
-                    _run, n, args.seconds, video, generator, args.listeners, args.aligned
+                    _run, n, args.seconds, video, generator, args.listeners, args.aligned, profiler
                 )
             )
             print(row(mode, n, result), flush=True)
+            if profiler is not None:
+                print(profiler.finish(), flush=True)
             if video is None and n == 10:
                 added10 = result.added_latency(95) or float("nan")
     print(f"load {_load()}")
