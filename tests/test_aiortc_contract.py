@@ -28,6 +28,12 @@ from meshrtc.rtc import aiortc_adapter as adapter
 #: sha256 of ``inspect.getsource(RTCRtpReceiver.receive)`` in aiortc 1.16.0. The adapter replaces
 #: receive() with a copy that skips the decoder thread, so any change to it must be re-read.
 RECEIVE_SOURCE_SHA256 = "d6d8d8d7a0bf4e95f3fb7cb78cf275d0a5f50c4912e0cb8498272008779916ef"
+#: sha256 of ``inspect.getsource(RTCRtpSender._next_encoded_frame)`` in aiortc 1.16.0. The adapter
+#: replaces it on every sender with ``next_encoded_frame`` (audio inline, audio level only when
+#: negotiated), so any change to it must be re-read.
+NEXT_ENCODED_FRAME_SOURCE_SHA256 = (
+    "89dd9fa4fb33741cc60857f1cebae31c9a88b72da9a42f91abc6090f40cb8253"
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -245,6 +251,66 @@ def test_sender_records_the_report_pair_after_each_packet_and_nothing_awaits_aft
     loop_end = run_rtp.index("except (asyncio.CancelledError")
     assert sent < ntp < rtp < loop_end
     assert "await" not in run_rtp[rtp:loop_end]
+
+
+# next_encoded_frame: aiortc's _next_encoded_frame without the per-frame hand-off ------------------
+
+
+def test_next_encoded_frame_source_is_the_one_the_adapter_replaces() -> None:
+    digest = hashlib.sha256(_source(RTCRtpSender._next_encoded_frame).encode()).hexdigest()
+    assert digest == NEXT_ENCODED_FRAME_SOURCE_SHA256, (
+        "RTCRtpSender._next_encoded_frame changed: re-read it and update the adapter's "
+        f"next_encoded_frame (new sha256 {digest})"
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        adapter.SENDER_TRACK,
+        adapter.SENDER_FORCE_KEYFRAME,
+        adapter.SENDER_ENABLED,
+        adapter.SENDER_HEADER_EXTENSIONS_MAP,
+    ],
+)
+@pytest.mark.parametrize("kind", ["audio", "video"])
+def test_sender_attributes_next_encoded_frame_reads(kind: str, name: str) -> None:
+    assert hasattr(LIVE[f"{kind}_sender"], name), f"RTCRtpSender has no instance attribute {name!r}"
+
+
+def test_sender_flags_start_as_next_encoded_frame_expects() -> None:
+    sender = LIVE["audio_sender"]
+    assert getattr(sender, adapter.SENDER_FORCE_KEYFRAME) is False
+    assert getattr(sender, adapter.SENDER_ENABLED) is True
+    assert getattr(sender, adapter.SENDER_TRACK) is None
+
+
+def test_header_extension_ids_say_whether_audio_level_was_negotiated() -> None:
+    extensions = getattr(LIVE["audio_sender"], adapter.SENDER_HEADER_EXTENSIONS_MAP)
+    assert isinstance(extensions, rtp.HeaderExtensionsMap)
+    assert getattr(extensions, adapter.HEADER_EXTENSIONS_IDS).audio_level is None
+    assert "self.__ids.audio_level = ext.id" in _source(rtp.HeaderExtensionsMap.configure)
+    assert "urn:ietf:params:rtp-hdrext:ssrc-audio-level" in _source(
+        rtp.HeaderExtensionsMap.configure
+    )
+    # The map is configured in send(), before _run_rtp asks for the first frame.
+    send = _source(RTCRtpSender.send)
+    assert send.index("self.__rtp_header_extensions_map.configure(parameters)") < send.index(
+        "self._run_rtp("
+    )
+
+
+def test_run_rtp_sends_the_level_only_when_the_frame_has_one() -> None:
+    run_rtp = _source(RTCRtpSender._run_rtp)
+    assert "if enc_frame.audio_level is not None:" in run_rtp
+    assert "packet.extensions.audio_level = (False, -enc_frame.audio_level)" in run_rtp
+    assert _params(sender_module.RTCEncodedFrame.__init__) == [
+        "self",
+        "payloads",
+        "timestamp",
+        "audio_level",
+    ]
+    assert callable(rtp.compute_audio_level_dbov)  # what audio_level_dbov must equal
 
 
 def test_sender_report_and_lsr_come_from_the_pair() -> None:
