@@ -1,0 +1,66 @@
+"""Tracks parked on one loop and notified in one go from another thread share one wake-up.
+
+The router hands every member's mix to its track in one 20 ms slot from trio's thread; one
+``call_soon_threadsafe`` per track was a self-pipe write and a GIL hand-off per member per slot
+(rtc/tracks.py, ``_LoopWaker``). Under 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from meshrtc.rtc.tracks import _Wakeup, loop_waker
+
+PARKED = 6
+
+
+def test_one_cross_thread_call_wakes_every_track_notified_meanwhile() -> None:
+    async def main() -> tuple[int, Any, Any]:
+        loop = asyncio.get_running_loop()
+        calls: list[object] = []
+        real = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(callback)
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        wakeups = [_Wakeup() for _ in range(PARKED)]
+        parked = [asyncio.create_task(w.wait(30.0, lambda: False)) for w in wakeups]
+        await asyncio.sleep(0)  # each task is now parked on its event
+        # The loop thread is blocked in join(): every notify lands before any flush can run.
+        producer = threading.Thread(target=lambda: [w.notify() for w in wakeups])
+        producer.start()
+        producer.join(timeout=10)
+        async with asyncio.timeout(10):  # woken by the flush, not by the 30 s timeout
+            await asyncio.gather(*parked)
+        waker = loop_waker(loop)
+        return len(calls), waker.flushes, waker.notified
+
+    calls, flushes, notified = asyncio.run(main())
+    assert (calls, flushes, notified) == (1, 1, PARKED)
+
+
+def test_a_notify_after_the_flush_schedules_another() -> None:
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            wakeup = _Wakeup()
+            parked = asyncio.create_task(wakeup.wait(30.0, lambda: False))
+            await asyncio.sleep(0)
+            producer = threading.Thread(target=wakeup.notify)
+            producer.start()
+            producer.join(timeout=10)
+            async with asyncio.timeout(10):
+                await parked
+        waker = loop_waker(loop)
+        return waker.flushes, waker.notified
+
+    assert asyncio.run(main()) == (3, 3)
+
+
+def test_a_notify_with_nobody_parked_crosses_nothing() -> None:
+    wakeup = _Wakeup()
+    wakeup.notify()  # no loop, no event: nothing to wake, nothing raised
