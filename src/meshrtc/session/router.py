@@ -33,6 +33,11 @@ session manager sets :data:`MAX_INPUT_AGE`), audio and video presented longer ag
 dropped and counted in ``stale_dropped`` instead; MixMinus then mixes without them and the session
 is back to real time. Data messages are never dropped.
 
+Load shedding: :meth:`SessionRouter.apply_plan` follows the transport's
+:class:`~meshrtc.session.load_monitor.LoadMonitor`; while its plan turns video off, members'
+pictures are dropped on arrival (``shed_video``) so the pipeline's video work stops first and the
+audio keeps the CPU (``meshrtc.session.shedding``).
+
 Isolation: a router belongs to exactly one session and one pipeline stream; it clones the stream's
 input per peer and never shares a channel with another session.
 """
@@ -53,6 +58,7 @@ from meshrtc.pipeline.data import Audio, Binary, Json, RuntimeData, Text, Video
 from meshrtc.pipeline.runner import PipelineStream
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
 from meshrtc.session.grid import GRID_SECONDS, SessionGrid
+from meshrtc.session.shedding import ShedPlan
 from meshrtc.session.stream import SessionPeer, StreamSession
 
 __all__ = ["GRID_SECONDS", "MAX_INPUT_AGE", "RouterStatistics", "SessionRouter", "to_runtime"]
@@ -108,6 +114,8 @@ class RouterStatistics:
     inputs_dropped: int
     outputs_unroutable: int
     added_latency: tuple[float, ...]
+    #: Pictures per peer dropped on arrival while load shedding turned video off.
+    shed_video: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class SessionRouter:
@@ -146,6 +154,10 @@ class SessionRouter:
         self._audio_shift: dict[str, tuple[float, float]] = {}
         #: Seconds from a packet's arrival to the output of its slot leaving (audio; see module doc).
         self._added_latency: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        #: False while load shedding turned video off (``apply_plan``): pictures are dropped on
+        #: arrival, counted per peer, and the pipeline's video nodes idle.
+        self.accept_video = True
+        self._shed_video: dict[str, int] = {}
 
     def statistics(self) -> RouterStatistics:
         """A frozen snapshot of the router's counters (only the router changes them)."""
@@ -158,7 +170,19 @@ class SessionRouter:
             inputs_dropped=self._inputs_dropped,
             outputs_unroutable=self._outputs_unroutable,
             added_latency=tuple(self._added_latency),
+            shed_video=dict(self._shed_video),
         )
+
+    def apply_plan(self, plan: ShedPlan) -> None:
+        """Follow the load shedder (a :class:`~meshrtc.session.load_monitor.LoadMonitor`
+        listener): no video into the pipeline while the plan turns it off."""
+        if self.accept_video != plan.video:
+            logger.info(
+                "session %s: %s members' video (load shedding)",
+                self.session.session_id,
+                "routing" if plan.video else "dropping",
+            )
+        self.accept_video = plan.video
 
     async def wait_drained(self) -> None:
         """Return once no output taken from the pipeline is still on its way to a peer."""
@@ -212,6 +236,9 @@ class SessionRouter:
             and self._clock() - item.local_time > self.max_input_age
         ):
             self._stale_dropped[item.peer_id] = self._stale_dropped.get(item.peer_id, 0) + 1
+            return False
+        if not self.accept_video and isinstance(item, ReceivedVideo):
+            self._shed_video[item.peer_id] = self._shed_video.get(item.peer_id, 0) + 1
             return False
         data = self.convert(item)
         if data is None:
