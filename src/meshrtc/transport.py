@@ -25,6 +25,7 @@ from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerOptions
 from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
 from meshrtc.session.listener import ListenerFeed
+from meshrtc.session.load_monitor import LoadMonitor
 from meshrtc.session.manager import RunningSession, SessionManager
 from meshrtc.signaling.client import ClientState, SignalingClient
 from meshrtc.signaling.server import SignalingServer
@@ -111,6 +112,9 @@ class WebRtcTransport(StatefulModel):
         self.teardown_seconds: float | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
+        #: Lateness of the loop's 20 ms slot ticks and the load-shedding plan it leads to
+        #: (meshrtc.session.shedding): sessions' routers follow it; video senders subscribe.
+        self.load = LoadMonitor()
         TRANSPORT_MACHINE.build(self)
 
     @property
@@ -149,6 +153,7 @@ class WebRtcTransport(StatefulModel):
             bridge = await stack.enter_async_context(open_bridge())
             inner = await stack.enter_async_context(trio.open_nursery())
             self._nursery = inner
+            await inner.start(self.load.run)
             cafile = self.config.signaling_cafile
             client = SignalingClient(
                 self.config.signaling_url,
@@ -213,14 +218,18 @@ class WebRtcTransport(StatefulModel):
         async with self.sessions.open_session(
             manifest, session_id=session_id or self.config.session_id
         ) as running:
-            for pid in manager.list_connected():
-                self._join(running, pid)
-            task_status.started(running)
-            async for event in manager.events:
-                if isinstance(event, PeerConnected):
-                    self._join(running, event.peer_id)
-                elif isinstance(event, PeerRemoved):
-                    running.remove_peer(event.peer_id)
+            unsubscribe = self.load.subscribe(running.router.apply_plan)
+            try:
+                for pid in manager.list_connected():
+                    self._join(running, pid)
+                task_status.started(running)
+                async for event in manager.events:
+                    if isinstance(event, PeerConnected):
+                        self._join(running, event.peer_id)
+                    elif isinstance(event, PeerRemoved):
+                        running.remove_peer(event.peer_id)
+            finally:
+                unsubscribe()
 
     def _join(self, running: RunningSession, peer_id: str) -> None:
         assert self.peers is not None
