@@ -148,7 +148,7 @@ def test_a_loss_sends_one_pli_and_a_burst_of_reasons_does_not_storm() -> None:
     assert policy.wanted_since == 10.0
     # More reasons right after (decode failures, backlog drops): no second PLI within the interval.
     assert not policy.need(10.05)
-    assert not policy.decoded(10.1, pictures=0, errors=1)
+    assert not policy.decoded(10.1, pictures=0, errors=1, keyframe=False, number=0)
     assert not policy.backlog_full(10.2)
     assert not policy.poll(10.29)
     assert policy.requests == 1
@@ -169,20 +169,44 @@ def test_an_unanswered_request_is_repeated_after_the_retry_interval() -> None:
 def test_a_decoded_picture_satisfies_the_request() -> None:
     policy = KeyframePolicy()
     assert policy.need(0.0)
-    assert not policy.decoded(0.1, pictures=1, errors=0)
+    answer = policy.submitted()
+    assert not policy.decoded(0.1, pictures=1, errors=0, keyframe=True, number=answer)
     assert policy.wanted_since is None
     assert not any(policy.poll(t) for t in (1.0, 2.0, 5.0, 60.0))
     assert policy.requests == 1
 
 
+def test_a_picture_of_a_frame_already_in_the_decoder_does_not_end_the_retries() -> None:
+    """The jitter buffer lost a frame and asked once; frames released before the loss (a keyframe
+    among them) come out of the decode thread as pictures; the keyframe the PLI brought was itself
+    lost. The request goes on being repeated until a keyframe submitted after it is decoded (the
+    buffer drops every frame until one comes and never asks again): the five-peer mesh test froze
+    one pair's video for 30 s."""
+    policy = KeyframePolicy(min_interval=0.3, retry_interval=1.0)
+    in_flight = [policy.submitted(), policy.submitted()]  # a keyframe, then a delta frame
+    assert policy.need(0.0)
+    assert not policy.decoded(0.05, pictures=1, errors=0, keyframe=True, number=in_flight[0])
+    assert not policy.decoded(0.1, pictures=1, errors=0, keyframe=False, number=in_flight[1])
+    assert policy.wanted_since == 0.0
+    assert policy.poll(1.0)
+    # A repeat is not a new reason: a keyframe submitted before it still answers.
+    answer = policy.submitted()
+    assert policy.poll(2.0)
+    assert not policy.decoded(2.1, pictures=1, errors=0, keyframe=True, number=answer)
+    assert policy.wanted_since is None
+    assert not policy.poll(3.1)
+    assert policy.requests == 3
+
+
 def test_a_broken_decoder_asks_until_it_produces_a_picture() -> None:
     policy = KeyframePolicy(min_interval=0.3, retry_interval=1.0)
-    assert policy.decoded(0.0, pictures=0, errors=1)
+    assert policy.decoded(0.0, pictures=0, errors=1, keyframe=False, number=policy.submitted())
     # Picture-less results after the failure keep asking (at most every min_interval).
-    assert not policy.decoded(0.1, pictures=0, errors=0)
-    assert policy.decoded(0.4, pictures=0, errors=0)
-    assert not policy.decoded(0.8, pictures=1, errors=0)
-    assert not policy.decoded(1.5, pictures=0, errors=0)  # healthy again: an empty result is fine
+    assert not policy.decoded(0.1, pictures=0, errors=0, keyframe=False, number=policy.submitted())
+    assert policy.decoded(0.4, pictures=0, errors=0, keyframe=False, number=policy.submitted())
+    assert not policy.decoded(0.8, pictures=1, errors=0, keyframe=True, number=policy.submitted())
+    # Healthy again: an empty result is fine.
+    assert not policy.decoded(1.5, pictures=0, errors=0, keyframe=False, number=policy.submitted())
     assert policy.requests == 2
 
 
@@ -209,7 +233,9 @@ def test_policy_intervals_are_checked() -> None:
 _EVENTS = st.lists(
     st.tuples(
         st.floats(0.0, 0.5),  # time step
-        st.sampled_from(["need", "poll", "backlog", "picture", "error", "empty"]),
+        st.sampled_from(
+            ["need", "poll", "backlog", "picture", "keyframe", "stale keyframe", "error", "empty"]
+        ),
     ),
     max_size=200,
 )
@@ -219,7 +245,8 @@ _EVENTS = st.lists(
 def test_policy_invariants_over_any_event_order(events: list[tuple[float, str]]) -> None:
     """PLIs are never closer than min_interval; while a keyframe is wanted and the loop keeps
     polling, the next PLI comes within retry_interval (plus one poll step); a satisfied policy that
-    sees no new reason never sends."""
+    sees no new reason never sends; a keyframe submitted before the latest reason (number 0: before
+    any) answers nothing, one submitted just now answers."""
     policy = KeyframePolicy(min_interval=0.3, retry_interval=1.0)
     now = 0.0
     sent: list[float] = []
@@ -232,16 +259,24 @@ def test_policy_invariants_over_any_event_order(events: list[tuple[float, str]])
             pli = policy.poll(now)
         elif event == "backlog":
             pli = policy.backlog_full(now)
+        elif event == "stale keyframe":
+            wanted = policy.wanted_since
+            pli = policy.decoded(now, pictures=1, errors=0, keyframe=True, number=0)
+            assert policy.wanted_since == wanted
         else:
             errors = int(event == "error")
-            pli = policy.decoded(now, pictures=int(event == "picture"), errors=errors)
+            pictures = int(event in ("picture", "keyframe"))
+            number = policy.submitted()
+            pli = policy.decoded(
+                now, pictures=pictures, errors=errors, keyframe=event == "keyframe", number=number
+            )
         if pli:
             sent.append(now)
         if event == "poll" and policy.wanted_since is not None and last_reason_or_pli is not None:
             assert now - sent[-1] < policy.retry_interval or pli
         if event in ("need", "backlog", "error") or pli:
             last_reason_or_pli = now
-        if event == "picture":
+        if event == "keyframe":
             last_reason_or_pli = None
             assert policy.wanted_since is None
             assert not policy.poll(now + 1e6)  # nothing wanted: no retry, however late

@@ -148,7 +148,12 @@ class KeyframePolicy:
     rules:
 
     * a keyframe is *wanted* from the first reason on (a loss the jitter buffer reported, a decode
-      failure, a frame dropped because decoding fell behind) until a picture is decoded;
+      failure, a frame dropped because decoding fell behind) until a keyframe *submitted after the
+      latest reason* is decoded into a picture. A picture of a frame that was already on its way
+      to the decoder (keyframe or not) says nothing about the request: in the five-peer mesh one
+      such picture ended the retries while the jitter buffer, which asks once per loss episode,
+      kept dropping every frame for the keyframe the PLI had brought and that had been refused
+      as late: video frozen for good;
     * PLIs are at least ``min_interval`` apart, whatever asks (no PLI storm from a burst of reasons);
     * while wanted, :meth:`poll` repeats the request every ``retry_interval``;
     * after a decode failure, every later decode result without a picture asks again (rate-limited);
@@ -159,10 +164,12 @@ class KeyframePolicy:
     __slots__ = (
         "_decoder_broken",
         "_last_request",
+        "_wanted_after",
         "min_interval",
         "requests",
         "retry_interval",
         "skipping",
+        "submissions",
         "wanted_since",
     )
 
@@ -183,13 +190,21 @@ class KeyframePolicy:
         self.skipping = False
         #: PLIs decided over the policy's life.
         self.requests = 0
+        #: Frames submitted to the decoder so far (a frame's number is the count after it).
+        self.submissions = 0
         self._last_request = -math.inf
         self._decoder_broken = False
+        #: Frames up to this number were submitted before the latest reason: they cannot answer it.
+        self._wanted_after = 0
 
     def need(self, now: float) -> bool:
         """A keyframe is needed (the jitter buffer lost the decoder's references, or any reason)."""
         if self.wanted_since is None:
             self.wanted_since = now
+        self._wanted_after = self.submissions
+        return self._request(now)
+
+    def _request(self, now: float) -> bool:
         if now - self._last_request < self.min_interval:
             return False
         self._last_request = now
@@ -199,7 +214,7 @@ class KeyframePolicy:
     def poll(self, now: float) -> bool:
         """Called on every wake-up of the receive loop: repeat an unanswered request."""
         if self.wanted_since is not None and now - self._last_request >= self.retry_interval:
-            return self.need(now)
+            return self._request(now)  # a repeat, not a new reason: frames in flight still count
         return False
 
     def admit(self, *, keyframe: bool, recognisable: bool) -> bool:
@@ -212,15 +227,26 @@ class KeyframePolicy:
         self.skipping = True
         return self.need(now)
 
-    def submitted(self) -> None:
-        """A frame went to the decoder: the skip (if any) is over."""
+    def submitted(self) -> int:
+        """A frame went to the decoder: the skip (if any) is over. Returns the frame's number
+        (its decode result names it to :meth:`decoded`)."""
         self.skipping = False
+        self.submissions += 1
+        return self.submissions
 
-    def decoded(self, now: float, *, pictures: int, errors: int) -> bool:
-        """One frame's decode result: a picture satisfies the request; a failure (and every
-        picture-less result after it) asks for a keyframe."""
+    def decoded(
+        self, now: float, *, pictures: int, errors: int, keyframe: bool, number: int
+    ) -> bool:
+        """One frame's decode result: a picture of a keyframe submitted after the latest reason
+        satisfies the request; a failure (and every picture-less result after it) asks for one.
+
+        ``keyframe``: the frame was a keyframe, or this codec's keyframes cannot be recognised
+        (then any picture has to do, or the requests would never end). ``number``: what
+        :meth:`submitted` returned for it.
+        """
         if pictures:
-            self.wanted_since = None
+            if keyframe and number > self._wanted_after:
+                self.wanted_since = None
             self._decoder_broken = False
         if errors:
             self._decoder_broken = True

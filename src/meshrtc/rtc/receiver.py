@@ -90,6 +90,11 @@ class _VideoJob:
     frame: VideoFrame
     sender_time: float | None
     presentation_time: float
+    #: A keyframe, or any frame of a codec whose keyframes cannot be recognised (its picture can
+    #: answer a keyframe request).
+    keyframe: bool
+    #: Its number in the keyframe policy's count of submitted frames.
+    number: int
 
 
 @attrs.frozen(eq=False)
@@ -445,7 +450,14 @@ class MediaReceiver:
         if not policy.admit(keyframe=item.keyframe, recognisable=recognisable):
             self.stats.video_frames_dropped += 1
             return
-        if not worker.submit(_VideoJob(item, aligned.sender_unix_time, aligned.presentation_time)):
+        job = _VideoJob(
+            item,
+            aligned.sender_unix_time,
+            aligned.presentation_time,
+            keyframe=item.keyframe or not recognisable,
+            number=policy.submissions + 1,
+        )
+        if not worker.submit(job):
             self.stats.video_frames_dropped += 1
             if not policy.skipping:
                 log.info(
@@ -476,7 +488,13 @@ class MediaReceiver:
                 )
             self.stats.video_decode_errors += decoded.errors
             now = time.monotonic()
-            if self.keyframes.decoded(now, pictures=len(decoded.pictures), errors=decoded.errors):
+            if self.keyframes.decoded(
+                now,
+                pictures=len(decoded.pictures),
+                errors=decoded.errors,
+                keyframe=job.keyframe,
+                number=job.number,
+            ):
                 self._send_pli_soon()
 
     def _send_pli_soon(self) -> None:
