@@ -1,0 +1,90 @@
+"""What the transport's LoadMonitor sees under load, and the shed levels it reaches.
+
+Runs ``run_demo(split=True)`` (the fair star generator in a child process, as ``bench/members.py``)
+at the given sizes with audio + 320x240 video and samples, every 0.5 s of traffic, the shedder's
+level. Per size: the slot ticks' lateness p50 / p95 / max (ms), late ticks (over 10 ms) / ticks, the
+highest level reached and the seconds spent at each level, with the run's added latency and video
+frames dropped by the router (``shed_video``). ``--no-shed`` pins the level at NONE (the monitor
+still measures) for a with/without comparison on the same machine.
+
+    .venv/bin/python bench/shedding.py --sizes 6,10 --seconds 10
+
+Last line ``shed10_max_level=<int>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import numpy as np
+import trio
+
+from meshrtc.demo import run_demo
+from meshrtc.session.shedding import ShedLevel
+
+
+async def one(members: int, seconds: float, shed: bool) -> dict[str, Any]:
+    levels: list[int] = []
+    box: dict[str, Any] = {}
+
+    def on_tick(transport: Any, running: Any, *_: object) -> None:
+        shedder = transport.load.shedder
+        if not shed:
+            shedder.max_level = ShedLevel.NONE
+        levels.append(int(shedder.level))
+        box["monitor"] = transport.load
+        box["router"] = running.router
+
+    with trio.fail_after(seconds + 120):
+        result = await run_demo(
+            peers=members - 1,
+            seconds=seconds,
+            video=(320, 240),
+            split=True,
+            generator="star",
+            listeners=2,
+            on_tick=on_tick,
+        )
+    monitor = box["monitor"]
+    stats = monitor.shedder.statistics()
+    late = np.array(monitor.lateness) * 1000
+    shed_video = sum(box["router"].statistics().shed_video.values())
+    return {
+        "late": (np.percentile(late, 50), np.percentile(late, 95), late.max()),
+        "late_ticks": (stats.late_ticks, stats.ticks),
+        "max_level": max(levels, default=0),
+        "seconds_at": {lvl.name: round(s, 1) for lvl, s in stats.seconds_at.items()},
+        "added": (result.added_latency(50), result.added_latency(95)),
+        "shed_video": shed_video,
+        "cpu": result.transport_cpu_pct,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="6,10")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-shed", action="store_true")
+    args = parser.parse_args()
+    last = 0
+    members = 0
+    for members in (int(x) for x in args.sizes.split(",")):
+        r = trio.run(one, members, args.seconds, not args.no_shed)
+        p50, p95, worst = r["late"]
+        a50, a95 = r["added"]
+        print(
+            f"members={members:2d} shed={'off' if args.no_shed else 'on'} tick late p50/p95/max "
+            f"{p50:.1f}/{p95:.1f}/{worst:.0f} ms, late ticks {r['late_ticks'][0]}/"
+            f"{r['late_ticks'][1]}, max level {r['max_level']} {r['seconds_at']}, added p50/p95 "
+            f"{a50 or float('nan'):.0f}/{a95 or float('nan'):.0f} ms, shed_video {r['shed_video']}, "
+            f"tr cpu {r['cpu'] or float('nan'):.0f} %, load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+        last = r["max_level"]
+    print(f"shed{members}_max_level={last}")
+
+
+if __name__ == "__main__":
+    main()
