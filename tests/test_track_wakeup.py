@@ -11,6 +11,10 @@ import asyncio
 import threading
 from typing import Any
 
+import trio
+import trio.lowlevel
+
+from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.tracks import _Wakeup, loop_waker
 
 PARKED = 6
@@ -41,6 +45,36 @@ def test_one_cross_thread_call_wakes_every_track_notified_meanwhile() -> None:
 
     calls, flushes, notified = asyncio.run(main())
     assert (calls, flushes, notified) == (1, 1, PARKED)
+
+
+async def test_notifies_from_trio_cross_once_at_the_end_of_its_batch() -> None:
+    """From trio (the router's thread) the crossing waits for the end of trio's batch of tasks:
+    the loop thread, idle and free to run a flush between two notifies, still gets one."""
+    async with open_bridge(name="test-track-wakeup") as bridge:
+        loop = bridge.loop
+        flushes: list[object] = []
+        real = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(callback, "__name__", "") == "_flush":
+                flushes.append(callback)
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        wakeups = [_Wakeup() for _ in range(PARKED)]
+
+        async def park_all() -> None:
+            await asyncio.gather(*(w.wait(30.0, lambda: False) for w in wakeups))
+
+        with trio.fail_after(10):  # woken by the flush, not by the 30 s timeout
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bridge.run, park_all)
+                while not all(w._event is not None for w in wakeups):  # noqa: ASYNC110
+                    await trio.sleep(0.001)
+                for w in wakeups:  # one trio batch: no checkpoint in between
+                    w.notify()
+                assert flushes == []  # nothing crossed yet: it waits for this batch to end
+        assert len(flushes) == 1
 
 
 def test_a_notify_after_the_flush_schedules_another() -> None:
