@@ -1,4 +1,5 @@
-"""Tracks parked on one loop and notified in one go from another thread share one wake-up.
+"""Tracks parked on one loop and notified in one go from another thread share one wake-up; a
+queued picture is waited for, not spun on.
 
 The router hands every member's mix to its track in one 20 ms slot from trio's thread; one
 ``call_soon_threadsafe`` per track was a self-pipe write and a GIL hand-off per member per slot
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
+import numpy as np
 import trio
 import trio.lowlevel
 
 from meshrtc.rtc.bridge import open_bridge
-from meshrtc.rtc.tracks import _Wakeup, loop_waker
+from meshrtc.rtc.tracks import VideoOutputTrack, _Wakeup, loop_waker
 
 PARKED = 6
 
@@ -98,3 +101,29 @@ def test_a_notify_after_the_flush_schedules_another() -> None:
 def test_a_notify_with_nobody_parked_crosses_nothing() -> None:
     wakeup = _Wakeup()
     wakeup.notify()  # no loop, no event: nothing to wake, nothing raised
+
+
+class _CountingWakeup(_Wakeup):
+    """A _Wakeup that counts its waits (how often recv() went round its loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    async def wait(self, seconds: float, ready: Any) -> None:
+        self.waits += 1
+        await super().wait(seconds, ready)
+
+
+def test_video_recv_waits_for_a_queued_pictures_release_without_spinning() -> None:
+    """A picture is released ``smoothing`` (20 ms) after its capture; recv() used to wake at once
+    while one was queued and go round until then (hundreds of turns per picture)."""
+    track = VideoOutputTrack(fps=10)
+    counting = _CountingWakeup()
+    track._wakeup = counting
+    picture = np.zeros((120, 160, 3), dtype=np.uint8)
+    track.put(picture, timestamp=time.monotonic())  # released 20 ms from now
+    frame = asyncio.run(asyncio.wait_for(track.recv(), 5))
+    assert frame.pts is not None
+    assert track.sent == 1
+    assert counting.waits <= 3  # one timed wait (a second if the timer fired a hair early)
