@@ -140,15 +140,6 @@ _MAX_REBUILD_INTERVAL = 30.0
 #: Spare headroom above the margin is given back at this rate (seconds per second): slow enough that
 #: nobody hears the timeline catch up, fast enough to undo a jitter-buffer spike within a minute.
 _DECAY_PER_S = 0.0005
-#: A peer with one stream (audio only) has nothing to align with: the headroom is only the peak of
-#: its own jitter buffer's recent delay, so it is held for as long as the buffer's base window and
-#: given back at 10 ms/s (0.2 ms per 20 ms frame: the session grid's 16 ms band absorbs it, and the
-#: jitter buffer itself moves its delay up to 20 ms per 100 ms). With the two-stream figures above, a
-#: jitter spike while the timeline formed (a member connecting while others run DTLS handshakes, its
-#: microphone already sending silence) kept ~20 ms of headroom for 30 s + 40 s: 20 ms of added latency
-#: for the whole of a short call (docs/benchmarks.md, "Members").
-_SOLO_LAG_WINDOW = 2.0
-_SOLO_DECAY_PER_S = 0.010
 
 
 class SyncError(MeshRtcError):
@@ -852,15 +843,9 @@ class SyncManager(StatefulModel):
         assert timeline is not None
         elapsed = 0.0 if self._decayed_at is None else now - self._decayed_at
         self._decayed_at = now
-        solo = (
-            FrameType.VIDEO not in self._ssrc and not self.ntp_mapping[FrameType.VIDEO].has_mapping
-        )
-        window, rate = (
-            (_SOLO_LAG_WINDOW, _SOLO_DECAY_PER_S) if solo else (_LAG_WINDOW, _DECAY_PER_S)
-        )
         needed = -math.inf
         for lags in self._lags.values():
-            while lags and lags[0][0] < now - window:
+            while lags and lags[0][0] < now - _LAG_WINDOW:
                 lags.popleft()
             if lags:
                 needed = max(needed, lags[0][1])
@@ -868,7 +853,7 @@ class SyncManager(StatefulModel):
             return
         spare = timeline.latest_offset - (needed + _MARGIN)
         if spare > 0:
-            timeline.lower(min(spare, rate * elapsed))
+            timeline.lower(min(spare, _DECAY_PER_S * elapsed))
 
     def _presentation_time(self, p: _Pending) -> float:
         if p.sender_time is None or self._timeline is None:
