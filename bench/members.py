@@ -29,7 +29,8 @@ The machine may be shared: the load average is printed on every row. ``--soak MI
 long 10-member audio + video run instead (not run by the tests). ``--profile FILE`` records this
 process (the transport) with py-spy over each run's traffic window, one collapsed-stack file per
 run (``FILE`` with ``-<mode>-<members>`` before its suffix; opens in speedscope), and prints each
-run's active time per component (``bench/support/profile_attribution.py``). Last line:
+run's active time per component (``bench/support/profile_attribution.py``); ``--profile-gil``
+samples only the thread holding the GIL. Last line:
 ``members10_audio_added_p95_ms=<float>`` (nan when size 10 audio was not run).
 """
 
@@ -63,9 +64,10 @@ class Profiler:
     """py-spy on this process, started at the first tick of a run (the traffic window's start:
     ``run_demo`` ticks only after the members connected) for that run's traffic seconds."""
 
-    def __init__(self, output: Path, seconds: float) -> None:
+    def __init__(self, output: Path, seconds: float, gil: bool = False) -> None:
         self.output = output
         self.seconds = seconds
+        self.gil = gil
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *_args: object) -> None:
@@ -77,7 +79,7 @@ class Profiler:
             [
                 spy, "record", "--pid", str(os.getpid()), "--rate", str(PROFILE_RATE),
                 "--duration", str(max(1, int(self.seconds))), "--format", "raw",
-                "--nonblocking", "--output", str(self.output),
+                "--nonblocking", "--output", str(self.output), *(["--gil"] if self.gil else []),
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
@@ -178,6 +180,12 @@ def main(argv: list[str] | None = None) -> None:
         help="record the transport with py-spy over each traffic window (collapsed stacks, e.g. "
         "/tmp/members.txt -> /tmp/members-audio-10.txt) and print its time per component",
     )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (the interpreter's own time; "
+        "leaves out GIL waits, which plain sampling charges to the frame that waits)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     if any(not 2 <= n <= 10 for n in sizes):
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                 path = args.profile.with_name(
                     f"{args.profile.stem}-{mode}-{n}{args.profile.suffix}"
                 )
-                profiler = Profiler(path, args.seconds)
+                profiler = Profiler(path, args.seconds, gil=args.profile_gil)
             result = trio.run(
                 functools.partial(
                     _run, n, args.seconds, video, generator, args.listeners, args.aligned, profiler
