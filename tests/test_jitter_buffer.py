@@ -337,10 +337,13 @@ def test_burst_loss_is_one_gap_played_in_its_slots() -> None:
 def test_single_video_loss_requests_one_keyframe_and_resumes_at_the_next() -> None:
     # Frames of 3 packets, keyframes at frames 0 and 30; lose the middle packet of frame 10.
     h, sender = video_harness(frames=45, lose=[31])
+    assert not h.jb.keyframe_outstanding
     h.run_until(10.0 + 30 / 30 + 0.030)  # keyframe 30 arrived, not yet played
     assert h.jb.state == "Underrun"
+    assert h.jb.keyframe_outstanding  # asked once, still dropping frames for it
     h.run_until(11.4)
     assert h.jb.state == "Stable"
+    assert not h.jb.keyframe_outstanding
     h.run_until(13.0)
     jb = h.jb
     requests = [i for _, i in h.items if isinstance(i, KeyframeRequest)]

@@ -13,7 +13,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from meshrtc.media.frame import FrameType
+from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.jitter import Gap, KeyframeReason, KeyframeRequest
 from meshrtc.media.keyframe import KeyframePolicy
 from meshrtc.media.quality import ConnectionQuality
@@ -86,6 +86,55 @@ async def test_loss_reports_become_one_pli_and_an_unanswered_one_is_repeated() -
     assert stats.keyframe_requests == 2
     assert delivered == []
     assert receiver.last_activity == 0.0
+
+
+def _video_packet(seq: int, frame: int, *, key: bool, at: float) -> MediaFrame:
+    """One single-packet video frame at 30 fps; a keyframe's payload starts with b"K"."""
+    return MediaFrame(
+        FrameType.VIDEO, frame * 3000, seq, b"K" if key else b"D", at, marker_bit=True
+    )
+
+
+async def test_a_buffer_still_waiting_for_its_keyframe_rearms_a_satisfied_policy() -> None:
+    """The jitter buffer asks for a keyframe once per loss. The SyncManager hands that request out
+    at once but holds frames until their presentation time, so a keyframe released before the loss
+    can reach the decoder after the request and satisfy the policy; if the keyframe the PLI brought
+    is then lost too, the buffer drops every frame for good and nobody asks again (one pair of the
+    five-peer mesh: video stuck at 2-4 pictures for 30 s). The receive loop asks again."""
+    tap = FakeTap()
+    fake_tap: Any = tap
+    fake_bridge: Any = FakeBridge()
+    sync = SyncManager("bob", is_keyframe=lambda f: bytes(f.payload[:1]) == b"K")
+    receiver = MediaReceiver(
+        "bob",
+        tap=fake_tap,
+        bridge=fake_bridge,
+        sync=sync,
+        quality=ConnectionQuality("bob"),
+        stats=PeerStats(),
+        sender_reports={},
+        deliver=lambda _: None,
+        close_timeout=1.0,
+        started_at=0.0,
+    )
+    # Frame 0 (a keyframe) arrives, frame 1 never does, frame 2 does: the buffer declares frame 1
+    # lost, asks once (the request this test does not hand to the receiver: the policy is as a
+    # stale keyframe left it, satisfied) and drops what follows until a keyframe.
+    buffer = sync.video_jitter_buffer
+    for seq, frame, key in ((0, 0, True), (2, 2, False)):
+        buffer.insert(_video_packet(seq, frame, key=key, at=frame / 30), frame / 30)
+    popped = buffer.pop(1.0)
+    assert KeyframeRequest(KeyframeReason.LOSS) in popped
+    assert buffer.keyframe_outstanding
+    assert receiver.keyframes.wanted_since is None
+    send, media = trio.open_memory_channel[MediaEvent](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receiver.run, media)
+        await send.send(RtcpActivity(1, 0.0))  # any wake-up of the receive loop
+        await trio.testing.wait_all_tasks_blocked()
+        assert tap.plis == 1
+        assert receiver.keyframes.wanted_since is not None  # and repeated until one comes
+        await send.aclose()
 
 
 def test_a_picture_takes_the_time_its_audio_leaves_the_drift_stage() -> None:

@@ -379,6 +379,14 @@ class JitterBuffer(StatefulModel):
     # --- read-only view ----------------------------------------------------------------------
 
     @property
+    def keyframe_outstanding(self) -> bool:
+        """Video: a :class:`KeyframeRequest` went out and no keyframe has come since; every frame
+        until one is dropped. The request is handed out once per episode, so whoever sends the
+        PLIs keeps asking while this holds (rtc/receiver.py): a keyframe that was itself lost or
+        refused as late would otherwise leave video frozen."""
+        return self._await_key and self._key_requested
+
+    @property
     def head_sequence(self) -> int | None:
         """The 16-bit sequence number of the next packet to play (None before any packet)."""
         return None if self._highest is None else self._head & _M16

@@ -240,7 +240,13 @@ class MediaReceiver:
             items = sync.pop_next_aligned(now)
             for item in items:
                 self.play(item)
-            if self.keyframes.poll(now):
+            keyframes = self.keyframes
+            # The buffer asked once and still drops every frame for a keyframe, yet the policy
+            # was satisfied: the SyncManager hands a KeyframeRequest out at once but holds frames
+            # for their presentation time, so a keyframe the buffer released before the loss
+            # reached the decoder after the request (five-peer mesh: video frozen for 30 s).
+            rearm = keyframes.wanted_since is None and sync.video_jitter_buffer.keyframe_outstanding
+            if (rearm and keyframes.need(now)) or keyframes.poll(now):
                 self._send_pli_soon()
             if not items and wait <= 0:
                 await trio.sleep(0.001)  # due now but nothing released: do not spin
