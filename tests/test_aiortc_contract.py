@@ -9,6 +9,7 @@ pinned ``receive()`` source, the digest).
 from __future__ import annotations
 
 import asyncio
+import fractions
 import hashlib
 import inspect
 from collections.abc import Callable
@@ -338,6 +339,26 @@ def test_encoder_timestamps_are_the_frame_pts() -> None:
     source = _source(opus.OpusEncoder.encode)
     assert "packets[0].pts - self.first_packet_pts" in source
     assert opus.OpusEncoder().first_packet_pts is None
+
+
+def test_opus_encoder_resampler_is_what_bitrate_opus_encoder_skips() -> None:
+    # BitrateOpusEncoder hands frames already in this shape straight to the codec (_opus_ready) and
+    # otherwise copies the rest of OpusEncoder.encode; both must stay what aiortc does.
+    resampler = opus.OpusEncoder().resampler
+    assert (resampler.format.name, resampler.layout.name) == ("s16", "stereo")
+    assert resampler.rate == opus.SAMPLE_RATE == 48000
+    assert resampler.frame_size == opus.SAMPLES_PER_FRAME == 960
+    assert fractions.Fraction(1, opus.SAMPLE_RATE) == opus.TIME_BASE
+    source = _source(opus.OpusEncoder.encode)
+    for line in (
+        "for frame in self.resampler.resample(frame):",
+        "packets += self.codec.encode(frame)",
+        "if self.first_packet_pts is None and packets:",
+        "self.first_packet_pts = packets[0].pts",
+        "return [bytes(p) for p in packets], packets[0].pts - self.first_packet_pts",
+        "return [], None",
+    ):
+        assert line in source, f"OpusEncoder.encode no longer has {line!r}"
 
 
 def test_sender_applies_remb_to_the_encoder_target_bitrate() -> None:

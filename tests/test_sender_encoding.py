@@ -19,6 +19,7 @@ import av
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, rtp
+from aiortc.codecs import opus
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -204,3 +205,33 @@ def test_a_disabled_sender_reads_and_drops_frames() -> None:
         assert len(getattr(sender, adapter.SENDER_TRACK)._frames) == FRAMES - 1  # but read
 
     _run(body)
+
+
+@pytest.mark.parametrize("layout", ["stereo", "mono"])
+def test_bitrate_opus_encoder_matches_aiortcs_with_or_without_the_resampler(layout: str) -> None:
+    """Stereo s16 48 kHz 960-sample frames (what the tracks make) skip the resampler; others use
+    it. Either way: aiortc's packets, and its timestamps plus the first packet's pts."""
+    theirs = opus.OpusEncoder()
+    ours = adapter.BitrateOpusEncoder()
+    expected = [theirs.encode(f) for f in _frames(layout, 5)]
+    got = [ours.encode(f) for f in _frames(layout, 5)]
+    assert ours.first_packet_pts == theirs.first_packet_pts
+    offset = ours.first_packet_pts
+    assert offset is not None
+    assert [(p, None if t is None else t - offset) for p, t in got] == expected
+    assert ours.direct == (FRAMES if layout == "stereo" else 0)
+
+
+def test_one_frame_the_resampler_must_take_switches_to_it_for_good() -> None:
+    ours = adapter.BitrateOpusEncoder()
+    stereo = _frames("stereo", 6)
+    for frame in stereo[:3]:
+        ours.encode(frame)
+    half = av.AudioFrame.from_ndarray(
+        stereo[3].to_ndarray()[:, :960], format="s16", layout="stereo"
+    )  # 480 samples: not Opus's frame size
+    half.sample_rate, half.pts, half.time_base = 48000, stereo[3].pts, stereo[3].time_base
+    ours.encode(half)
+    for frame in stereo[4:8]:
+        ours.encode(frame)
+    assert ours.direct == 3  # the full frames after the short one went through the resampler too
