@@ -25,7 +25,7 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern))
     for name, pattern in (
         ("audio level (RFC 6464)", r"compute_audio_level_dbov|audio_level_dbov"),
-        ("Opus encode", r"OpusEncoder\.encode \("),
+        ("Opus encode", r"OpusEncoder\.(encode|_encode_direct) \("),
         ("VP9 encode", r"Vp9Encoder\.\w+ \("),
         ("VP8/H.264 encode", r"(Vp8|H264)Encoder\.\w+ \("),
         ("Opus decode", r"OpusDecoder\.decode \(|AudioDecoder\.decode"),
