@@ -8,6 +8,7 @@ Collectors move every received item into lists and wake waiters, so tests wait o
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -87,6 +88,42 @@ class Changes:
                 await self._event.wait()
 
 
+#: A decoded audio frame peaking above this carries a test tone (``tone`` uses 0.5).
+LOUD_PEAK = 0.1
+
+
+@attrs.define
+class Tally:
+    """Running counts of what one node received from one remote, kept as items arrive.
+
+    Conditions that tests wait on are re-checked at every delivery; recounting the lists (and
+    taking every audio frame's peak) each time cost the five-peer mesh's trio thread more the
+    longer it ran, on the cores the peers under test need.
+    """
+
+    audio: int = 0
+    #: Audio items that were decoded (not concealed), and of those the ones carrying a tone.
+    decoded: int = 0
+    loud: int = 0
+    video: int = 0
+    data: int = 0
+    #: Whether each of the last five audio items carried the sender's wall clock.
+    timed: collections.deque[bool] = attrs.Factory(lambda: collections.deque(maxlen=5))
+
+    def add(self, item: ReceivedMedia) -> None:
+        if isinstance(item, ReceivedAudio):
+            self.audio += 1
+            self.timed.append(item.sender_time is not None)
+            if not item.concealed:
+                self.decoded += 1
+                if float(np.abs(item.samples).max()) > LOUD_PEAK:
+                    self.loud += 1
+        elif isinstance(item, ReceivedVideo):
+            self.video += 1
+        elif isinstance(item, ReceivedData):
+            self.data += 1
+
+
 @attrs.define(eq=False)
 class Node:
     """One meshrtc peer: its signaling client, its PeerManager, what it received and saw."""
@@ -97,6 +134,7 @@ class Node:
     changes: Changes
     events: list[PeerEvent] = attrs.Factory(list)
     received: dict[str, list[ReceivedMedia]] = attrs.Factory(dict)
+    tallies: dict[str, Tally] = attrs.Factory(dict)
 
     def peer(self, remote: str) -> PeerConnection:
         peer = self.manager.get_peer(remote)
@@ -125,10 +163,15 @@ class Node:
                     nursery.start_soon(self._collect, peer)
             self.changes.poke()
 
+    def tally(self, remote: str) -> Tally:
+        return self.tallies.setdefault(remote, Tally())
+
     async def _collect(self, peer: PeerConnection) -> None:
         items = self.received.setdefault(peer.peer_id, [])
+        tally = self.tally(peer.peer_id)
         async for item in peer.received:
             items.append(item)
+            tally.add(item)
             self.changes.poke()
 
 

@@ -21,6 +21,7 @@ from meshrtc.rtc.peers import PeerAdded, PeerConnected, PeerRefused, PeerRemoved
 
 from .peer_helpers import (
     HEIGHT,
+    LOUD_PEAK,
     TEST_OPTIONS,
     WIDTH,
     Node,
@@ -40,18 +41,26 @@ LOUD = 10
 
 def _loud(receiver: Node, sender: str) -> list[ReceivedAudio]:
     """The decoded frames that carry the tone (once it ends, silence follows)."""
-    return [x for x in receiver.decoded_audio(sender) if float(np.abs(x.samples).max()) > 0.1]
+    return [x for x in receiver.decoded_audio(sender) if float(np.abs(x.samples).max()) > LOUD_PEAK]
+
+
+def _missing(receiver: Node, sender: str, audio: int, video: int, data: int) -> list[str]:
+    """What ``receiver`` still lacks from ``sender`` (empty: enough); from running counts, as
+    this is re-checked at every delivery."""
+    tally = receiver.tally(sender)
+    wanted = {
+        "srs": len(receiver.peer(sender).sender_reports) == 2,
+        "timed": any(tally.timed),
+        "audio": tally.decoded >= audio,
+        "loud": tally.loud >= LOUD,
+        "video": tally.video >= video,
+        "data": tally.data >= data,
+    }
+    return [name for name, ok in wanted.items() if not ok]
 
 
 def _enough(receiver: Node, sender: str, audio: int, video: int, data: int) -> bool:
-    return (
-        len(receiver.peer(sender).sender_reports) == 2
-        and any(x.sender_time is not None for x in receiver.audio(sender)[-5:])
-        and len(receiver.decoded_audio(sender)) >= audio
-        and len(_loud(receiver, sender)) >= LOUD
-        and len(receiver.video(sender)) >= video
-        and len(receiver.data(sender)) >= data
-    )
+    return not _missing(receiver, sender, audio, video, data)
 
 
 def _counts(receiver: Node, sender: Node) -> dict[str, object]:
@@ -195,18 +204,30 @@ async def _exchange(
         for message in _messages(sender, receiver):
             await s.nodes[sender].peer(receiver).send_data(message)
     sent = time.monotonic()
+    #: Per criterion, when some pair last lacked it (what the wait was for, when it was long).
+    lacked: dict[str, tuple[float, str, str]] = {}
+
+    def every_pair_has_enough() -> bool:
+        now = time.monotonic()
+        done = True
+        for snd, r in itertools.permutations(names, 2):
+            for name in _missing(s.nodes[r], snd, audio, video, 3):
+                lacked[name] = (now, snd, r)
+                done = False
+        return done
+
     try:
-        await s.until(
-            lambda: all(
-                _enough(s.nodes[r], snd, audio, video, 3)
-                for snd, r in itertools.permutations(names, 2)
-            ),
-            within=30,
+        await s.until(every_pair_has_enough, within=30)
+        waits = ", ".join(
+            f"{name} {at - sent:.2f} s ({snd}->{r})" for name, (at, snd, r) in lacked.items()
         )
         print(
             f"media and data sent in {sent - started:.2f} s; every pair had enough "
-            f"{time.monotonic() - sent:.2f} s later"
+            f"{time.monotonic() - sent:.2f} s later (last lacking: {waits})"
         )
+        if lacked:
+            _, snd, r = max(lacked.values())
+            print(f"{snd}->{r}: {_counts(s.nodes[r], s.nodes[snd])}")
     except trio.TooSlowError:
         short = {
             f"{snd}->{r}": _counts(s.nodes[r], s.nodes[snd])
