@@ -20,10 +20,13 @@ and notes how late it woke (``session/load_monitor.py``). Lateness is the interp
 the audio path sees it: every task that had to run first (decode, mix, the asyncio thread holding the
 GIL) delays it.
 
-The rule works on one-second windows of ticks. A window is *overloaded* when at least
-``overload_fraction`` (20 %) of its ticks were more than ``late_after`` (10 ms, half a slot) late, or
-one was a whole ``stall_after`` (100 ms) late; *calm* when none was more than ``calm_below`` (4 ms)
-late; otherwise neither. ``raise_after`` (1) overloaded windows in a row raise the level one step;
+The rule works on one-second windows of slots. A window is *overloaded* when at least
+``overload_fraction`` (20 %) of its slots were more than ``late_after`` (10 ms, half a slot) late;
+*calm* when no tick was more than ``calm_below`` (4 ms) late; otherwise neither. A tick that comes
+``n`` whole slots late stands for the ``n`` slots the loop missed as well (the monitor skips them
+rather than ticking in a burst), all of them late: so a 300 ms stall in a second (15 of 65 slots)
+overloads its window, a lone 100 ms one (5 of 55) does not; one DTLS handshake's pause is not
+sustained lateness. ``raise_after`` (1) overloaded windows in a row raise the level one step;
 ``lower_after`` (5) calm windows in a row lower it one step. Hysteresis is in both the thresholds
 (late vs calm) and the times (1 s up, 5 s down), so a load near the edge does not make the picture
 flap; a window that is neither resets both runs, so only *sustained* lateness or calm moves the
@@ -79,6 +82,8 @@ class ShedStatistics:
     """A snapshot of the shedder (the shedder alone changes its counters)."""
 
     level: ShedLevel
+    #: Slots observed (a tick that came n whole slots late counts for the n it stands for too),
+    #: and how many of them were more than ``late_after`` late.
     ticks: int
     late_ticks: int
     max_lateness: float
@@ -96,7 +101,8 @@ class LoadShedder:
     window: float = 1.0
     late_after: float = 0.010
     calm_below: float = 0.004
-    stall_after: float = 0.100
+    #: The slot the ticks are meant to come at (the monitor's period).
+    period: float = 0.020
     overload_fraction: float = 0.2
     raise_after: int = 1
     lower_after: int = 5
@@ -118,8 +124,8 @@ class LoadShedder:
     _seconds_at: dict[ShedLevel, float] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        if not (self.window > 0 and 0 <= self.calm_below <= self.late_after <= self.stall_after):
-            raise ValueError("window must be > 0 and 0 <= calm_below <= late_after <= stall_after")
+        if not (self.window > 0 and self.period > 0 and 0 <= self.calm_below <= self.late_after):
+            raise ValueError("window and period must be > 0 and 0 <= calm_below <= late_after")
         if not (
             0 < self.overload_fraction <= 1 and self.raise_after >= 1 and self.lower_after >= 1
         ):
@@ -140,11 +146,14 @@ class LoadShedder:
             self._since = now
         elif now >= self._window_end:
             changed = self._close_window(now)
-        self._ticks += 1
-        self._window_ticks += 1
-        if lateness > self.late_after:
-            self._late_ticks += 1
-            self._window_late += 1
+        # This slot and the whole slots the loop missed before it (module docstring), and how many
+        # of them were more than ``late_after`` late.
+        slots = 1 + int(lateness // self.period)
+        late = min(slots, max(0, math.ceil((lateness - self.late_after) / self.period)))
+        self._ticks += slots
+        self._window_ticks += slots
+        self._late_ticks += late
+        self._window_late += late
         self._window_max = max(self._window_max, lateness)
         self._max_lateness = max(self._max_lateness, lateness)
         return changed
@@ -158,7 +167,7 @@ class LoadShedder:
         self._window_ticks = self._window_late = 0
         self._window_max = 0.0
         self._account(now)
-        if ticks and (late >= self.overload_fraction * ticks or worst >= self.stall_after):
+        if ticks and late >= self.overload_fraction * ticks:
             self._overloaded_run += 1
             self._calm_run = 0
             if self._overloaded_run >= self.raise_after and self.level < self.max_level:
