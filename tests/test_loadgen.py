@@ -11,7 +11,13 @@ import trio
 from aiortc import RTCPeerConnection
 
 from meshrtc.loadgen.onsets import OnsetProbe
-from meshrtc.loadgen.replay import RTP_TIMESTAMP_MODULUS, EncodedClip, Replay, wire_timestamp
+from meshrtc.loadgen.replay import (
+    RTP_TIMESTAMP_MODULUS,
+    EncodedClip,
+    Handoff,
+    Replay,
+    wire_timestamp,
+)
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.rtc.aiortc_adapter import TapEvent, codec_preferences, tap_peer_connection
 from meshrtc.rtc.bridge import open_bridge
@@ -65,6 +71,61 @@ def test_a_clip_needs_packets_and_valid_indices() -> None:
         EncodedClip((), 960, 48_000)
     with pytest.raises(ValueError, match="indices"):
         EncodedClip((b"a",), 960, 48_000, keyframes=frozenset({1}))
+
+
+def test_a_handoff_keeps_idle_and_live_packets_on_one_pacing_line() -> None:
+    """Idle -> live -> idle, with a skip: pts is ``count * 960`` for every place on the line, so
+    the RTP timestamps and the Sender Reports' line (pts over the pacing's t0) never step."""
+    idle = EncodedClip((b"idle",), 960, 48_000)
+    handoff = Handoff(CLIP, idle)
+    got = [handoff.next() for _ in range(2)]
+    handoff.start(4)
+    handoff.start(9)  # already live: no change
+    got += [handoff.next() for _ in range(2)]
+    handoff.skip(1)
+    got += [handoff.next() for _ in range(4)]
+    places = [0, 1, 2, 3, 5, 6, 7, 8]
+    assert [p.pts for p in got] == [960 * n for n in places]
+    assert [(p.data, p.live) for p in got] == [(b"idle", False)] * 2 + [
+        (b"a", True),
+        (b"b", True),
+        (b"a", True),  # the skipped place took "c"
+        (b"b", True),
+        (b"idle", False),
+        (b"idle", False),
+    ]
+    assert (handoff.count, handoff.sent_live, handoff.live) == (9, 4, False)
+    with pytest.raises(ValueError, match="step"):
+        Handoff(CLIP, EncodedClip((b"x",), 480, 48_000))
+    nothing = Handoff(CLIP)
+    assert not nothing.sending
+    with pytest.raises(RuntimeError):
+        nothing.next()
+
+
+def test_a_start_while_the_track_paces_an_idle_packet_keeps_the_clip_on_time() -> None:
+    """The cue arrives while recv() sleeps towards its next due time (as start_traffic's
+    call_soon does, from trio): the clip begins on that place. The first version handed out the
+    idle packet it held and began the clip with that packet's pts again: a 960-tick (20 ms) step
+    against the pacing that the transport's jitter buffer followed."""
+    idle = EncodedClip((b"idle",), 960, 48_000)
+    track = ReplayTrack("audio", CLIP, idle=idle)
+
+    async def run() -> list[tuple[bytes, int]]:
+        out = []
+        for n in range(8):
+            task = asyncio.ensure_future(track.recv())
+            await asyncio.sleep(0)  # the task now sleeps towards its due time
+            if n == 2:
+                track.start(0.06)
+            packet = await task
+            out.append((bytes(packet), packet.pts))
+        return out
+
+    got = asyncio.run(run())
+    assert [pts for _, pts in got] == [960 * n for n in range(8)]
+    assert [data for data, _ in got] == [b"idle"] * 2 + [b"a", b"b", b"c"] + [b"idle"] * 3
+    assert track.sent_live == 3
 
 
 def _tone(freq: float, n: int = 960, amplitude: float = 0.1) -> np.ndarray:

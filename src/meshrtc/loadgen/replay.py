@@ -10,13 +10,26 @@ timestamp (its own random origin plus the pts, modulo 2**32) and numbers the RTP
 Video clips start with a keyframe and may hold more; :meth:`Replay.skip_to_keyframe` makes the next
 packet the next keyframe of the clip (what a receiver's picture-loss request needs), still with the
 next pts, so skipping shows as a jump in the picture, never in time.
+
+A member sends idle silence from connect and switches to its clip and back on cue;
+:class:`Handoff` does both on one count, so the switch moves neither the RTP timestamps nor the
+Sender Reports' line off the 20 ms pacing. (Its first version read the count when the cue
+arrived, while the track held the idle packet it was about to hand out: the clip then began one
+frame, 960 ticks, behind the pacing, and the transport followed a 20 ms step in base transit.)
 """
 
 from __future__ import annotations
 
 import attrs
 
-__all__ = ["RTP_TIMESTAMP_MODULUS", "EncodedClip", "Replay", "ReplayPacket", "wire_timestamp"]
+__all__ = [
+    "RTP_TIMESTAMP_MODULUS",
+    "EncodedClip",
+    "Handoff",
+    "Replay",
+    "ReplayPacket",
+    "wire_timestamp",
+]
 
 RTP_TIMESTAMP_MODULUS = 1 << 32
 
@@ -66,6 +79,8 @@ class ReplayPacket:
     index: int
     keyframe: bool
     onset: bool
+    #: From the live clip of a :class:`Handoff` (not its idle one).
+    live: bool = False
 
 
 class Replay:
@@ -125,6 +140,73 @@ class Replay:
     def due(self, count: int) -> float:
         """Seconds after the first packet at which packet ``count`` is due."""
         return count * self.clip.interval
+
+
+class Handoff:
+    """An ``idle`` clip (or nothing), then ``live`` on :meth:`start`, then idle again: one stream.
+
+    Every packet's pts is ``count * step`` for its place on the pacing line (``count`` counts
+    packets handed out and skipped, whichever clip they came from), so the caller paces packet
+    ``count`` at ``t0 + count * interval`` and its Sender Reports map pts to that same line. A
+    switch takes effect on the next packet handed out, so a caller should take a packet only
+    when it is due (not take it, sleep, and hand it out after a cue may have come).
+    """
+
+    def __init__(self, live: EncodedClip, idle: EncodedClip | None = None) -> None:
+        if idle is not None and (idle.step, idle.clock_rate) != (live.step, live.clock_rate):
+            raise ValueError("the idle clip must share the live clip's step and clock rate")
+        self.live_clip = live
+        self.idle_clip = idle
+        #: Packets on the pacing line so far: handed out or skipped.
+        self.count = 0
+        #: Live packets handed out (skipped ones not included).
+        self.sent_live = 0
+        self.live = False
+        self._limit: int | None = None
+        self._replay: Replay | None = None if idle is None else Replay(idle)
+
+    def start(self, packets: int | None = None) -> None:
+        """Replay the live clip for the next ``packets`` packets (None: until further notice),
+        then go back to idle. Starting while live changes nothing."""
+        if self.live:
+            return
+        self.live = True
+        self._limit = None if packets is None else self.sent_live + packets
+        self._replay = Replay(self.live_clip, origin=self.count * self.live_clip.step)
+
+    @property
+    def sending(self) -> bool:
+        """Whether there is a packet to hand out (false only idle without an idle clip)."""
+        self._expire()
+        return self._replay is not None
+
+    def next(self) -> ReplayPacket:
+        """The packet for place ``count`` on the pacing line (raises when not :attr:`sending`)."""
+        self._expire()
+        replay = self._replay
+        if replay is None:
+            raise RuntimeError("nothing to send: idle without an idle clip")
+        packet = replay.next()
+        self.count += 1
+        if self.live:
+            self.sent_live += 1
+            packet = attrs.evolve(packet, live=True)
+        return packet
+
+    def skip(self, n: int) -> None:
+        """Leave out the next ``n`` places (a sender that fell behind), time included."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        self.count += n
+        if self._replay is not None:
+            self._replay.skip(n)
+
+    def _expire(self) -> None:
+        if self.live and self._limit is not None and self.sent_live >= self._limit:
+            self.live = False
+            self._limit = None
+            idle = self.idle_clip
+            self._replay = None if idle is None else Replay(idle, origin=self.count * idle.step)
 
 
 def wire_timestamp(sender_origin: int, pts: int) -> int:

@@ -50,7 +50,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from av.video.frame import PictureType
 
 from meshrtc.errors import MeshRtcError
-from meshrtc.loadgen.replay import EncodedClip, Replay
+from meshrtc.loadgen.replay import EncodedClip, Handoff
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.rtcp import NTP_EPOCH_OFFSET
 from meshrtc.rtc.aiortc_adapter import (
@@ -180,7 +180,9 @@ class ReplayTrack(MediaStreamTrack):
     """An outgoing track that returns pre-encoded ``av.Packet`` objects, paced in real time.
 
     Before :meth:`start` it replays ``idle`` (None: sends nothing); from :meth:`start` on, ``clip``,
-    its pts continuing where the idle packets left off. ``epoch`` fixes the phase of its 20 ms
+    its pts continuing where the idle packets left off (:class:`~meshrtc.loadgen.replay.Handoff`:
+    the packet handed out is chosen after the pacing sleep, so a start during that sleep cannot
+    put the clip a frame off the pacing line). ``epoch`` fixes the phase of its 20 ms
     packets (members whose epochs differ by a fraction of a packet fall between each other's
     slots at the transport, as real users do). ``on_onset`` is called (asyncio thread)
     with ``time.monotonic()`` when a tone onset packet is handed to aiortc: the latency probe's
@@ -202,18 +204,14 @@ class ReplayTrack(MediaStreamTrack):
         self.epoch = epoch
         self.clip = clip
         self.idle = idle
-        self.replay: Replay | None = None if idle is None else Replay(idle)
-        self._live_limit: int | None = None
+        self.handoff = Handoff(clip, idle)
         self.on_onset = on_onset
         self._time_base = fractions.Fraction(1, clip.clock_rate)
         #: Read once: the Sender Reports follow one straight line (see :meth:`ntp_time`).
         self._wall_offset = time.time() - time.monotonic()
         self._started: asyncio.Event | None = None
-        self._live = False
         self._t0: float | None = None
-        self._sent = 0
-        #: Packets handed to aiortc since :meth:`start`, and packets skipped after a stall.
-        self.sent_live = 0
+        #: Packets skipped after a stall.
         self.skipped = 0
         #: The latest a packet was handed over after its due time (seconds): idle, live. The
         #: generator's own pacing jitter, which the transport's jitter buffer sees.
@@ -222,23 +220,14 @@ class ReplayTrack(MediaStreamTrack):
     def start(self, seconds: float | None = None) -> None:
         """Switch to the clip (call on the asyncio thread); after ``seconds`` of it, back to idle
         (or nothing), so a run has exactly the tone onsets its length promises."""
-        if self._live:
-            return
-        self._live = True
-        self._live_limit = None if seconds is None else round(seconds / self.clip.interval)
-        self.replay = Replay(self.clip, origin=self._sent * self.clip.step)
+        self.handoff.start(None if seconds is None else round(seconds / self.clip.interval))
         if self._started is not None:
             self._started.set()
 
-    def _finish(self) -> None:
-        self._live = False
-        self._live_limit = None
-        if self.idle is None:
-            self.replay = None
-            self._started = None
-            self._t0 = None
-        else:
-            self.replay = Replay(self.idle, origin=self._sent * self.idle.step)
+    @property
+    def sent_live(self) -> int:
+        """Packets of the clip handed to aiortc (skipped ones not included)."""
+        return self.handoff.sent_live
 
     def ntp_time(self, pts: int) -> int:
         """NTP time of ``pts``: when it was due, on one straight line (the adapter puts it in the
@@ -252,46 +241,42 @@ class ReplayTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._live_limit is not None and self.sent_live >= self._live_limit:
-            self._finish()
-        if self.replay is None:
-            self._started = self._started or asyncio.Event()
+        handoff = self.handoff
+        if not handoff.sending:  # idle without an idle clip: wait for start(), then re-phase
+            self._t0 = None
+            self._started = asyncio.Event()
             await self._started.wait()
-        replay = self.replay
-        assert replay is not None
+            self._started = None
         interval = self.clip.interval
         now = time.monotonic()
         if self._t0 is None:
             start = now
             if self.epoch is not None:  # the next instant of this track's phase
                 start = self.epoch + math.ceil((now - self.epoch) / interval) * interval
-            self._t0 = start - self._sent * interval
-        due = self._t0 + self._sent * interval
+            self._t0 = start - handoff.count * interval
+        due = self._t0 + handoff.count * interval
         if due > now:
             await asyncio.sleep(due - now)
             late = time.monotonic() - due
         else:
             late = now - due
-        if late > self.late_max[self._live]:
-            self.late_max[self._live] = late
         if late > MAX_BEHIND:
             behind = int(late / interval)
-            self._sent += behind
             self.skipped += behind
-            replay.skip(behind)
+            handoff.skip(behind)
         if self.readyState != "live":
             raise MediaStreamError
-        item = replay.next()
-        self._sent += 1
+        # Chosen only now: a start() during the sleep above applies to this packet, on its place.
+        item = handoff.next()
+        if late > self.late_max[item.live]:
+            self.late_max[item.live] = late
         packet = av.Packet(item.data)
         packet.pts = item.pts
         packet.time_base = self._time_base
         if item.keyframe:
             packet.is_keyframe = True
-        if self._live:
-            self.sent_live += 1
-            if item.onset and self.on_onset is not None:
-                self.on_onset(time.monotonic())
+        if item.live and item.onset and self.on_onset is not None:
+            self.on_onset(time.monotonic())
         return packet
 
 
