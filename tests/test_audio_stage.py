@@ -322,3 +322,23 @@ def test_stamp_of_is_where_audio_presented_then_lands_after_a_timeline_step() ->
     assert abs(landed[0] - presented) > 0.004  # the plain presentation time is 6 ms off
     assert abs(landed[0] - expected) < 0.0003
     assert DriftCompensationStage().stamp_of(5.0) == 5.0  # nothing pushed: no shift
+
+
+def test_a_drift_free_stream_comes_out_bit_exact_and_undelayed() -> None:
+    """Sender and receiver on one clock, factor 1: the compensator passes every block through, so
+    the frames are the decoded samples themselves, stamped with each block's own presentation time
+    (no resampler delay to prime with silence)."""
+    rng = np.random.default_rng(3)
+    stage = DriftCompensationStage()
+    blocks = rng.uniform(-1, 1, (200, FRAME_SAMPLES, 1)).astype(np.float32)
+    frames: list[CompensatedFrame] = []
+    for n, block in enumerate(blocks):
+        frames += stage.push(block, 100.0 + n * FRAME_SECONDS, 1.0)
+    assert len(frames) == len(blocks)
+    np.testing.assert_array_equal(
+        np.concatenate([f.samples for f in frames]), blocks.reshape(-1, 1)
+    )
+    np.testing.assert_allclose(stamps(frames), 100.0 + np.arange(len(blocks)) * FRAME_SECONDS)
+    assert stage.compensator is not None
+    assert stage.compensator.passthrough
+    assert stage.compensator.mode_switches == 0

@@ -198,3 +198,64 @@ def test_feed_forward_alone_stops_the_filling() -> None:
     tail = levels[120:]
     assert max(tail) - min(tail) <= 6.0
     assert raw[0] - raw[-1] > 550.0, "the uncompensated control must drain"
+
+
+# --- pass-through ---------------------------------------------------------------------------------
+
+
+def quadrature(seconds: float, freq: float = 300.0) -> NDArray[np.float32]:
+    """sin on the left, cos on the right: the angle of each output sample is its position in the
+    input (angle / ω), whatever the amplitude, so a dropped, repeated or shifted sample shows."""
+    w = 2 * np.pi * freq / FS
+    n = np.arange(round(seconds * FS))
+    return (0.5 * np.stack([np.sin(w * n), np.cos(w * n)], axis=1)).astype(np.float32)
+
+
+def positions(y: NDArray[np.float32], freq: float = 300.0) -> NDArray[np.float64]:
+    angle = np.unwrap(np.arctan2(y[:, 0].astype(np.float64), y[:, 1].astype(np.float64)))
+    return angle / (2 * np.pi * freq / FS)
+
+
+def test_a_factor_of_one_passes_blocks_through_bit_exact() -> None:
+    """No drift, no level error: nothing is resampled, nothing held back."""
+    rng = np.random.default_rng(7)
+    comp = DriftCompensator()
+    x = rng.uniform(-1, 1, 100 * BLOCK).astype(np.float32)
+    y = np.concatenate([comp.process(x[s : s + BLOCK], 1.0) for s in range(0, len(x), BLOCK)])
+    np.testing.assert_array_equal(y, x)
+    assert comp.passthrough
+    assert comp.mode_switches == 0
+    assert comp.latency_samples == 0
+
+
+def test_leaving_and_entering_pass_through_keeps_the_output_continuous() -> None:
+    """1 s at factor 1 (passed through), 2 s at 300 ppm (resampled), 1 s at 1 again: every output
+    sample is the input position after the one before it, give or take under half a sample (a
+    dropped or repeated sample is a step of 1), and the last second is the input again, bit-exact,
+    none of it still owed."""
+    x = quadrature(4.0)
+    factors = [1.0] * 50 + [1.0003] * 100 + [1.0] * 50
+    comp = DriftCompensator(channels=2)
+    y = np.concatenate(
+        [comp.process(x[i * BLOCK : (i + 1) * BLOCK], f) for i, f in enumerate(factors)]
+    )
+    assert comp.mode_switches == 2
+    steps = np.diff(positions(y))
+    assert steps.min() > 0.5, steps.min()  # no repeated sample
+    assert steps.max() < 1.5, steps.max()  # no dropped one
+    # Between the switches the steps are those of the resampling (1/1.0003 per sample).
+    assert np.median(steps[60 * BLOCK : 140 * BLOCK]) == pytest.approx(1 / 1.0003, abs=1e-5)
+    # Back to pass-through: the newest output is the newest input, and the count is continuous.
+    np.testing.assert_array_equal(y[-49 * BLOCK :], x[-49 * BLOCK :])
+    assert abs(comp.samples_out - comp.expected_out) < 1
+    assert comp.expected_out == pytest.approx(len(x) + 100 * BLOCK * 300e-6)
+
+
+def test_a_ratio_hovering_at_the_edge_does_not_flip_modes_every_block() -> None:
+    """Hysteresis: leave at 20 ppm, come back only within 5 ppm."""
+    comp = DriftCompensator()
+    x = tone(2.0)
+    factors = [1.0 + (15e-6 if i % 2 else 25e-6) for i in range(len(x) // BLOCK)]
+    run_blocks(comp, x, factors)
+    assert comp.mode_switches == 1
+    assert not comp.passthrough

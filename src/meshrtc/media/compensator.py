@@ -23,10 +23,23 @@ still never leaves ±1% (the correction's bound, media/drift.py).
 
 In the live path each peer's decoded audio goes through one of these inside
 :class:`~meshrtc.media.audio_stage.DriftCompensationStage`, whose level is its frames' stamp lead.
+
+Pass-through: most streams need no resampling at all (two peers on one clock, or the factor still 1
+before a drift estimate while the level sits at its target), yet libsoxr cost about 14 % of the
+transport's active time at ten members (docs/benchmarks.md, "Per-member cost"). While the ratio is
+within ``passthrough_enter_ppm`` of 1 the blocks go out as they came in (bit-exact, no delay), and
+resampling resumes once it leaves ``passthrough_leave_ppm`` (hysteresis, so a ratio hovering near the
+edge does not flip modes every block). Neither switch jumps the timeline: entering sends out what
+the resampler still held from the newest input (kept in a short history) and drops the resampler;
+leaving primes a fresh resampler with that history at ratio 1 and discards what it makes of it,
+so the next output sample is the next input sample. What is left is a step of under half a sample
+in the content's timing (libsoxr's output lags its input by a fraction of a sample, measured per
+quality), where the old path had none.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
@@ -44,6 +57,10 @@ log = logging.getLogger(__name__)
 
 #: The variable-rate stream must be built with its largest input/output ratio (libsoxr's rule).
 _MAX_IO_RATIO = 1.0 / (1.0 - 2.0 * MAX_CORRECTION)
+#: Input kept to prime a fresh resampler when leaving pass-through: enough that its output after the
+#: priming matches a resampler that ran all along (3.8e-5 apart at HQ; libsoxr holds 240 samples).
+_PRIME_SAMPLES = 512
+_HISTORY_SAMPLES = 2 * _PRIME_SAMPLES
 
 
 class CompensatorError(MeshRtcError):
@@ -56,6 +73,35 @@ def _soxr_has_variable_rate() -> bool:
     except (TypeError, ValueError):  # pragma: no cover - a C-only binding without a signature
         return False
     return "vr" in params and hasattr(soxr.ResampleStream, "set_io_ratio")
+
+
+def _variable_stream(channels: int, quality: str) -> Any:
+    stream = soxr.ResampleStream(
+        _MAX_IO_RATIO, 1.0, channels, dtype="float32", quality=quality, vr=True
+    )
+    stream.set_io_ratio(1.0, 1.0, 0)
+    return stream
+
+
+@functools.cache
+def _content_delay(quality: str) -> float:
+    """How many samples a ratio-1 variable-rate stream's output lags its input (1.61 at HQ).
+
+    Measured once per quality (a 100 Hz tone's phase, ~1 ms), not assumed: a switch between
+    pass-through and resampling shifts the content by this much unless it is compensated.
+    """
+    rate = 48_000
+    t = np.arange(rate // 5) / rate
+    x = np.sin(2 * np.pi * 100.0 * t).astype(np.float32)
+    y = _variable_stream(1, quality).resample_chunk(x)
+    seg = slice(2_000, len(y))
+    basis = np.stack([np.sin(2 * np.pi * 100.0 * t[seg]), np.cos(2 * np.pi * 100.0 * t[seg])], 1)
+
+    def phase(v: NDArray[np.float32]) -> float:
+        (a, b), *_ = np.linalg.lstsq(basis, v[seg].astype(np.float64), rcond=None)
+        return float(np.arctan2(b, a))
+
+    return (phase(x) - phase(y)) / (2 * np.pi * 100.0) * rate
 
 
 class DriftCompensator:
@@ -77,6 +123,8 @@ class DriftCompensator:
         level_gain_ppm_per_ms: float = 200.0,
         max_trim_ppm: float = 2000.0,
         level_smoothing_s: float = 1.0,
+        passthrough_enter_ppm: float = 5.0,
+        passthrough_leave_ppm: float = 20.0,
     ) -> None:
         if not _soxr_has_variable_rate():
             raise CompensatorError(
@@ -87,6 +135,8 @@ class DriftCompensator:
             raise CompensatorError(f"channels must be >= 1, got {channels}")
         if sample_rate <= 0:
             raise CompensatorError(f"sample_rate must be positive, got {sample_rate}")
+        if not 0 <= passthrough_enter_ppm <= passthrough_leave_ppm:
+            raise CompensatorError("need 0 <= passthrough_enter_ppm <= passthrough_leave_ppm")
         self.sample_rate = sample_rate
         self.channels = channels
         self.quality = quality
@@ -94,7 +144,19 @@ class DriftCompensator:
         self.level_gain_ppm_per_ms = level_gain_ppm_per_ms
         self.max_trim_ppm = max_trim_ppm
         self.level_smoothing_s = level_smoothing_s
-        self._stream: Any = self._new_stream()
+        self.passthrough_enter = passthrough_enter_ppm * 1e-6
+        self.passthrough_leave = passthrough_leave_ppm * 1e-6
+        self._delay = _content_delay(quality)
+        #: None: passing blocks through (a fresh compensator starts so, with nothing held).
+        self._stream: Any = None
+        self._history = np.zeros((_HISTORY_SAMPLES, channels), np.float32)
+        self._discard = 0
+        # expected_out counts each block at its new ratio; libsoxr slews to it over the block, so
+        # it made ``frames * (new - old) / 2`` fewer samples than counted: what the switch back
+        # must not mistake for held samples.
+        self._slew_excess = 0.0
+        #: Switches into and out of pass-through so far.
+        self.mode_switches = 0
         self._smoothed_level: float | None = None
         self.ratio = 1.0
         self.trim_ppm = 0.0
@@ -103,12 +165,10 @@ class DriftCompensator:
         #: sum(len(block) * ratio): what the output total tends to, less the resampler's delay.
         self.expected_out = 0.0
 
-    def _new_stream(self) -> Any:
-        stream = soxr.ResampleStream(
-            _MAX_IO_RATIO, 1.0, self.channels, dtype="float32", quality=self.quality, vr=True
-        )
-        stream.set_io_ratio(1.0, 1.0, 0)
-        return stream
+    @property
+    def passthrough(self) -> bool:
+        """Blocks currently go out as they came in (the ratio is within tolerance of 1)."""
+        return self._stream is None
 
     @property
     def latency_samples(self) -> float:
@@ -121,7 +181,9 @@ class DriftCompensator:
 
     def reset(self) -> None:
         """Drop buffered audio and the level filter (stream restart, reconnection)."""
-        self._stream = self._new_stream()
+        self._stream = None
+        self._history[:] = 0.0
+        self._discard = 0
         self._smoothed_level = None
         self.ratio = 1.0
         self.trim_ppm = 0.0
@@ -157,14 +219,69 @@ class DriftCompensator:
             return block
         ratio = correction_factor * (1.0 - self._trim(level_ms, frames) * 1e-6)
         ratio = min(1 + MAX_CORRECTION, max(1 - MAX_CORRECTION, ratio))
-        # The ratio moves over this block's input, not at its first sample: no phase step, no click.
-        self._stream.set_io_ratio(1.0 / ratio, 1.0, frames)
-        out: NDArray[np.float32] = self._stream.resample_chunk(block)
+        off = abs(ratio - 1.0)
+        if self._stream is None and off <= self.passthrough_leave:
+            out = block.copy()  # the caller may reuse its buffer; our FIFO keeps slices of this
+            ratio = 1.0
+        elif self._stream is not None and off <= self.passthrough_enter and self._discard == 0:
+            held = self._history[_HISTORY_SAMPLES - self._enter() :]
+            out = np.concatenate((held if block.ndim == 2 else held[:, 0], block))
+            ratio = 1.0
+        else:
+            if self._stream is None:
+                self._leave()
+            # The ratio moves over this block's input, not at its first sample: no phase step.
+            self._stream.set_io_ratio(1.0 / ratio, 1.0, frames)
+            self._slew_excess += frames * (ratio - self.ratio) / 2
+            out = self._stream.resample_chunk(block)
+            if self._discard:
+                dropped = min(self._discard, out.shape[0])
+                out = out[dropped:]
+                self._discard -= dropped
+        self._remember(block)
         self.ratio = ratio
         self.samples_in += frames
         self.samples_out += out.shape[0]
         self.expected_out += frames * ratio
         return out
+
+    def _enter(self) -> int:
+        """Resampling → pass-through: how many of the newest input samples the resampler still
+        owed the output (they go out ahead of this block); drops the resampler.
+
+        The next resampled sample would have been input ``held / ratio`` samples back from the
+        newest, less the fraction of a sample :meth:`_leave` skipped; the switch rounds that to a
+        whole sample (the step of under half a sample).
+        """
+        held = (self.expected_out - self._slew_excess - self.samples_out) / self.ratio
+        held -= round(self._delay) - self._delay
+        tail = min(_HISTORY_SAMPLES, max(0, round(held)))
+        self._stream = None
+        self.mode_switches += 1
+        log.debug(
+            "compensator: ratio within %g ppm of 1: passing through", self.passthrough_enter * 1e6
+        )
+        return tail
+
+    def _leave(self) -> None:
+        """Pass-through → resampling: prime a fresh resampler on the input already sent out and
+        throw away what it makes of it (and of the fraction-of-a-sample lag), so the next output
+        sample is the next input sample."""
+        stream = _variable_stream(self.channels, self.quality)
+        primed = stream.resample_chunk(self._history[-_PRIME_SAMPLES:])
+        self._discard = _PRIME_SAMPLES + round(self._delay) - primed.shape[0]
+        self._stream = stream
+        self._slew_excess = 0.0
+        self.mode_switches += 1
+
+    def _remember(self, block: NDArray[np.float32]) -> None:
+        frames = block.shape[0]
+        history = self._history
+        if frames >= _HISTORY_SAMPLES:
+            history[:] = block[-_HISTORY_SAMPLES:].reshape(history.shape)
+        else:
+            history[:-frames] = history[frames:]
+            history[-frames:] = block.reshape(frames, -1)
 
     def _trim(self, level_ms: float | None, frames: int) -> float:
         if self.target_level_ms is None or level_ms is None:
