@@ -22,8 +22,10 @@ from meshrtc.media.sync import (
     AlignedItem,
     SyncError,
     SyncManager,
+    SyncState,
     collect_aligned_frames,
 )
+from meshrtc.statechart import machine_of
 
 REPO = Path(__file__).resolve().parent.parent
 NTP0 = 3_900_000_000.0
@@ -625,3 +627,25 @@ def test_a_same_ssrc_restart_restarts_the_stream() -> None:
     restarted = [it for it in played if it.item.frame.sequence_number >= 40_000]
     assert len(restarted) >= 40, "the restarted stream plays at once"
     assert sm.sender_time_at(15.0) is None, "the timeline starts over from confirmed mappings"
+
+
+def test_refresh_reads_the_machines_answers_off_its_spec() -> None:
+    """``_refresh`` asks ``_may`` (the spec's arrows and guards) instead of ``may_<trigger>``:
+    the two agree on every trigger, in every state, whatever the guards judge by."""
+    sm = SyncManager("p")
+    _, machine = machine_of(sm)
+    triggers = sorted({t.trigger for t in SYNC_MANAGER_MACHINE.transitions})
+    flags = ("_mappings_fresh", "_drift_suspected", "_drift_adjusting", "_rebuild_due")
+    checked = 0
+    for state in SyncState:
+        machine.set_state(state, model=sm)
+        for values in itertools.product((False, True), repeat=len(flags) + 2):
+            for name, value in zip(flags, values, strict=False):
+                setattr(sm, name, value)
+            sm.last_rtcp_time = 1.0 if values[-2] else None
+            settled = values[-1]
+            sm.estimator_settled = lambda settled=settled: settled  # type: ignore[method-assign]
+            for trigger in triggers:
+                assert sm._may(trigger) == sm.may_trigger(trigger), (state, values, trigger)
+                checked += 1
+    assert checked == len(SyncState) * 64 * len(triggers)

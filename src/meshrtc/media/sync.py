@@ -116,6 +116,18 @@ SYNC_MANAGER_MACHINE = register(
     )
 )
 
+#: Per state, each trigger the machine takes from it and the guard of each such arrow (None: none).
+#: ``_refresh`` runs on every pop (50 times a second per member) and offers up to seven triggers;
+#: asking ``transitions`` (``may_<trigger>``) lists every trigger of the machine each time, about
+#: 14 µs a question and 6 % of the transport's active time at ten members (docs/benchmarks.md,
+#: "Per-member cost"). The spec is the machine's own table, so a state's arrows never change.
+_ARROWS: dict[str, dict[str, tuple[str | None, ...]]] = {}
+for _t in SYNC_MANAGER_MACHINE.transitions:
+    for _source in _t.source:
+        _ARROWS.setdefault(_source, {}).setdefault(_t.trigger, ())
+        _ARROWS[_source][_t.trigger] += (_t.condition,)
+del _t, _source
+
 #: Sequence numbers remembered per stream (more than a 200 ms buffer of 1080p video holds).
 _ACCEPTED_MEMORY = 2048
 #: Audio packet duration until measured, and the longest step that still counts as one (DTX gaps
@@ -275,7 +287,6 @@ class SyncManager(StatefulModel):
     resynced = trigger_stub()
     mapping_stale = trigger_stub()
     reset = trigger_stub()
-    may_resynced = trigger_stub()
 
     def __init__(
         self,
@@ -538,11 +549,21 @@ class SyncManager(StatefulModel):
         """Synced, or moving between drift figures: the states that keep an A/V timeline."""
         return self.state in _ALIGNED
 
+    def _may(self, trigger: str) -> bool:
+        """``may_<trigger>()`` read off the spec: an arrow from this state whose guard holds."""
+        guards = _ARROWS[self.state].get(trigger)
+        return guards is not None and any(g is None or getattr(self, g)() for g in guards)
+
+    def _offer(self, trigger: str) -> bool:
+        """:meth:`fire_if_taken` without asking ``transitions`` for a trigger it cannot take here;
+        one it can take is still fired through the machine, which judges the guard again."""
+        return self._may(trigger) and bool(self.trigger(trigger))
+
     def _refresh(self, now: float) -> None:
         """Offer the machine what changed (an SR, time passing) and let its guards decide."""
         if not self.heard_sender_report():
             return  # Unsynced: nothing to sync to before a Sender Report
-        self.fire_if_taken("begin")
+        self._offer("begin")
         est = self.clock_drift_estimator
         # The estimator may pass Drift Detected → Adjusting → Stable within one SR: it reported
         # every state it entered.
@@ -552,8 +573,8 @@ class SyncManager(StatefulModel):
         self._drift_adjusting = est.adjusting or DriftState.Adjusting in entered
         self._mappings_fresh = self.mappings_ready(now)
         self._rebuild_due = False
-        self.fire_if_taken("mapping_stale")
-        if self.fire_if_taken("synced"):
+        self._offer("mapping_stale")
+        if self._offer("synced"):
             if self._timeline is None:
                 self._resync_needed = False
             if not self._resync_needed:
@@ -563,9 +584,9 @@ class SyncManager(StatefulModel):
         # that keeps disagreeing cannot make the timeline thrash.
         rebuild = self._resync_needed and self._rebuild_allowed(now)
         self._rebuild_due = rebuild
-        self.fire_if_taken("drift_detected")
-        self.fire_if_taken("resync") or self.fire_if_taken("drift_dismissed")
-        if self.may_resynced():
+        self._offer("drift_detected")
+        self._offer("resync") or self._offer("drift_dismissed")
+        if self._may("resynced"):
             if rebuild:
                 self._rebuild(now)
             self.resynced()
