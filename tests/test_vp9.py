@@ -623,7 +623,7 @@ def test_video_decoder_decodes_vp9_and_asks_for_a_keyframe_after_damage() -> Non
     policy = KeyframePolicy()
     assert decoder.decode([damaged[0], *damaged[2:]]) == []
     assert decoder.errors == 1
-    assert policy.decoded(0.0, pictures=0, errors=1)  # a PLI now
+    assert policy.decoded(0.0, pictures=0, errors=1, keyframe=True, number=policy.submitted())
     seq += len(payloads)
     # A P frame before any keyframe cannot be decoded either.
     payloads, ts = encoder.encode(moving_picture(1))
@@ -640,7 +640,8 @@ def test_video_decoder_decodes_vp9_and_asks_for_a_keyframe_after_damage() -> Non
     pictures = decoder.decode(_media_frames(payloads, seq, ts))
     assert [(p.width, p.height) for p in pictures] == [(W, H)]
     assert decoder.errors == 3
-    assert not policy.decoded(5.0, pictures=len(pictures), errors=0)
+    number = policy.submitted()
+    assert not policy.decoded(5.0, pictures=len(pictures), errors=0, keyframe=True, number=number)
     assert policy.wanted_since is None
     assert psnr(moving_picture(2), pictures[0]) > 25
 
