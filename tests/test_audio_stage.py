@@ -324,21 +324,27 @@ def test_stamp_of_is_where_audio_presented_then_lands_after_a_timeline_step() ->
     assert DriftCompensationStage().stamp_of(5.0) == 5.0  # nothing pushed: no shift
 
 
-def test_a_drift_free_stream_comes_out_bit_exact_and_undelayed() -> None:
+def test_a_drift_free_stream_comes_out_bit_exact() -> None:
     """Sender and receiver on one clock, factor 1: the compensator passes every block through, so
-    the frames are the decoded samples themselves, stamped with each block's own presentation time
-    (no resampler delay to prime with silence)."""
+    the frames are the decoded samples themselves, after the same 5 ms of priming silence as
+    resampled audio, and each block completes a frame as it arrives."""
     rng = np.random.default_rng(3)
     stage = DriftCompensationStage()
     blocks = rng.uniform(-1, 1, (200, FRAME_SAMPLES, 1)).astype(np.float32)
     frames: list[CompensatedFrame] = []
     for n, block in enumerate(blocks):
-        frames += stage.push(block, 100.0 + n * FRAME_SECONDS, 1.0)
-    assert len(frames) == len(blocks)
+        out = stage.push(block, 100.0 + n * FRAME_SECONDS, 1.0)
+        assert len(out) == 1
+        frames += out
+    assert stage.compensator is not None
+    prime = round(stage.compensator.latency_samples)
+    assert 200 < prime < 300
+    expected = np.concatenate((np.zeros((prime, 1), np.float32), blocks.reshape(-1, 1)))
     np.testing.assert_array_equal(
-        np.concatenate([f.samples for f in frames]), blocks.reshape(-1, 1)
+        np.concatenate([f.samples for f in frames]), expected[: len(frames) * FRAME_SAMPLES]
     )
-    np.testing.assert_allclose(stamps(frames), 100.0 + np.arange(len(blocks)) * FRAME_SECONDS)
+    first = 100.0 - prime / FS
+    np.testing.assert_allclose(stamps(frames), first + np.arange(len(blocks)) * FRAME_SECONDS)
     assert stage.compensator is not None
     assert stage.compensator.passthrough
     assert stage.compensator.mode_switches == 0

@@ -27,14 +27,17 @@ In the live path each peer's decoded audio goes through one of these inside
 Pass-through: most streams need no resampling at all (two peers on one clock, or the factor still 1
 before a drift estimate while the level sits at its target), yet libsoxr cost about 14 % of the
 transport's active time at ten members (docs/benchmarks.md, "Per-member cost"). While the ratio is
-within ``passthrough_enter_ppm`` of 1 the blocks go out as they came in (bit-exact, no delay), and
-resampling resumes once it leaves ``passthrough_leave_ppm`` (hysteresis, so a ratio hovering near the
-edge does not flip modes every block). Neither switch jumps the timeline: entering sends out what
-the resampler still held from the newest input (kept in a short history) and drops the resampler;
-leaving primes a fresh resampler with that history at ratio 1 and discards what it makes of it,
-so the next output sample is the next input sample. What is left is a step of under half a sample
-in the content's timing (libsoxr's output lags its input by a fraction of a sample, measured per
-quality), where the old path had none.
+within ``passthrough_enter_ppm`` of 1 the blocks go out as they came in (bit-exact), and resampling
+resumes once it leaves ``passthrough_leave_ppm`` (hysteresis, so a ratio hovering near the edge does
+not flip modes every block). Pass-through holds back as many of the newest samples as libsoxr does
+(242 at HQ, 5 ms), so the stage's frames end where the output ends in both modes: without that,
+every switch to resampling made each frame wait for the next block (a frame left up to 25 ms after
+its first sample instead of 5 ms; measured with bench/drift_live.py at 0 ppm). Neither switch
+jumps the timeline: entering sends out, from a short history of the input, what the resampler
+still owed; leaving primes a fresh resampler with that history at ratio 1 and discards what it
+makes of the samples already sent, so the next output sample is the next input sample. What is
+left is a step of under half a sample in the content's timing (libsoxr's output lags its input by
+a fraction of a sample, measured per quality), where the old path had none.
 """
 
 from __future__ import annotations
@@ -84,11 +87,12 @@ def _variable_stream(channels: int, quality: str) -> Any:
 
 
 @functools.cache
-def _content_delay(quality: str) -> float:
-    """How many samples a ratio-1 variable-rate stream's output lags its input (1.61 at HQ).
+def _soxr_lag(quality: str) -> tuple[int, float]:
+    """What a ratio-1 variable-rate stream holds back (240 samples at HQ) and how far its output
+    lags its input besides (1.61 samples at HQ).
 
     Measured once per quality (a 100 Hz tone's phase, ~1 ms), not assumed: a switch between
-    pass-through and resampling shifts the content by this much unless it is compensated.
+    pass-through and resampling shifts the content by the lag unless it is compensated.
     """
     rate = 48_000
     t = np.arange(rate // 5) / rate
@@ -101,7 +105,7 @@ def _content_delay(quality: str) -> float:
         (a, b), *_ = np.linalg.lstsq(basis, v[seg].astype(np.float64), rcond=None)
         return float(np.arctan2(b, a))
 
-    return (phase(x) - phase(y)) / (2 * np.pi * 100.0) * rate
+    return len(x) - len(y), (phase(x) - phase(y)) / (2 * np.pi * 100.0) * rate
 
 
 class DriftCompensator:
@@ -123,8 +127,8 @@ class DriftCompensator:
         level_gain_ppm_per_ms: float = 200.0,
         max_trim_ppm: float = 2000.0,
         level_smoothing_s: float = 1.0,
-        passthrough_enter_ppm: float = 5.0,
-        passthrough_leave_ppm: float = 20.0,
+        passthrough_enter_ppm: float = 20.0,
+        passthrough_leave_ppm: float = 50.0,
     ) -> None:
         if not _soxr_has_variable_rate():
             raise CompensatorError(
@@ -146,10 +150,14 @@ class DriftCompensator:
         self.level_smoothing_s = level_smoothing_s
         self.passthrough_enter = passthrough_enter_ppm * 1e-6
         self.passthrough_leave = passthrough_leave_ppm * 1e-6
-        self._delay = _content_delay(quality)
+        held, self._delay = _soxr_lag(quality)
+        #: Newest input samples pass-through keeps back: what libsoxr would (see the module doc).
+        self._hold = held + round(self._delay)
         #: None: passing blocks through (a fresh compensator starts so, with nothing held).
         self._stream: Any = None
         self._history = np.zeros((_HISTORY_SAMPLES, channels), np.float32)
+        self._owed = 0  # newest input samples not yet sent out, while passing through
+        self._carry: NDArray[np.float32] | None = None
         self._discard = 0
         # expected_out counts each block at its new ratio; libsoxr slews to it over the block, so
         # it made ``frames * (new - old) / 2`` fewer samples than counted: what the switch back
@@ -183,6 +191,8 @@ class DriftCompensator:
         """Drop buffered audio and the level filter (stream restart, reconnection)."""
         self._stream = None
         self._history[:] = 0.0
+        self._owed = 0
+        self._carry = None
         self._discard = 0
         self._smoothed_level = None
         self.ratio = 1.0
@@ -220,12 +230,18 @@ class DriftCompensator:
         ratio = correction_factor * (1.0 - self._trim(level_ms, frames) * 1e-6)
         ratio = min(1 + MAX_CORRECTION, max(1 - MAX_CORRECTION, ratio))
         off = abs(ratio - 1.0)
+        if self._stream is not None and off <= self.passthrough_enter and self._discard == 0:
+            self._owed = self._enter()
         if self._stream is None and off <= self.passthrough_leave:
-            out = block.copy()  # the caller may reuse its buffer; our FIFO keeps slices of this
-            ratio = 1.0
-        elif self._stream is not None and off <= self.passthrough_enter and self._discard == 0:
-            held = self._history[_HISTORY_SAMPLES - self._enter() :]
-            out = np.concatenate((held if block.ndim == 2 else held[:, 0], block))
+            owed = self._owed
+            src = block
+            if owed:
+                held = self._history[_HISTORY_SAMPLES - owed :]
+                src = np.concatenate((held if block.ndim == 2 else held[:, 0], block))
+            sent = max(0, owed + frames - self._hold)
+            # A copy: the caller may reuse its buffer, and the stage's FIFO keeps slices of this.
+            out = src[:sent].copy() if src is block else src[:sent]
+            self._owed = owed + frames - sent
             ratio = 1.0
         else:
             if self._stream is None:
@@ -234,6 +250,10 @@ class DriftCompensator:
             self._stream.set_io_ratio(1.0 / ratio, 1.0, frames)
             self._slew_excess += frames * (ratio - self.ratio) / 2
             out = self._stream.resample_chunk(block)
+            if self._carry is not None:
+                carry = self._carry
+                out = np.concatenate((carry if out.ndim == 2 else carry[:, 0], out))
+                self._carry = None
             if self._discard:
                 dropped = min(self._discard, out.shape[0])
                 out = out[dropped:]
@@ -247,7 +267,7 @@ class DriftCompensator:
 
     def _enter(self) -> int:
         """Resampling → pass-through: how many of the newest input samples the resampler still
-        owed the output (they go out ahead of this block); drops the resampler.
+        owed the output (pass-through sends them on); drops the resampler.
 
         The next resampled sample would have been input ``held / ratio`` samples back from the
         newest, less the fraction of a sample :meth:`_leave` skipped; the switch rounds that to a
@@ -264,12 +284,16 @@ class DriftCompensator:
         return tail
 
     def _leave(self) -> None:
-        """Pass-through → resampling: prime a fresh resampler on the input already sent out and
-        throw away what it makes of it (and of the fraction-of-a-sample lag), so the next output
-        sample is the next input sample."""
+        """Pass-through → resampling: prime a fresh resampler on the newest input and throw away
+        what it makes of the part already sent out (and of the fraction-of-a-sample lag), so the
+        next output sample is the next input sample."""
         stream = _variable_stream(self.channels, self.quality)
         primed = stream.resample_chunk(self._history[-_PRIME_SAMPLES:])
-        self._discard = _PRIME_SAMPLES + round(self._delay) - primed.shape[0]
+        start = _PRIME_SAMPLES - self._owed + round(self._delay)
+        if start < primed.shape[0]:
+            self._carry = primed.reshape(-1, self.channels)[start:]
+        self._discard = max(0, start - primed.shape[0])
+        self._owed = 0
         self._stream = stream
         self._slew_excess = 0.0
         self.mode_switches += 1
