@@ -22,11 +22,12 @@ from meshrtc.errors import MeshRtcError
 from meshrtc.pipeline.manifest import Manifest
 from meshrtc.pipeline.runner import PipelineRunner
 from meshrtc.rtc.bridge import open_bridge
-from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerOptions
+from meshrtc.rtc.peer import REALTIME_SEND_QUEUE, PeerConnection, PeerOptions
 from meshrtc.rtc.peers import PeerConnected, PeerManager, PeerRemoved
 from meshrtc.session.listener import ListenerFeed
 from meshrtc.session.load_monitor import LoadMonitor
 from meshrtc.session.manager import RunningSession, SessionManager
+from meshrtc.session.shedding import ShedPlan
 from meshrtc.signaling.client import ClientState, SignalingClient
 from meshrtc.signaling.server import SignalingServer
 from meshrtc.signaling.tls import client_context
@@ -219,6 +220,8 @@ class WebRtcTransport(StatefulModel):
             manifest, session_id=session_id or self.config.session_id
         ) as running:
             unsubscribe = self.load.subscribe(running.router.apply_plan)
+            # The send side: every member's outgoing video follows the plan too (new ones in _join).
+            unsubscribe_video = self.load.subscribe(self._shed_video)
             try:
                 for pid in manager.list_connected():
                     self._join(running, pid)
@@ -230,14 +233,36 @@ class WebRtcTransport(StatefulModel):
                         running.remove_peer(event.peer_id)
             finally:
                 unsubscribe()
+                unsubscribe_video()
+
+    def _shed_video(self, plan: ShedPlan) -> None:
+        """Apply ``plan`` to every connected member's outgoing video (load monitor listener: does
+        not block)."""
+        manager = self.peers
+        if manager is None:
+            return
+        for peer_id in manager.list_connected():
+            peer = manager.get_peer(peer_id)
+            if peer is not None:
+                _shed_peer_video(peer, plan)
 
     def _join(self, running: RunningSession, peer_id: str) -> None:
         assert self.peers is not None
         peer = self.peers.get_peer(peer_id)
         if peer is None or peer_id in running.session.peers:
             return
+        _shed_peer_video(peer, self.load.shedder.plan)
         if peer.audio and peer.send_media and not peer.receive_media:
             # May listen, not publish: present in the pipeline as silence, so it gets its mix.
             running.add_peer(peer, ListenerFeed(peer_id, peer.received))
             return
         running.add_peer(peer, peer.received)
+
+
+def _shed_peer_video(peer: PeerConnection, plan: ShedPlan) -> None:
+    if peer.video and peer.send_media:
+        peer.set_video_plan(
+            bitrate_scale=plan.video_bitrate_scale,
+            framerate_scale=plan.video_framerate_scale,
+            video=plan.video,
+        )

@@ -935,6 +935,9 @@ class SenderControl:
         self.emit = emit
         self.cap: int | None = None
         self.remb: int | None = None
+        #: The encoder's own starting target (what a shedding scale applies to before any cap or
+        #: REMB), read the first time the control sees the encoder.
+        self._unscaled: int | None = None
         self.errors = 0
         self._error_logged = False
         #: Encoder timestamp (the track's pts) of the frame whose packets were sent last, and
@@ -983,15 +986,35 @@ class SenderControl:
         self._apply()
         return self.target_bitrate
 
+    @property
+    def scale(self) -> float:
+        """The load-shedding scale of the sender's track (``bitrate_scale`` of a
+        :class:`~meshrtc.rtc.tracks.VideoOutputTrack`; 1.0 for any other track)."""
+        scale = getattr(getattr(self.sender, SENDER_TRACK, None), "bitrate_scale", 1.0)
+        return float(scale) if isinstance(scale, int | float) and 0 < scale <= 1 else 1.0
+
     def _wanted(self) -> int | None:
         values = [v for v in (self.cap, self.remb) if v is not None]
         return min(values) if values else None
 
+    def refresh(self) -> int | None:
+        """Apply the track's current shedding scale now (else it lands at the next RTCP report,
+        about a second later). Returns the encoder's target afterwards."""
+        self._apply()
+        return self.target_bitrate
+
     def _apply(self) -> None:
-        wanted = self._wanted()
+        """Run the encoder at ``min(cap, remb)`` times the track's shedding scale: the shed level
+        halves what the controller and the remote's estimate allow, so a level that is lowered
+        again gives back exactly that. With neither a cap nor a REMB yet, the scale applies to
+        the encoder's own starting target."""
         encoder = self.encoder
-        if wanted is None or encoder is None or not hasattr(encoder, "target_bitrate"):
+        if encoder is None or not hasattr(encoder, "target_bitrate"):
             return
+        if self._unscaled is None:
+            self._unscaled = int(encoder.target_bitrate)
+        wanted = self._wanted()
+        wanted = max(1, int((self._unscaled if wanted is None else wanted) * self.scale))
         current = int(encoder.target_bitrate)
         low, high = bitrate_limits(encoder) or (wanted, wanted)
         clamped = max(low, min(wanted, high))

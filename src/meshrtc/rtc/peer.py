@@ -453,6 +453,9 @@ class PeerConnection:
         self._control_pipe: ToTrio[_Control] = bridge.to_trio(self._control_send)
         self._link: _Link | None = None
         self._last_picture: av.VideoFrame | npt.NDArray[np.uint8] | None = None
+        #: The load-shedding plan of the outgoing video (:meth:`set_video_plan`), kept for the
+        #: tracks of rebuilt links.
+        self._video_plan: dict[str, Any] = {}
         #: Audio was sent once: a rebuilt link's track starts at once (silence until fed).
         self._audio_started = False
         self._nursery: trio.Nursery | None = None
@@ -894,6 +897,8 @@ class PeerConnection:
             if self.video and self.send_media
             else None
         )
+        if video_track is not None and self._video_plan:
+            video_track.set_plan(**self._video_plan)
         if video_track is not None and self._last_picture is not None:
             video_track.put(self._last_picture)
         if audio_track is not None and self._audio_started:
@@ -1156,6 +1161,39 @@ class PeerConnection:
         if link is not None and link.video_track is not None:
             link.video_track.put(frame, timestamp)
 
+    def set_video_plan(
+        self, *, bitrate_scale: float = 1.0, framerate_scale: float = 1.0, video: bool = True
+    ) -> None:
+        """Shed outgoing video work (docs/transport.md, "Shedding load"): the encoder runs at
+        ``bitrate_scale`` times what the bitrate controller and the remote's REMB allow, the track
+        sends ``framerate_scale`` of its frame rate, and with ``video=False`` nothing at all;
+        turned back on, the next picture is a keyframe.
+
+        Does not block (the transport's load monitor calls it on the trio thread): the track takes
+        the plan at once and the sender's bitrate and keyframe request are queued on the loop. The
+        plan holds for rebuilt links too.
+        """
+        plan: dict[str, Any] = {
+            "bitrate_scale": bitrate_scale,
+            "framerate_scale": framerate_scale,
+            "video": video,
+        }
+        if plan == self._video_plan or (not self._video_plan and plan == _FULL_VIDEO):
+            return
+        self._video_plan = plan
+        link = self._link
+        track = None if link is None else link.video_track
+        if link is None or track is None:
+            return
+        resumed = track.paused and video
+        track.set_plan(**plan)
+        control = link.tap.sender(FrameType.VIDEO)
+        if control is None or not self.bridge.running:
+            return  # no sender yet: its first RTCP report applies the scale
+        self.bridge.call_soon(control.refresh)
+        if resumed:
+            self.bridge.call_soon(control.request_keyframe)
+
     async def send_data(self, data: bytes | str | Any) -> None:
         """Send one message: ``bytes`` and ``str`` as they are, anything else as compact JSON text.
 
@@ -1184,6 +1222,10 @@ class PeerConnection:
         except ValueError as err:
             raise PeerError(f"peer {self.peer_id}: {err}") from None
         self.stats.data_sent += 1
+
+
+#: The plan of a peer whose video is not shed.
+_FULL_VIDEO: Final[dict[str, Any]] = {"bitrate_scale": 1.0, "framerate_scale": 1.0, "video": True}
 
 
 def _send_on_channel(channel: RTCDataChannel, payload: bytes | str) -> None:

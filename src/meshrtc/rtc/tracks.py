@@ -85,6 +85,9 @@ VIDEO_CLOCK_RATE: Final = 90_000
 VIDEO_TIME_BASE: Final = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 #: Behind schedule by more than this (a stalled loop), the track skips ahead instead of bursting.
 MAX_LAG: Final = 0.1
+#: A video track with video shed off is woken by ``set_plan``; it also looks at least this often
+#: whether it was stopped (seconds; one wake-up a second costs nothing).
+_PAUSED_CHECK: Final = 1.0
 #: From a frame's capture (or presentation) time to its deadline, by default: how late a producer
 #: may hand it over (a pipeline output's timestamp is in the past: MixMinus alone may wait 60 ms
 #: for a window). Not a delay: a frame goes out as soon as it is handed over.
@@ -442,6 +445,17 @@ class VideoOutputTrack(MediaStreamTrack):
     capture ``timestamp``, from any thread; the track owns what it is given. With nothing new it
     repeats the last picture every ``1/fps`` (``latency`` behind); before the first picture it sends
     nothing.
+
+    **Shedding load** (docs/transport.md, "Shedding load"): :meth:`set_plan` scales what the
+    track costs downstream, where the cost is (every picture sent is a VP9 encode, SRTP and UDP
+    work). ``framerate_scale`` < 1 spaces the pictures sent by ``1/(fps * scale)``: a picture that
+    comes sooner than that after the last one sent is skipped (held as the newest, so the next one
+    sent is never older than what was skipped) and repeats come on the same longer step, by
+    timestamp, so nothing is made up in a burst. ``video=False`` sends nothing at all (not even
+    the last picture again) until video is back; the sender asks for a keyframe then.
+    ``bitrate_scale`` is only carried here for the sender's bitrate control
+    (:class:`~meshrtc.rtc.aiortc_adapter.SenderControl` reads it from its track), so the plan of a
+    link lives in one place and a link rebuilt under load starts shed.
     """
 
     kind = "video"
@@ -469,6 +483,35 @@ class VideoOutputTrack(MediaStreamTrack):
         self.late = 0
         #: Puts whose timestamp was on another clock (ignored: stamped when handed over).
         self.untimed = 0
+        #: The shedding plan (:meth:`set_plan`); read by the sender's bitrate control.
+        self.bitrate_scale = 1.0
+        self.framerate_scale = 1.0
+        self.paused = False
+        #: Pictures skipped to keep the shed frame rate, and times video was turned back on.
+        self.shed = 0
+        self.resumed = 0
+        #: ``_last`` is a skipped picture not sent yet: its first send is not a repeat.
+        self._held = False
+
+    def set_plan(
+        self, *, bitrate_scale: float = 1.0, framerate_scale: float = 1.0, video: bool = True
+    ) -> None:
+        """Follow a load-shedding plan (class docstring); from any thread.
+
+        Returns at once: the running ``recv`` reads the new values at its next picture (a
+        resumed one is woken now).
+        """
+        if not (0 < bitrate_scale <= 1 and 0 < framerate_scale <= 1):
+            raise TrackInputError(
+                f"scales must be in (0, 1], got {bitrate_scale} and {framerate_scale}"
+            )
+        self.bitrate_scale = bitrate_scale
+        self.framerate_scale = framerate_scale
+        resumed = self.paused and video
+        self.paused = not video
+        if resumed:
+            self.resumed += 1
+            self._wakeup.notify()
 
     def put(
         self, picture: av.VideoFrame | npt.NDArray[np.uint8], timestamp: float | None = None
@@ -490,7 +533,8 @@ class VideoOutputTrack(MediaStreamTrack):
         if len(self._frames) == self._frames.maxlen:
             self.dropped += 1
         self._frames.append((pts, picture))
-        self._wakeup.notify()
+        if not self.paused:  # a paused recv waits for set_plan, not for pictures
+            self._wakeup.notify()
 
     async def recv(self) -> av.VideoFrame:
         clock = self.media_clock
@@ -499,7 +543,18 @@ class VideoOutputTrack(MediaStreamTrack):
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
+            if self.paused:
+                # Nothing is encoded while video is off; the bounded wait re-checks readyState.
+                await self._wakeup.wait(_PAUSED_CHECK, self._unpaused)
+                continue
             now = clock.now()
+            # The shed frame rate's step, and how early a picture may come and still be sent
+            # (half a picture at full rate: pictures stamped with jitter are not skipped).
+            step = (
+                self._step
+                if self.framerate_scale >= 1
+                else round(self._step / self.framerate_scale)
+            )
             picked: tuple[int, av.VideoFrame] | None = None
             while frames and clock.release(frames[0][0], rate) <= now:
                 if picked is not None:
@@ -510,6 +565,16 @@ class VideoOutputTrack(MediaStreamTrack):
                 self.dropped += 1  # behind what was sent (its source's timeline went back)
                 self.late += 1
                 picked = None
+            if (
+                picked is not None
+                and step != self._step
+                and self._last is not None
+                and picked[0] - self._last_pts < step - self._step // 2
+            ):
+                self.shed += 1  # too soon for the shed frame rate: the next step sends it
+                self._last = picked[1]
+                self._held = True
+                picked = None
             if picked is not None:
                 pts, frame = picked
                 break
@@ -517,13 +582,14 @@ class VideoOutputTrack(MediaStreamTrack):
             if self._last is not None:
                 # A repeat stands in for a picture that did not come: it waits for that picture's
                 # deadline, so one handed over late (but in time) is sent instead, not dropped.
-                repeat = self._last_pts + self._step
+                repeat = self._last_pts + step
                 behind = now - clock.deadline(repeat, rate)
                 if behind >= 0:
                     if behind > MAX_LAG:  # a stalled loop: skip the repeats that passed
-                        repeat += int(behind * rate / self._step) * self._step
+                        repeat += int(behind * rate / step) * step
                     pts, frame = repeat, self._last
-                    self.repeated += 1
+                    if not self._held:
+                        self.repeated += 1
                     break
                 wake = now - behind
             tail = frames[-1] if frames else None
@@ -535,6 +601,7 @@ class VideoOutputTrack(MediaStreamTrack):
             await self._wakeup.wait(wake - now, functools.partial(_grew, frames, tail))
         self._last = frame
         self._last_pts = pts
+        self._held = False
         frame.pts = pts
         frame.time_base = VIDEO_TIME_BASE
         self.sent += 1
@@ -543,6 +610,9 @@ class VideoOutputTrack(MediaStreamTrack):
     def ntp_time(self, pts: int) -> int:
         """NTP time of ``pts`` (what the adapter puts in this stream's Sender Reports)."""
         return self.media_clock.ntp(pts, VIDEO_CLOCK_RATE)
+
+    def _unpaused(self) -> bool:
+        return not self.paused
 
 
 def _grew(frames: collections.deque[tuple[int, av.VideoFrame]], tail: object) -> bool:
