@@ -231,12 +231,13 @@ def test_a_factor_of_one_passes_blocks_through_bit_exact() -> None:
 
 
 def test_leaving_and_entering_pass_through_keeps_the_output_continuous() -> None:
-    """1 s at factor 1 (passed through), 2 s at 300 ppm (resampled), 1 s at 1 again: every output
-    sample is the input position after the one before it, give or take under half a sample (a
-    dropped or repeated sample is a step of 1), and the last second is the input again, bit-exact,
-    no more of it held back than before."""
-    x = quadrature(4.0)
-    factors = [1.0] * 50 + [1.0003] * 100 + [1.0] * 50
+    """1 s at factor 1 (passed through), 2 s at 300 ppm (resampled), 3 s at 1 again (passed
+    through once the resampler's phase is steered onto a whole sample, under 2 s): every output
+    sample is the input position after the one before it, give or take a tenth of a sample (a
+    dropped or repeated sample is a step of 1; libsoxr's fractional lag uncorrected, 0.39), and the
+    last second is the input again, bit-exact, no more of it held back than before."""
+    x = quadrature(6.0)
+    factors = [1.0] * 50 + [1.0003] * 100 + [1.0] * 150
     comp = DriftCompensator(channels=2)
     comp.process(x[:BLOCK], 1.0)
     held = round(comp.latency_samples)
@@ -245,14 +246,14 @@ def test_leaving_and_entering_pass_through_keeps_the_output_continuous() -> None
     )
     assert comp.mode_switches == 2
     steps = np.diff(positions(y))
-    assert steps.min() > 0.5, steps.min()  # no repeated sample
-    assert steps.max() < 1.5, steps.max()  # no dropped one
+    assert steps.min() > 0.9, steps.min()  # no repeated sample, no fraction of one
+    assert steps.max() < 1.1, steps.max()  # no dropped one
     # Between the switches the steps are those of the resampling (1/1.0003 per sample).
     assert np.median(steps[60 * BLOCK : 140 * BLOCK]) == pytest.approx(1 / 1.0003, abs=1e-5)
     # Back to pass-through: the input again, bit-exact, and the count is continuous.
-    np.testing.assert_array_equal(y[-49 * BLOCK :], x[-49 * BLOCK - held : -held])
+    np.testing.assert_array_equal(y[-40 * BLOCK :], x[-40 * BLOCK - held : -held])
     assert abs(comp.latency_samples - held) < 1
-    assert comp.expected_out == pytest.approx(len(x) + 100 * BLOCK * 300e-6)
+    assert comp.expected_out == pytest.approx(len(x) + 100 * BLOCK * 300e-6, abs=1)
 
 
 def test_a_ratio_hovering_at_the_edge_does_not_flip_modes_every_block() -> None:

@@ -64,6 +64,10 @@ _MAX_IO_RATIO = 1.0 / (1.0 - 2.0 * MAX_CORRECTION)
 #: priming matches a resampler that ran all along (3.8e-5 apart at HQ; libsoxr holds 240 samples).
 _PRIME_SAMPLES = 512
 _HISTORY_SAMPLES = 2 * _PRIME_SAMPLES
+#: Entering pass-through waits until the resampler's phase is this close to a whole sample, and
+#: steers it there by at most ``_STEER`` (relative ratio).
+_ALIGNED = 0.02
+_STEER = 5e-6
 
 
 class CompensatorError(MeshRtcError):
@@ -86,18 +90,17 @@ def _variable_stream(channels: int, quality: str) -> Any:
     return stream
 
 
-@functools.cache
-def _soxr_lag(quality: str) -> tuple[int, float]:
-    """What a ratio-1 variable-rate stream holds back (240 samples at HQ) and how far its output
-    lags its input besides (1.61 samples at HQ).
-
-    Measured once per quality (a 100 Hz tone's phase, ~1 ms), not assumed: a switch between
-    pass-through and resampling shifts the content by the lag unless it is compensated.
-    """
+def _measured_lag(quality: str, prime_ratio: float) -> tuple[int, float]:
+    """A fresh stream primed with ``_PRIME_SAMPLES`` at ``prime_ratio``, then run at ratio 1: how
+    many samples it holds back, and how far (samples) its output lags its input besides."""
     rate = 48_000
     t = np.arange(rate // 5) / rate
     x = np.sin(2 * np.pi * 100.0 * t).astype(np.float32)
-    y = _variable_stream(1, quality).resample_chunk(x)
+    stream = _variable_stream(1, quality)
+    stream.set_io_ratio(1.0 / prime_ratio, 1.0, 0)
+    primed = stream.resample_chunk(x[:_PRIME_SAMPLES])
+    stream.set_io_ratio(1.0, 1.0, 0)
+    y = np.concatenate((primed, stream.resample_chunk(x[_PRIME_SAMPLES:])))
     seg = slice(2_000, len(y))
     basis = np.stack([np.sin(2 * np.pi * 100.0 * t[seg]), np.cos(2 * np.pi * 100.0 * t[seg])], 1)
 
@@ -106,6 +109,24 @@ def _soxr_lag(quality: str) -> tuple[int, float]:
         return float(np.arctan2(b, a))
 
     return len(x) - len(y), (phase(x) - phase(y)) / (2 * np.pi * 100.0) * rate
+
+
+@functools.cache
+def _soxr_lag(quality: str) -> tuple[int, int, float]:
+    """What a variable-rate stream holds back (240 samples at HQ), its output's lag rounded to
+    whole samples (2 at HQ: 1.61 measured), and the ratio to prime a fresh stream at so that the
+    lag is exactly that whole number (1.00142 at HQ).
+
+    Measured once per quality (a 100 Hz tone's phase, a few ms), not assumed. Pass-through can only
+    shift by whole samples, so a fractional lag would be a step of a fraction of a sample at every
+    switch; priming the stream slightly fast moves its phase onto the whole sample (linear in the
+    priming ratio: two measurements solve it).
+    """
+    held, lag = _measured_lag(quality, 1.0)
+    probe = 1e-3
+    _, probed = _measured_lag(quality, 1.0 + probe)
+    whole = round(lag)
+    return held, whole, 1.0 + (whole - lag) / ((probed - lag) / probe)
 
 
 class DriftCompensator:
@@ -150,9 +171,9 @@ class DriftCompensator:
         self.level_smoothing_s = level_smoothing_s
         self.passthrough_enter = passthrough_enter_ppm * 1e-6
         self.passthrough_leave = passthrough_leave_ppm * 1e-6
-        held, self._delay = _soxr_lag(quality)
+        held, self._lag, self._prime_ratio = _soxr_lag(quality)
         #: Newest input samples pass-through keeps back: what libsoxr would (see the module doc).
-        self._hold = held + round(self._delay)
+        self._hold = held + self._lag
         #: None: passing blocks through (a fresh compensator starts so, with nothing held).
         self._stream: Any = None
         self._history = np.zeros((_HISTORY_SAMPLES, channels), np.float32)
@@ -231,7 +252,14 @@ class DriftCompensator:
         ratio = min(1 + MAX_CORRECTION, max(1 - MAX_CORRECTION, ratio))
         off = abs(ratio - 1.0)
         if self._stream is not None and off <= self.passthrough_enter and self._discard == 0:
-            self._owed = self._enter()
+            owed = self._owed_by_resampler()
+            miss = owed - round(owed)
+            if abs(miss) <= _ALIGNED:
+                self._enter(round(owed))
+            else:
+                # Steer the resampler's phase onto a whole sample first (at most 5 ppm, inaudible;
+                # under half a sample takes at most 2 s), so entering steps by no fraction.
+                ratio = 1.0 - max(-_STEER, min(_STEER, miss / frames))
         if self._stream is None and off <= self.passthrough_leave:
             owed = self._owed
             src = block
@@ -265,31 +293,34 @@ class DriftCompensator:
         self.expected_out += frames * ratio
         return out
 
-    def _enter(self) -> int:
-        """Resampling → pass-through: how many of the newest input samples the resampler still
-        owed the output (pass-through sends them on); drops the resampler.
+    def _owed_by_resampler(self) -> float:
+        """Input samples (newest) the resampler has not yet given back as output.
 
-        The next resampled sample would have been input ``held / ratio`` samples back from the
-        newest, less the fraction of a sample :meth:`_leave` skipped; the switch rounds that to a
-        whole sample (the step of under half a sample).
+        ``expected_out`` counts each block at its new ratio while libsoxr slews to it over the
+        block (``_slew_excess``); after :meth:`_leave` the stream's lag is a whole number of
+        samples, so the fraction left is the phase the ratios since then accumulated.
         """
-        held = (self.expected_out - self._slew_excess - self.samples_out) / self.ratio
-        held -= round(self._delay) - self._delay
-        tail = min(_HISTORY_SAMPLES, max(0, round(held)))
+        return (self.expected_out - self._slew_excess - self.samples_out) / self.ratio
+
+    def _enter(self, owed: int) -> None:
+        """Resampling → pass-through: the ``owed`` newest input samples still go out (pass-through
+        sends them on); drops the resampler."""
+        self._owed = min(_HISTORY_SAMPLES, max(0, owed))
         self._stream = None
         self.mode_switches += 1
         log.debug(
             "compensator: ratio within %g ppm of 1: passing through", self.passthrough_enter * 1e6
         )
-        return tail
 
     def _leave(self) -> None:
         """Pass-through → resampling: prime a fresh resampler on the newest input and throw away
         what it makes of the part already sent out (and of the fraction-of-a-sample lag), so the
         next output sample is the next input sample."""
         stream = _variable_stream(self.channels, self.quality)
+        stream.set_io_ratio(1.0 / self._prime_ratio, 1.0, 0)
         primed = stream.resample_chunk(self._history[-_PRIME_SAMPLES:])
-        start = _PRIME_SAMPLES - self._owed + round(self._delay)
+        stream.set_io_ratio(1.0, 1.0, 0)
+        start = _PRIME_SAMPLES - self._owed + self._lag
         if start < primed.shape[0]:
             self._carry = primed.reshape(-1, self.channels)[start:]
         self._discard = max(0, start - primed.shape[0])
