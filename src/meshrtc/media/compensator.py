@@ -34,10 +34,13 @@ not flip modes every block). Pass-through holds back as many of the newest sampl
 every switch to resampling made each frame wait for the next block (a frame left up to 25 ms after
 its first sample instead of 5 ms; measured with bench/drift_live.py at 0 ppm). Neither switch
 jumps the timeline: entering sends out, from a short history of the input, what the resampler
-still owed; leaving primes a fresh resampler with that history at ratio 1 and discards what it
-makes of the samples already sent, so the next output sample is the next input sample. What is
-left is a step of under half a sample in the content's timing (libsoxr's output lags its input by
-a fraction of a sample, measured per quality), where the old path had none.
+still owed; leaving primes a fresh resampler with that history and discards what it makes of the
+samples already sent, so the next output sample is the next input sample. libsoxr's output lags
+its input by a fraction of a sample (1.61 at HQ) that pass-through cannot copy, so a fresh
+resampler is primed slightly fast (calibrated once per quality) to make its lag a whole 2 samples,
+and pass-through is entered only once the resampler's phase sits within 0.02 of a whole sample
+(steered there at 5 ppm at most, under 2 s). What is left: for the first ~270 samples after leaving,
+sample positions wobble by up to 0.033 of a sample (the priming at another ratio).
 """
 
 from __future__ import annotations
