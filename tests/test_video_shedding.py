@@ -219,11 +219,21 @@ def test_video_bitrate_level_halves_the_encoder_target_and_gives_it_back() -> No
 
 
 @pytest.mark.slow
-async def test_a_forced_plan_cuts_the_frames_a_member_receives_and_restores_them() -> None:
+async def test_a_forced_plan_cuts_the_frames_a_member_receives_and_restores_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """One member, the transport showing it one picture (its track repeats it at 20 fps). The
     plan is forced through the transport's own listener; the real monitor is capped at NONE, so a
     busy machine cannot move the level under the test. Counted: decoded pictures the member got
     from the transport in each 2 s window (after 0.5 s for what was in flight)."""
+    keyframes: list[int] = []  # keyframe requests by the send side (a spy: it calls through)
+    request_keyframe = SenderControl.request_keyframe
+
+    def spy(control: SenderControl) -> None:
+        keyframes.append(control.ssrc)
+        request_keyframe(control)
+
+    monkeypatch.setattr(SenderControl, "request_keyframe", spy)
     async with open_session() as session:
         config = attrs.evolve(session.config("hub"), ice_host_addresses=("127.0.0.1",))
         options = PeerOptions(video_fps=20.0, audio_send_queue=REALTIME_SEND_QUEUE)
@@ -247,7 +257,7 @@ async def test_a_forced_plan_cuts_the_frames_a_member_receives_and_restores_them
             await trio.sleep(2.0)
             return tally.video - before
 
-        counts = {}
+        counts: dict[ShedLevel, int] = {}
         for level in (
             ShedLevel.NONE,
             ShedLevel.VIDEO_FRAMERATE,
@@ -265,6 +275,7 @@ async def test_a_forced_plan_cuts_the_frames_a_member_receives_and_restores_them
     assert track is not None
     assert track.resumed == 1
     assert track.shed == 0
+    assert len(keyframes) == 1  # once, when video came back
 
 
 def _connected(transport: WebRtcTransport) -> list[str]:
