@@ -28,6 +28,7 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -60,7 +61,7 @@ def _video(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-class _Stdin:
+class ParentChannel:
     """The parent's words, one per line; end of input cancels ``on_eof``."""
 
     def __init__(self, stream: trio.abc.ReceiveStream, on_eof: trio.CancelScope) -> None:
@@ -116,7 +117,7 @@ async def run_peers(
         )
 
     async with trio.open_nursery() as outer:
-        parent = _Stdin(stdin, outer.cancel_scope)
+        parent = ParentChannel(stdin, outer.cancel_scope)
         outer.start_soon(parent.pump)
         synthetic: list[SyntheticPeer] = []
         async with open_bridge(name="meshrtc-demo-child") as bridge:
@@ -190,27 +191,43 @@ def main(argv: list[str] | None = None) -> int:
         video_fps=10.0, quality_interval=1.0, audio_send_queue=REALTIME_SEND_QUEUE
     )
 
+    async def body(stdin: trio.lowlevel.FdStream, stdout: trio.lowlevel.FdStream) -> None:
+        await run_peers(
+            signaling_url=args.signaling,
+            stun_url=args.stun,
+            peers=args.peers,
+            seconds=args.seconds,
+            video=args.video,
+            options=options,
+            connect_timeout=args.connect_timeout,
+            stdin=stdin,
+            stdout=stdout,
+        )
+
+    return run_child(args.deadline, body)
+
+
+def run_child(
+    deadline: float,
+    body: Callable[[trio.lowlevel.FdStream, trio.lowlevel.FdStream], Awaitable[None]],
+) -> int:
+    """Run a generator child's ``body`` on its parent's pipes, bounded by ``deadline`` seconds.
+
+    The deadline is the child's own guard against a parent that died without closing its stdin:
+    the child exits (status 3) instead of loading the machine forever.
+    """
+
     async def run() -> bool:
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
         async with stdin, stdout:
-            with trio.move_on_after(args.deadline) as deadline:
-                await run_peers(
-                    signaling_url=args.signaling,
-                    stun_url=args.stun,
-                    peers=args.peers,
-                    seconds=args.seconds,
-                    video=args.video,
-                    options=options,
-                    connect_timeout=args.connect_timeout,
-                    stdin=stdin,
-                    stdout=stdout,
-                )
-        return not deadline.cancelled_caught
+            with trio.move_on_after(deadline) as scope:
+                await body(stdin, stdout)
+        return not scope.cancelled_caught
 
     ok = trio.run(run)
     if not ok:
-        log.error("deadline (%.0f s) reached: exiting", args.deadline)
+        log.error("deadline (%.0f s) reached: exiting", deadline)
     return 0 if ok else 3
 
 

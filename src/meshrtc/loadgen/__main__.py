@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
 import time
@@ -30,7 +29,7 @@ import attrs
 import trio
 
 from meshrtc.demo import GATE_ON, GATE_PERIOD, PeerFigures, tone_frequency
-from meshrtc.demo_peers import _Stdin
+from meshrtc.demo_peers import ParentChannel, run_child
 from meshrtc.loadgen.onsets import OnsetProbe
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.star_member import (
@@ -105,7 +104,7 @@ async def run_members(
         return count
 
     async with trio.open_nursery() as outer:
-        parent = _Stdin(stdin, outer.cancel_scope)
+        parent = ParentChannel(stdin, outer.cancel_scope)
         outer.start_soon(parent.pump)
         async with open_bridge(name="meshrtc-loadgen") as bridge:
             await emit({"event": "ready"})
@@ -225,31 +224,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="child %(levelname)s %(name)s: %(message)s")
 
-    async def run() -> bool:
-        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-        stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
-        async with stdin, stdout:
-            with trio.move_on_after(args.deadline) as deadline:
-                await run_members(
-                    signaling_url=args.signaling,
-                    stun_url=args.stun,
-                    members=args.peers,
-                    seconds=args.seconds,
-                    video=args.video,
-                    fps=args.fps,
-                    listeners=args.listeners,
-                    connect_timeout=args.connect_timeout,
-                    aligned=args.aligned,
-                    seed=args.seed,
-                    stdin=stdin,
-                    stdout=stdout,
-                )
-        return not deadline.cancelled_caught
+    async def body(stdin: trio.lowlevel.FdStream, stdout: trio.lowlevel.FdStream) -> None:
+        await run_members(
+            signaling_url=args.signaling,
+            stun_url=args.stun,
+            members=args.peers,
+            seconds=args.seconds,
+            video=args.video,
+            fps=args.fps,
+            listeners=args.listeners,
+            connect_timeout=args.connect_timeout,
+            aligned=args.aligned,
+            seed=args.seed,
+            stdin=stdin,
+            stdout=stdout,
+        )
 
-    ok = trio.run(run)
-    if not ok:
-        log.error("deadline (%.0f s) reached: exiting", args.deadline)
-    return 0 if ok else 3
+    return run_child(args.deadline, body)
 
 
 if __name__ == "__main__":
