@@ -257,6 +257,7 @@ class Negotiation(StatefulModel):
     may_fail = trigger_stub()
     may_close = trigger_stub()
     is_Connected = trigger_stub()  # noqa: N815 - transitions' name for the state query
+    is_Reconnecting = trigger_stub()  # noqa: N815
 
     def __init__(
         self,
@@ -339,6 +340,11 @@ class Negotiation(StatefulModel):
     @property
     def is_connected(self) -> bool:
         return bool(self.is_Connected())
+
+    @property
+    def has_link(self) -> bool:
+        """Up, or repairing its own link (ICE restart): worth keeping across a re-announce."""
+        return bool(self.is_Connected() or self.is_Reconnecting())
 
     @property
     def link_generation(self) -> int | None:

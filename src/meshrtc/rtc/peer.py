@@ -490,6 +490,16 @@ class PeerConnection:
         return self._negotiation.is_connected
 
     @property
+    def is_live(self) -> bool:
+        """Not Failed or Closed (it may still negotiate)."""
+        return self._negotiation.live
+
+    @property
+    def has_link(self) -> bool:
+        """Connected or Reconnecting: its media link is up or repairing itself."""
+        return self._negotiation.has_link
+
+    @property
     def generation(self) -> int:
         """The newest link's number (1 for the first; each rebuild adds one)."""
         return self._negotiation.generation

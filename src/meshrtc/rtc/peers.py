@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, TypeAlias
 
 import attrs
 import trio
@@ -39,7 +39,6 @@ from meshrtc.media.frame import FrameType
 from meshrtc.media.quality import ConnectionQualityMetrics
 from meshrtc.rtc.aiortc_adapter import ImpairmentConfig
 from meshrtc.rtc.bridge import Bridge, open_bridge
-from meshrtc.rtc.negotiation import PeerState
 from meshrtc.rtc.peer import PeerConnection, PeerError, PeerOptions, refusal_reason, refusal_sdp
 from meshrtc.signaling.client import Disconnected, Reconnected, SignalingClient
 from meshrtc.signaling.protocol import (
@@ -127,9 +126,6 @@ class SignalingRestored:
     outage: float
     kept: tuple[str, ...]
 
-
-#: States in which a link is alive enough to keep across a re-announce: up, or repairing itself.
-_ALIVE: Final = frozenset({PeerState.Connected, PeerState.Reconnecting})
 
 PeerEvent: TypeAlias = (
     PeerAdded
@@ -264,7 +260,7 @@ class PeerManager:
     async def _on_notification(self, event: object) -> None:
         if isinstance(event, Offer):
             peer = self._peers.get(event.from_peer)
-            if peer is not None and peer.state in ("Failed", "Closed"):
+            if peer is not None and not peer.is_live:
                 # It gave up (say on an offer it could not answer) and is still closing: a new
                 # offer starts a new connection instead of vanishing into the old one.
                 self._replace(event.from_peer, "a new offer after it ended")
@@ -330,7 +326,7 @@ class PeerManager:
         """Whether the link to ``info.peer_id`` survives its announce: alive, and the same client
         instance (a restarted process lost its DTLS state, so its old link cannot carry on)."""
         peer = self._peers.get(info.peer_id)
-        if peer is None or peer.state not in _ALIVE:
+        if peer is None or not peer.has_link:
             return False
         known = self._incarnations.get(info.peer_id)
         return known is not None and known == info.incarnation
@@ -376,7 +372,7 @@ class PeerManager:
         kept = []
         for peer_id, peer in list(self._peers.items()):
             info = listed.get(peer_id)
-            if peer.state in _ALIVE and (info is None or self._keeps(info)):
+            if peer.has_link and (info is None or self._keeps(info)):
                 kept.append(peer_id)
                 if info is not None:
                     self._leaving.pop(peer_id, None)  # it is back: no longer on its way out
