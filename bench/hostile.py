@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -93,20 +94,22 @@ async def drain(ws: WebSocketConnection) -> None:
         return
 
 
-async def honest_round_trips(url: str, seconds: float) -> list[float]:
-    """``honest-a`` offers to ``honest-b`` every 20 ms; the request/response round trips (s)."""
+async def honest_round_trips(
+    url: str, seconds: float, *, ssl_context: ssl.SSLContext | None = None, tag: str = "honest"
+) -> list[float]:
+    """``{tag}-a`` offers to ``{tag}-b`` every 20 ms; the request/response round trips (s)."""
     trips: list[float] = []
     async with (
-        open_websocket_url(url) as a,
-        open_websocket_url(url) as b,
+        open_websocket_url(url, ssl_context=ssl_context) as a,
+        open_websocket_url(url, ssl_context=ssl_context) as b,
         trio.open_nursery() as nursery,
     ):
-        await b.send_message(announce("honest-b"))
+        await b.send_message(announce(f"{tag}-b"))
         await expect_result(b, 1)
         nursery.start_soon(drain, b)
-        await a.send_message(announce("honest-a"))
+        await a.send_message(announce(f"{tag}-a"))
         await expect_result(a, 1)
-        offer = {"from": "honest-a", "to": "honest-b", "sdp": SDP}
+        offer = {"from": f"{tag}-a", "to": f"{tag}-b", "sdp": SDP}
         deadline = trio.current_time() + seconds
         request_id = 1
         while trio.current_time() < deadline:

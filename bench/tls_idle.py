@@ -4,8 +4,8 @@
 Run: ``.venv/bin/python bench/tls_idle.py`` (about 50 s). The server runs in a child process
 (``meshrtc signal --certfile --keyfile``, a throwaway CA made with trustme, default caps); this
 process runs the honest pair and the attacker, whose sockets cost it no CPU while idle. The honest
-pair (``a-PHASE``, ``b-PHASE``) joins over ``wss://`` with the CA; ``a-PHASE`` sends a
-``peer.offer`` (1 kB SDP) to ``b-PHASE`` every 20 ms and times the round trip. Phases:
+pair (``PHASE-a``, ``PHASE-b``) joins over ``wss://`` with the CA; ``PHASE-a`` sends a
+``peer.offer`` (1 kB SDP) to ``PHASE-b`` every 20 ms and times the round trip. Phases:
 
 - ``none``: no attacker (5 s).
 - ``idle200``: 200 TCP connections (50 from each of 127.0.0.2-5, under the per-address cap of 64)
@@ -30,44 +30,12 @@ from pathlib import Path
 
 import trio
 import trustme
-from trio_websocket import open_websocket_url
 
-from hostile import SDP, announce, cpu_seconds, drain, expect_result, load, rpc, summary
+from hostile import cpu_seconds, honest_round_trips, load, summary
 from support.signal_process import signal_process
 
 IDLE = 200
 SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
-
-
-async def honest_round_trips(
-    url: str, context: ssl.SSLContext, seconds: float, tag: str
-) -> list[float]:
-    """``a-TAG`` offers to ``b-TAG`` every 20 ms over wss://; the round trips (s). Fresh ids per
-    phase: the previous phase's are held for their resume secret (30 s)."""
-    trips: list[float] = []
-    async with (
-        open_websocket_url(url, ssl_context=context) as a,
-        open_websocket_url(url, ssl_context=context) as b,
-        trio.open_nursery() as nursery,
-    ):
-        await b.send_message(announce(f"b-{tag}"))
-        await expect_result(b, 1)
-        nursery.start_soon(drain, b)
-        await a.send_message(announce(f"a-{tag}"))
-        await expect_result(a, 1)
-        offer = {"from": f"a-{tag}", "to": f"b-{tag}", "sdp": SDP}
-        deadline = trio.current_time() + seconds
-        request_id = 1
-        while trio.current_time() < deadline:
-            request_id += 1
-            start = time.perf_counter()
-            await a.send_message(rpc("peer.offer", offer, request_id))
-            with trio.fail_after(30):
-                await expect_result(a, request_id)
-            trips.append(time.perf_counter() - start)
-            await trio.sleep(0.02)
-        nursery.cancel_scope.cancel()
-    return trips
 
 
 def client_hello() -> bytes:
@@ -118,7 +86,8 @@ async def phase(
 ) -> float:
     """Run one phase, print its figures; return the honest median round trip (ms)."""
     cpu0, wall0 = cpu_seconds(pid), time.monotonic()
-    trips = await honest_round_trips(url, context, seconds, name)
+    # Fresh ids per phase: the previous phase's are held for their resume secret (30 s).
+    trips = await honest_round_trips(url, seconds, ssl_context=context, tag=name)
     cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - wall0
     extra = ""
     if idle is not None:
