@@ -476,9 +476,12 @@ def test_late_duplicate_and_too_old_packets_are_counted() -> None:
     assert [i.sequence_number for i in jb.pop(0.100) if isinstance(i, AudioPacket)] == [500, 501]
     assert put(0, 0.100) is DUPLICATE  # already played
     assert put(4, 0.110) is ACCEPTED
-    # 502 was due at 0.120 and 503 is here: 502 is lost, concealed, passed.
-    assert jb.pop(0.130) == [Gap(AUDIO, 502, 1, 2 * 960, pytest.approx(0.120))]
-    assert jb.packet_loss_count == 1
+    # 502 was due at 0.120 and 503 is here: 502 is lost and passed; 503 (here since 0.090) comes
+    # with the Gap for its in-band FEC.
+    recovery = sent[3].frame(AUDIO, 0.090)
+    assert jb.pop(0.130) == [Gap(AUDIO, 502, 1, 2 * 960, pytest.approx(0.120), recovery)]
+    assert jb.packet_loss_count == jb.recovery_offered_count == 1
+    assert jb.unrecoverable_loss_count == 0
     assert put(2, 0.131) is LATE  # behind the playout point: late, and still lost
     assert put(2, 0.132) is LATE
     assert jb.packet_loss_count == 1

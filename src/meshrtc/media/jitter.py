@@ -123,6 +123,8 @@ _RETARGET_HYSTERESIS = 0.005
 _STABLE_TOLERANCE = 0.005
 #: Lost sequence numbers are remembered this far behind the head, to tell late from duplicate.
 _LOST_MEMORY = 4096
+#: Arrival times kept for packets that came after a hole, before those behind the head are pruned.
+_ARRIVAL_MEMORY = 256
 #: Before anything played, an earlier packet (reordered at the very start) may lower the head this far.
 _MAX_START_REORDER = 1024
 _M16 = 0xFFFF
@@ -197,6 +199,12 @@ class Gap:
 
     ``rtp_timestamp`` and ``playout_time`` are the first missing packet's, estimated from its
     neighbours; consecutive missing packets follow at the stream's packet duration.
+
+    ``recovery`` (audio only) is the packet right after the gap's *last* missing packet when it was
+    already in the buffer at that packet's playout time: Opus in-band FEC (LBRR) in it may carry the
+    last lost frame, so the decoder can recover that one instead of concealing it (the others are
+    concealed; FEC covers one frame). The buffer never waits for it, so it costs no delay, and it is
+    still emitted afterwards as an ordinary :class:`AudioPacket`.
     """
 
     frame_type: FrameType
@@ -204,6 +212,7 @@ class Gap:
     count: int
     rtp_timestamp: int
     playout_time: float
+    recovery: MediaFrame | None = None
 
 
 @attrs.frozen(slots=True)
@@ -245,11 +254,17 @@ _set_gap_first = Gap.__dict__["first_sequence"].__set__
 _set_gap_count = Gap.__dict__["count"].__set__
 _set_gap_ts = Gap.__dict__["rtp_timestamp"].__set__
 _set_gap_time = Gap.__dict__["playout_time"].__set__
+_set_gap_recovery = Gap.__dict__["recovery"].__set__
 _AUDIO = FrameType.AUDIO
 
 
 def _gap(
-    frame_type: FrameType, first_sequence: int, count: int, rtp_timestamp: int, playout_time: float
+    frame_type: FrameType,
+    first_sequence: int,
+    count: int,
+    rtp_timestamp: int,
+    playout_time: float,
+    recovery: MediaFrame | None = None,
 ) -> Gap:
     item: Gap = _new(Gap)
     _set_gap_type(item, frame_type)
@@ -257,6 +272,7 @@ def _gap(
     _set_gap_count(item, count)
     _set_gap_ts(item, rtp_timestamp)
     _set_gap_time(item, playout_time)
+    _set_gap_recovery(item, recovery)
     return item
 
 
@@ -337,6 +353,7 @@ class JitterBuffer(StatefulModel):
         self._packets: dict[int, MediaFrame] = {}
         self._lost: set[int] = set()
         self._loss_count = 0
+        self._recovery_count = 0
         self._late_count = 0
         self._duplicate_count = 0
         self._discarded_count = 0
@@ -350,6 +367,9 @@ class JitterBuffer(StatefulModel):
         """Forget the stream (not the counters): the state a new stream starts from."""
         self._packets.clear()
         self._lost.clear()
+        # Audio: arrival time of each packet whose predecessor was missing when it came (the only
+        # packets that can be a Gap's recovery), to tell whether it was here at the gap's playout.
+        self._arrivals: dict[int, float] = {}
         self._highest: int | None = None  # highest extended sequence accepted; None: Empty
         self._head = 0  # extended sequence of the next packet to play
         self._start = 0  # extended sequence of the first packet (nothing before it is expected)
@@ -400,6 +420,19 @@ class JitterBuffer(StatefulModel):
     def packet_loss_count(self) -> int:
         """Sequence numbers the playout point passed without ever receiving them."""
         return self._loss_count
+
+    @property
+    def recovery_offered_count(self) -> int:
+        """Lost audio packets handed out with a recovery packet (``Gap.recovery``): the decoder can
+        rebuild them from the next packet's in-band FEC (when the sender put FEC data in it)."""
+        return self._recovery_count
+
+    @property
+    def unrecoverable_loss_count(self) -> int:
+        """Lost packets with no recovery possible: concealed (audio Gaps without ``recovery``, or
+        not the last of their Gap), dropped by an overrun, or video.
+        ``packet_loss_count == recovery_offered_count + unrecoverable_loss_count``."""
+        return self._loss_count - self._recovery_count
 
     @property
     def late_arrival_count(self) -> int:
@@ -515,6 +548,8 @@ class JitterBuffer(StatefulModel):
             if transit > self._offset:
                 self._reanchor(transit)
         packets[ext] = frame
+        if ext != highest + 1 and not self._video and ext - 1 not in packets:
+            self._note_arrival(ext, now)
         if ext > highest:
             self._highest = ext
         if ext < self._stop_seq:
@@ -538,6 +573,8 @@ class JitterBuffer(StatefulModel):
         self._offset = transit + self._target
         self._next_adjust = now + _ADJUST_INTERVAL
         self._packets[ext] = frame
+        if not self._video:
+            self._arrivals[ext] = now  # an earlier packet may still come first (_behind)
         self._due_valid = False
         self.first_packet()
         log.debug("%s jitter buffer: first packet seq=%d", self.kind.value, frame.sequence_number)
@@ -560,6 +597,14 @@ class JitterBuffer(StatefulModel):
             return InsertResult.LATE
         self._duplicate_count += 1
         return InsertResult.DUPLICATE
+
+    def _note_arrival(self, ext: int, now: float) -> None:
+        """Remember when a packet after a hole came (off the in-order path: reordering and loss)."""
+        arrivals = self._arrivals
+        arrivals[ext] = now
+        if len(arrivals) > _ARRIVAL_MEMORY:
+            head = self._head
+            self._arrivals = {s: t for s, t in arrivals.items() if s >= head}
 
     def _reanchor(self, transit: float) -> None:
         """A packet arrived after its own playout time while the head still waited for it: the path
@@ -767,7 +812,15 @@ class JitterBuffer(StatefulModel):
             count = missing
             if gap_step > 0:
                 count = min(missing, int((now - due) / (gap_step * inv)) + 1)
-            out.append(_gap(_AUDIO, head & _M16, count, round(first_ts) & _M32, due))
+            recovery: MediaFrame | None = None
+            if count == missing:
+                # The gap ends right before the packet here: it can carry the last lost frame's FEC
+                # if it was here when that frame was due (a late pop must not wait for it later).
+                last_due = (first_ts + (count - 1) * gap_step) * inv + offset
+                if self._arrivals.get(n, math.inf) <= last_due:
+                    recovery = nxt
+                    self._recovery_count += 1
+            out.append(_gap(_AUDIO, head & _M16, count, round(first_ts) & _M32, due, recovery))
             self._declare_lost(head, head + count)
             head += count
             last_ts = round(first_ts + (count - 1) * gap_step)
