@@ -30,16 +30,17 @@ PACKETS = 6000  # two minutes of the sender's clock
 
 
 class FakeDecoder:
-    """Stands in for the Opus decoder: 20 ms of stereo per packet."""
+    """Stands in for the Opus decoder (rtc/opus.py): 20 ms of stereo per packet."""
 
     sample_rate = 48_000
     channels = 2
+    frame_samples = 960
 
-    def decode(self, frame: MediaFrame) -> npt.NDArray[np.float32]:
+    def decode(self, payload: bytes | memoryview) -> npt.NDArray[np.float32]:
         return np.full((960, 2), 0.25, np.float32)
 
-    def conceal(self, samples: int = 960) -> npt.NDArray[np.float32]:
-        return np.zeros((samples, 2), np.float32)
+    def conceal(self, samples: int | None = None) -> npt.NDArray[np.float32]:
+        return np.zeros((samples or 960, 2), np.float32)
 
 
 async def _no_signal(method: str, params: dict[str, Any]) -> None:

@@ -154,6 +154,8 @@ def _check_pair(
         assert got_from.stats.concealed_frames <= buffer.packet_loss_count
     else:
         assert got_from.stats.concealed_frames == buffer.packet_loss_count == 0
+    lost_items = got_from.stats.concealed_frames + got_from.stats.recovered_frames
+    assert lost_items <= buffer.packet_loss_count
     assert got_from.stats.video_decode_errors == 0
     assert got_from.stats.audio_frames >= len(audio)
     assert got_from.stats.video_frames >= len(video)

@@ -260,6 +260,9 @@ class WebRtcTransport(StatefulModel):
 
 
 def _shed_peer_video(peer: PeerConnection, plan: ShedPlan) -> None:
+    if peer.video and peer.receive_media:
+        # Receive side: at VIDEO_OFF the router drops every picture, so none is decoded either.
+        peer.set_video_decode(plan.video)
     if peer.video and peer.send_media:
         peer.set_video_plan(
             bitrate_scale=plan.video_bitrate_scale,

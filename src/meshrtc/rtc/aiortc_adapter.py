@@ -20,8 +20,9 @@ with the RTP router):
   :func:`next_encoded_frame`: audio encoded on the loop thread instead of a thread-pool hand-off
   per frame, the RFC 6464 audio level computed only when negotiated (the contract test pins
   aiortc's source of the method it replaces).
-* **Decode.** :class:`AudioDecoder` / :class:`VideoDecoder` turn our jitter buffer's packets into
-  PCM and pictures with aiortc's own depayloaders and PyAV decoders.
+* **Decode.** :class:`VideoDecoder` turns our jitter buffer's video frames into pictures with
+  aiortc's own depayloaders and PyAV decoders. Audio is not decoded through aiortc at all:
+  :class:`meshrtc.rtc.opus.OpusDecoder` calls libopus itself (its concealment and in-band FEC).
 * **VP9.** aiortc 1.16 has none; :func:`install_vp9` (run by :func:`install_aiortc_patches`) adds it to
   aiortc's codec list (``video/VP9``, ``profile-id=0``), teaches its negotiation to refuse other VP9
   profiles, and its sender/receiver to build :class:`~meshrtc.rtc.vp9_codec.Vp9Encoder` /
@@ -62,7 +63,6 @@ from typing import Any, Final, Protocol, cast, runtime_checkable
 import attrs
 import av
 import numpy as np
-import numpy.typing as npt
 from aiortc import (
     RTCCertificate,
     RTCPeerConnection,
@@ -120,7 +120,6 @@ from meshrtc.rtc import host_candidates, vp9_codec
 
 __all__ = [
     "AdapterError",
-    "AudioDecoder",
     "BitrateOpusEncoder",
     "CandidatePairInfo",
     "Impairment",
@@ -1229,56 +1228,6 @@ def tap_peer_connection(
 
 # ---------------------------------------------------------------------------------------------
 # Decoding our jitter buffer's output
-
-
-class AudioDecoder:
-    """Opus packets → float32 PCM at 48 kHz, shape ``(samples, channels)``.
-
-    Uses aiortc's Opus decoder (libopus through PyAV, stereo s16) and scales to float32 in
-    [-1, 1). A packet that fails to decode yields concealment instead, and is counted.
-    """
-
-    FRAME_SAMPLES: Final = 960
-
-    def __init__(self, codec: RTCRtpCodecParameters) -> None:
-        if codec.mimeType.lower() != "audio/opus":
-            raise AdapterError(f"AudioDecoder decodes Opus only, not {codec.mimeType}")
-        self.codec = codec
-        self._decoder = get_decoder(codec)
-        self.channels = 2
-        self.sample_rate = OPUS_SAMPLE_RATE
-        self.errors = 0
-        self._last: npt.NDArray[np.float32] | None = None
-        self._concealed_in_row = 0
-
-    def decode(self, frame: MediaFrame) -> npt.NDArray[np.float32]:
-        try:
-            decoded = self._decoder.decode(JitterFrame(bytes(frame.payload), frame.rtp_timestamp))
-        except av.FFmpegError:
-            self.errors += 1
-            return self.conceal()
-        if not decoded:
-            return np.zeros((0, self.channels), dtype=np.float32)
-        parts = [cast(av.AudioFrame, f).to_ndarray().reshape(-1, self.channels) for f in decoded]
-        pcm16 = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        pcm = pcm16.astype(np.float32) * np.float32(1.0 / 32768.0)
-        self._last = pcm
-        self._concealed_in_row = 0
-        return pcm
-
-    def conceal(self, samples: int = FRAME_SAMPLES) -> npt.NDArray[np.float32]:
-        """Stand-in audio for a lost packet: the last frame faded by half per loss, silence after 3.
-
-        libopus's own loss concealment is not reachable through FFmpeg (an empty packet means
-        "flush"), so this is a cheap, click-free substitute.
-        """
-        self._concealed_in_row += 1
-        last = self._last
-        if last is None or self._concealed_in_row > 3 or len(last) == 0:
-            return np.zeros((samples, self.channels), dtype=np.float32)
-        gain = np.float32(0.5**self._concealed_in_row)
-        reps = -(-samples // len(last))
-        return (np.tile(last, (reps, 1))[:samples] * gain).astype(np.float32)
 
 
 class VideoDecoder:

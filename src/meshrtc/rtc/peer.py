@@ -456,6 +456,8 @@ class PeerConnection:
         #: The load-shedding plan of the outgoing video (:meth:`set_video_plan`), kept for the
         #: tracks of rebuilt links.
         self._video_plan: dict[str, Any] = {}
+        #: Whether the remote's video is decoded (:meth:`set_video_decode`), kept for rebuilt links.
+        self._decode_video = True
         #: Audio was sent once: a rebuilt link's track starts at once (silence until fed).
         self._audio_started = False
         self._nursery: trio.Nursery | None = None
@@ -931,6 +933,7 @@ class PeerConnection:
             started_at=now,
             accept_media=self.receive_media,
         )
+        receiver.decode_video = self._decode_video  # a fresh decoder: no keyframe to ask for yet
         link = _Link(
             generation, offerer, pc, tap, media_pipe, media, audio_track, video_track, now, receiver
         )
@@ -1203,6 +1206,16 @@ class PeerConnection:
         self.bridge.call_soon(control.refresh)
         if resumed:
             self.bridge.call_soon(control.request_keyframe)
+
+    def set_video_decode(self, on: bool) -> None:
+        """Decode the remote's video (``on``, the default) or let it pass undecoded: the transport
+        turns it off while load shedding turns video off (nobody gets pictures then). Turned back
+        on, one keyframe is asked for. Does not block; holds for rebuilt links too.
+        (rtc/receiver.py, ``MediaReceiver.set_decode_video``.)"""
+        self._decode_video = on
+        link = self._link
+        if link is not None:
+            link.receiver.set_decode_video(on)
 
     async def send_data(self, data: bytes | str | Any) -> None:
         """Send one message: ``bytes`` and ``str`` as they are, anything else as compact JSON text.

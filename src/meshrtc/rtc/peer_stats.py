@@ -25,9 +25,11 @@ class PeerStats:
     #: Sender Reports for an SSRC no packet has been seen from yet (dropped: its kind is unknown).
     unmatched_sender_reports: int = 0
     reception_reports: int = 0
-    #: Audio items delivered: decoded packets and concealed packets.
+    #: Audio items delivered: decoded packets, and lost ones either recovered from the next
+    #: packet's in-band FEC data or concealed (libopus PLC; rtc/opus.py).
     audio_frames: int = 0
     concealed_frames: int = 0
+    recovered_frames: int = 0
     video_frames: int = 0
     video_decode_errors: int = 0
     #: Video frames not decoded because decoding fell behind (rtc/receiver.py ``_VIDEO_BACKLOG``),

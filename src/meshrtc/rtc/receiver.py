@@ -41,7 +41,6 @@ from meshrtc.media.quality import ConnectionQuality
 from meshrtc.media.rtcp import NTP_EPOCH_OFFSET, ReceptionReport, SenderReport
 from meshrtc.media.sync import AlignedItem, SyncManager
 from meshrtc.rtc.aiortc_adapter import (
-    AudioDecoder,
     PeerTap,
     RembReport,
     RtcpActivity,
@@ -51,6 +50,7 @@ from meshrtc.rtc.aiortc_adapter import (
 from meshrtc.rtc.bridge import Bridge
 from meshrtc.rtc.decode_worker import DecodeWorker
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
+from meshrtc.rtc.opus import OpusDecoder
 from meshrtc.rtc.peer_stats import PeerStats
 from meshrtc.rtc.tracks import AUDIO_FRAME_SAMPLES
 
@@ -58,8 +58,8 @@ __all__ = ["ChannelMessage", "MediaEvent", "MediaReceiver", "buffers_jitter_ms"]
 
 log = logging.getLogger(__name__)
 
-#: Audio packet duration assumed for concealment and for the sender time of concealed packets.
-_AUDIO_STEP = AUDIO_FRAME_SAMPLES / 48_000
+#: The one audio codec meshrtc negotiates (aiortc_adapter.codec_preferences) and decodes.
+_OPUS = "audio/opus"
 #: A decoded picture waits at most this long for the audio presented with it to leave the audio
 #: stage (which holds audio 5-25 ms; more only if the trio thread is stalled).
 _VIDEO_WAITS_FOR_AUDIO = 0.1
@@ -160,7 +160,10 @@ class MediaReceiver:
         self._close_timeout = close_timeout
         #: Newest arrival of anything from the remote (RTP, RTCP, data), monotonic seconds.
         self.last_activity = started_at
-        self.audio_decoder: AudioDecoder | None = None
+        #: libopus, built by the first audio packet (rtc/opus.py: PLC and in-band FEC recovery).
+        self.audio_decoder: OpusDecoder | None = None
+        #: The negotiated audio codec (MIME type) once the first audio packet came.
+        self.audio_codec: str | None = None
         #: Built on the trio thread, then used only by ``video_worker``'s thread.
         self.video_decoder: VideoDecoder | None = None
         self.video_worker: DecodeWorker[_VideoJob, _Decoded] | None = None
@@ -181,8 +184,8 @@ class MediaReceiver:
     def codecs(self) -> dict[FrameType, str]:
         """The codec (MIME type) of each kind this link has started decoding."""
         out: dict[FrameType, str] = {}
-        if self.audio_decoder is not None:
-            out[FrameType.AUDIO] = self.audio_decoder.codec.mimeType
+        if self.audio_decoder is not None and self.audio_codec is not None:
+            out[FrameType.AUDIO] = self.audio_codec
         if self.video_decoder is not None:
             out[FrameType.VIDEO] = self.video_decoder.codec.mimeType
         return out
@@ -302,11 +305,10 @@ class MediaReceiver:
         if isinstance(item, AudioPacket):
             decoder = self.audio_decoder
             if decoder is None:
-                codec = self.tap.codec(item.frame)
-                if codec is None:
+                decoder = self._new_audio_decoder(item.frame)
+                if decoder is None:
                     return
-                decoder = self.audio_decoder = AudioDecoder(codec)
-            pcm = decoder.decode(item.frame)
+            pcm = decoder.decode(item.frame.payload)
             if len(pcm):
                 self.stats.audio_frames += 1
                 self._play_audio(
@@ -322,22 +324,7 @@ class MediaReceiver:
         if isinstance(item, Gap):
             if item.frame_type is not FrameType.AUDIO:
                 return
-            decoder = self.audio_decoder
-            for i in range(item.count):
-                if decoder is None:
-                    pcm = np.zeros((AUDIO_FRAME_SAMPLES, 2), dtype=np.float32)
-                else:
-                    pcm = decoder.conceal(AUDIO_FRAME_SAMPLES)
-                self.stats.audio_frames += 1
-                self.stats.concealed_frames += 1
-                self._play_audio(
-                    pcm,
-                    aligned.presentation_time + i * _AUDIO_STEP,
-                    None if sender is None else sender + i * _AUDIO_STEP,
-                    (item.rtp_timestamp + i * AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF,
-                    None,
-                    concealed=True,
-                )
+            self._play_gap(item, aligned.presentation_time, sender)
             return
         # A picture's local time is settled when it is delivered (video_local_time), where the
         # promise that a peer's local times never go backwards is kept. Raising last_presented to
@@ -347,6 +334,57 @@ class MediaReceiver:
         elif isinstance(item, KeyframeRequest) and self.keyframes.need(time.monotonic()):
             # The jitter buffer lost the decoder's references (once per loss episode).
             self._send_pli_soon()
+
+    def _new_audio_decoder(self, frame: MediaFrame) -> OpusDecoder | None:
+        """The link's Opus decoder, for the first audio packet of a negotiated Opus stream."""
+        codec = self.tap.codec(frame)
+        if codec is None:
+            return None
+        if codec.mimeType.lower() != _OPUS:
+            log.warning("peer %s: audio in %s is not decoded (Opus only)", self.peer_id, codec)
+            return None
+        self.audio_codec = codec.mimeType
+        decoder = self.audio_decoder = OpusDecoder()
+        return decoder
+
+    def _play_gap(self, gap: Gap, presented: float, sender: float | None) -> None:
+        """Lost audio packets: libopus's PLC for each, continuing from the decoder's state, except
+        the last when the packet after it is already here (``gap.recovery``): that one is rebuilt
+        from the next packet's in-band FEC data (PLC again inside libopus if it carries none).
+
+        Each stands in for a packet as long as the newest decoded one (20 ms unless the sender
+        uses another ptime); before any packet was decoded there is nothing to continue: silence.
+        The frame counts as recovered only when FEC data was there; the item still says
+        ``concealed`` (it stands in for a lost packet either way, for the drift stage and mix).
+        """
+        decoder = self.audio_decoder
+        samples = AUDIO_FRAME_SAMPLES if decoder is None else decoder.frame_samples
+        step = samples / STAGE_SAMPLE_RATE
+        stats = self.stats
+        last = gap.count - 1
+        for i in range(gap.count):
+            if decoder is None:
+                pcm = np.zeros((samples, 2), dtype=np.float32)
+                stats.concealed_frames += 1
+            elif i == last and gap.recovery is not None:
+                recovered = decoder.recovered
+                pcm = decoder.recover(gap.recovery.payload, samples)
+                if decoder.recovered > recovered:
+                    stats.recovered_frames += 1
+                else:
+                    stats.concealed_frames += 1
+            else:
+                pcm = decoder.conceal(samples)
+                stats.concealed_frames += 1
+            stats.audio_frames += 1
+            self._play_audio(
+                pcm,
+                presented + i * step,
+                None if sender is None else sender + i * step,
+                (gap.rtp_timestamp + i * samples) & 0xFFFFFFFF,
+                None,
+                concealed=True,
+            )
 
     def _play_audio(
         self,

@@ -54,7 +54,6 @@ from meshrtc.loadgen.replay import EncodedClip, Handoff
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.rtcp import NTP_EPOCH_OFFSET
 from meshrtc.rtc.aiortc_adapter import (
-    AudioDecoder,
     PeerTap,
     TapEvent,
     apply_answer,
@@ -63,6 +62,7 @@ from meshrtc.rtc.aiortc_adapter import (
     use_host_addresses,
 )
 from meshrtc.rtc.bridge import Bridge
+from meshrtc.rtc.opus import OpusDecoder
 from meshrtc.rtc.vp9_codec import encoder_context
 from meshrtc.signaling.client import SignalingClient
 from meshrtc.signaling.protocol import Answer, Offer, PeerErrorNotice
@@ -350,7 +350,7 @@ class StarMember:
         self.joined_at: float | None = None
         self._tap: PeerTap | None = None
         self._channel: RTCDataChannel | None = None
-        self._decoder: AudioDecoder | None = None
+        self._decoder: OpusDecoder | None = None
         self._last_seq: int | None = None
 
     @property
@@ -484,8 +484,8 @@ class StarMember:
             codec = None if self._tap is None else self._tap.codec(frame)
             if codec is None:
                 return None
-            decoder = self._decoder = AudioDecoder(codec)
-        return decoder.decode(frame)
+            decoder = self._decoder = OpusDecoder()
+        return decoder.decode(frame.payload)
 
 
 async def _local_offer(pc: RTCPeerConnection) -> str:
