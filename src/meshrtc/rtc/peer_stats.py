@@ -35,6 +35,9 @@ class PeerStats:
     #: Video frames not decoded because decoding fell behind (rtc/receiver.py ``_VIDEO_BACKLOG``),
     #: and the frames after such a drop skipped until the next keyframe (they reference it).
     video_frames_dropped: int = 0
+    #: Video frames not decoded because nobody needed them (load shedding at ``VIDEO_OFF``:
+    #: ``MediaReceiver.set_decode_video``).
+    video_frames_shed: int = 0
     keyframe_requests: int = 0
     data_sent: int = 0
     data_received: int = 0

@@ -169,6 +169,9 @@ class MediaReceiver:
         self.video_worker: DecodeWorker[_VideoJob, _Decoded] | None = None
         #: Every keyframe recovery decision of this link's video.
         self.keyframes = KeyframePolicy()
+        #: False while nobody needs this member's pictures (the transport's load shedding at
+        #: ``VIDEO_OFF``): :meth:`set_decode_video`.
+        self.decode_video = True
         self.ssrc_kinds: dict[int, FrameType] = {}
         self.keyframe_detectors: dict[int, Callable[[MediaFrame], bool]] = {}
         self.last_presented = -math.inf
@@ -249,7 +252,7 @@ class MediaReceiver:
             # for their presentation time, so a keyframe the buffer released before the loss
             # reached the decoder after the request (five-peer mesh: video frozen for 30 s).
             rearm = keyframes.wanted_since is None and sync.video_jitter_buffer.keyframe_outstanding
-            if (rearm and keyframes.need(now)) or keyframes.poll(now):
+            if self.decode_video and ((rearm and keyframes.need(now)) or keyframes.poll(now)):
                 self._send_pli_soon()
             if not items and wait <= 0:
                 await trio.sleep(0.001)  # due now but nothing released: do not spin
@@ -331,8 +334,33 @@ class MediaReceiver:
         # the presentation time here would undo the audio stage's shift (a negative lead).
         if isinstance(item, VideoFrame):
             self._decode_video(aligned, item)
-        elif isinstance(item, KeyframeRequest) and self.keyframes.need(time.monotonic()):
-            # The jitter buffer lost the decoder's references (once per loss episode).
+        elif (
+            isinstance(item, KeyframeRequest)
+            and self.decode_video
+            and self.keyframes.need(time.monotonic())
+        ):
+            # The jitter buffer lost the decoder's references (once per loss episode). While video
+            # is not decoded nobody needs them: resuming asks for a keyframe anyway.
+            self._send_pli_soon()
+
+    def set_decode_video(self, on: bool) -> None:
+        """Decode this member's video (``on``) or let it pass undecoded.
+
+        Why: at ``VIDEO_OFF`` the router drops every picture on arrival, yet each one had been
+        decoded (VP9 on the link's thread: CPU and GIL hand-offs the audio path pays for). Off, the
+        packets still go through the jitter buffer (loss, keyframe state and the timeline stay
+        current) and the frames it releases are counted (``video_frames_shed``) and dropped; no
+        keyframe is asked for. Back on, the decoder's references are gone: frames are skipped up
+        to a keyframe and one is asked for, once (then retried by the policy as after any loss).
+        """
+        if on == self.decode_video:
+            return
+        self.decode_video = on
+        if not on:
+            return
+        policy = self.keyframes
+        policy.skipping = True
+        if policy.need(time.monotonic()):
             self._send_pli_soon()
 
     def _new_audio_decoder(self, frame: MediaFrame) -> OpusDecoder | None:
@@ -476,6 +504,9 @@ class MediaReceiver:
         every other peer's audio; :meth:`_video_results` delivers the pictures. Its ``local_time``
         is settled on delivery, so the received items keep non-decreasing local times.
         """
+        if not self.decode_video:
+            self.stats.video_frames_shed += 1
+            return
         worker = self.video_worker
         if worker is None:
             codec = self.tap.codec(item.packets[0])
