@@ -9,6 +9,14 @@ import pytest
 from hypothesis import given
 
 from meshrtc.media.opus_fec import FecPolicy, FecPolicyError, FecSetting
+from meshrtc.media.quality import (
+    LOSS_REPORTS_KEPT,
+    OPUS_FEC_MIN_KBPS,
+    BitrateAction,
+    BitrateController,
+    ConnectionQuality,
+)
+from meshrtc.media.rtcp import ReceptionReport
 
 #: Runs of equal reports (seconds since the previous report, reported loss %, how many):
 #: aiortc reports every 0.5-1.5 s; runs make clean periods and bursts likely.
@@ -133,3 +141,50 @@ def test_steady_loss_settles_monotonically(a: float, b: float) -> None:
     settled_high = run(FecPolicy(), [(1.0, high)] * 60)[-1][1]
     assert settled_high.packet_loss_percent >= settled_low.packet_loss_percent
     assert settled_high.inband_fec >= settled_low.inband_fec
+
+
+# --- what quality.py keeps for the policy, and the bitrate floor while FEC is on ---------------
+
+
+def report(ssrc: int, fraction_lost: int, at: float) -> ReceptionReport:
+    return ReceptionReport(
+        ssrc=ssrc,
+        fraction_lost=fraction_lost,
+        packets_lost=0,
+        highest_sequence=0,
+        jitter=0,
+        last_sr=0,
+        delay_since_last_sr=0,
+        received_at=at,
+    )
+
+
+def test_quality_keeps_each_report_per_stream_for_the_policy() -> None:
+    quality = ConnectionQuality("p")
+    for i in range(5):
+        quality.on_reception_report(report(1, 26, float(i)), arrival_ntp=0)  # ~10%
+        quality.on_reception_report(report(2, 0, float(i) + 0.5), arrival_ntp=0)
+    assert [at for at, _ in quality.loss_reports(1)] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert quality.loss_reports(1, after=2.0) == [(3.0, 26 / 2.56), (4.0, 26 / 2.56)]
+    assert {loss for _, loss in quality.loss_reports(2)} == {0.0}
+    assert quality.loss_reports(3) == []
+    for i in range(LOSS_REPORTS_KEPT + 5):
+        quality.on_reception_report(report(1, 0, 10.0 + i), arrival_ntp=0)
+    assert len(quality.loss_reports(1)) == LOSS_REPORTS_KEPT
+
+
+def test_fec_floor_stops_loss_cuts_and_lifts_a_lower_target() -> None:
+    controller = BitrateController(min_kbps=16, max_kbps=96, start_kbps=96, decrease_hold_s=0.1)
+    for i in range(30):
+        controller.update(float(i), loss_percent=10.0, rtt_ms=None)
+    assert controller.target_kbps == 16  # no FEC: loss cuts down to the minimum
+    raised = controller.set_floor(OPUS_FEC_MIN_KBPS)
+    assert (raised.action, raised.target_kbps) == (BitrateAction.INCREASE, OPUS_FEC_MIN_KBPS)
+    for i in range(30, 60):
+        controller.update(float(i), loss_percent=10.0, rtt_ms=None)
+    assert controller.target_kbps == OPUS_FEC_MIN_KBPS
+    assert controller.set_floor(None).action is BitrateAction.HOLD  # lowering lifts nothing
+    assert controller.floor_kbps == 16
+    controller.update(61.0, loss_percent=10.0, rtt_ms=None)
+    assert controller.target_kbps < OPUS_FEC_MIN_KBPS
+    assert controller.set_floor(500).target_kbps == 96  # never above the maximum
