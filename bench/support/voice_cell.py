@@ -1,0 +1,269 @@
+"""One cell of bench/voice_loss.py in a process of its own: one stack, one loss pattern, one clip.
+
+Run by bench/voice_loss.py (``python bench/support/voice_cell.py --stack meshrtc --tree DIR ...``),
+one process per cell so each meshrtc tree (``--tree``: a checkout's root, its ``src`` and ``tests``
+are put first on ``sys.path``) is imported on its own and no state carries from cell to cell.
+
+* ``meshrtc``: two directly wired PeerConnections on 127.0.0.1 (the tree's
+  ``tests/peer_helpers.wired_pair``, audio only); alice sends the stream at real-time pace with
+  capture timestamps; bob's audio tap loses the packets the mask says (a :class:`MaskDrop` put in
+  the tap's ``impairment`` slot, where the seeded ``Impairment`` sits) before bob's jitter buffer,
+  decoder and concealment; every ``ReceivedAudio`` (decoded, concealed or recovered) is kept.
+* ``aiortc``: two plain aiortc 1.16 RTCPeerConnections on 127.0.0.1 (aiortc's own Opus encoder,
+  receiver, jitter buffer and decoder; nothing of meshrtc but the loopback host-candidate lookup),
+  the same mask applied right before aiortc's jitter buffer
+  (``aiortc_adapter.drop_before_aiortc_jitter_buffer``), every frame of the remote track kept.
+
+Writes an ``.npz``: ``offsets`` (each frame's position in samples from the stream's start: its RTP
+timestamp for aiortc, which skips what it cannot decode; the sum of the frames before it for
+meshrtc, which plays every slot), ``lengths`` and ``samples`` (the frames, mono float32, one after
+the other), ``delays`` (output time minus capture time by the frame's RTP timestamp, seconds),
+``concealed`` (per frame), and a JSON ``info`` (counters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from voice_patterns import MaskDrop, loss_mask
+
+RATE = 48_000
+FRAME = 960
+PTIME = 0.02
+#: Silence sent after the clip so the last words leave every jitter buffer.
+TAIL_SECONDS = 1.0
+#: How long a cell may wait for the connection, and for the stream's end after the last send.
+CONNECT_WITHIN = 20.0
+DRAIN_WITHIN = 5.0
+
+Frames = list[tuple[int, npt.NDArray[np.float32], float, bool]]
+
+
+def _signed32(x: int) -> int:
+    x &= 0xFFFFFFFF
+    return x - (1 << 32) if x >= 1 << 31 else x
+
+
+def _stream(clip: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    total = len(clip) + int(TAIL_SECONDS * RATE)
+    total += -total % FRAME
+    out = np.zeros(total, dtype=np.float32)
+    out[: len(clip)] = clip
+    return out
+
+
+async def run_meshrtc(
+    stream: npt.NDArray[np.float32], drop: MaskDrop
+) -> tuple[Frames, dict[str, Any]]:
+    import trio
+    from tests.peer_helpers import wired_pair
+
+    from meshrtc.config import TransportConfig
+    from meshrtc.media.frame import FrameType
+    from meshrtc.rtc.events import ReceivedAudio
+    from meshrtc.rtc.host_candidates import LOOPBACK, set_host_addresses
+    from meshrtc.rtc.peer import PeerOptions
+
+    set_host_addresses(LOOPBACK)
+    frames: Frames = []
+    total = len(stream)
+    first_ts: list[int] = []
+    capture_start: list[float] = []
+    position = [0]
+    done = trio.Event()
+    config = TransportConfig(video_codec="H264")
+    async with wired_pair(config=config, media=("audio",), options=PeerOptions()) as pair:
+        nursery, a, b = pair.nursery, pair.a, pair.b
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await a.offer()
+        with trio.fail_after(CONNECT_WITHIN):
+            await a.wait_state("Connected")
+            await b.wait_state("Connected")
+        link: Any = b._link
+        tap = link.tap.receiver(FrameType.AUDIO)
+        await pair.bridge.call(setattr, tap, "impairment", drop)
+
+        async def collect() -> None:
+            async for item in b.received:
+                if not isinstance(item, ReceivedAudio) or item.rtp_timestamp is None:
+                    continue
+                if not first_ts:
+                    first_ts.append(item.rtp_timestamp)
+                # The delay from the item's RTP timestamp; its place from what came before:
+                # meshrtc plays one item per 20 ms slot (concealed ones included), and the
+                # timestamps it stamps after its drift stage may be a sample off.
+                offset = _signed32(item.rtp_timestamp - first_ts[0])
+                delay = item.local_time - (capture_start[0] + offset / RATE)
+                mono = np.asarray(item.samples[:, 0], dtype=np.float32).copy()
+                frames.append((position[0], mono, delay, bool(item.concealed)))
+                position[0] += len(mono)
+                if position[0] >= total:
+                    done.set()
+
+        nursery.start_soon(collect)
+        start = time.monotonic() + 0.05
+        capture_start.append(start)
+        for k in range(total // FRAME):
+            at = start + k * PTIME
+            wait = at - time.monotonic()
+            if wait > 0:
+                await trio.sleep(wait)
+            await a.send_audio(stream[k * FRAME : (k + 1) * FRAME], timestamp=at)
+        with trio.move_on_after(DRAIN_WITHIN):
+            await done.wait()
+        stats = b.stats
+        buffer = b.sync_manager.audio_jitter_buffer
+        info = {
+            "concealed_frames": stats.concealed_frames,
+            "recovered_frames": getattr(stats, "recovered_frames", None),
+            "late_packets": stats.late_packets,
+            "jitter_target_ms": float(buffer.target_delay_ms),
+        }
+        nursery.cancel_scope.cancel()
+    return frames, info
+
+
+async def run_aiortc(
+    stream: npt.NDArray[np.float32], drop: MaskDrop
+) -> tuple[Frames, dict[str, Any]]:
+    import asyncio
+
+    import av
+    from aiortc import MediaStreamTrack, RTCPeerConnection
+    from aiortc.mediastreams import MediaStreamError
+
+    from meshrtc.rtc import host_candidates
+    from meshrtc.rtc.aiortc_adapter import drop_before_aiortc_jitter_buffer
+
+    host_candidates.install()
+    host_candidates.set_host_addresses(host_candidates.LOOPBACK)
+    pcm = (np.clip(stream, -1.0, 1.0) * 32767).astype(np.int16)
+    total = len(stream)
+    capture_start: list[float] = []
+
+    class ClipTrack(MediaStreamTrack):
+        """The stream at real-time pace, then silence; pts from 0 (aiortc adds its RTP offset)."""
+
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.index = 0
+
+        async def recv(self) -> av.AudioFrame:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if not capture_start:
+                capture_start.append(time.monotonic())
+            k = self.index
+            self.index += 1
+            wait = capture_start[0] + k * PTIME - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            chunk = pcm[k * FRAME : (k + 1) * FRAME]
+            if len(chunk) < FRAME:
+                chunk = np.zeros(FRAME, dtype=np.int16)
+            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = RATE
+            frame.pts = k * FRAME
+            frame.time_base = _TIME_BASE
+            return frame
+
+    frames: Frames = []
+    sender_pc, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        sender_pc.addTrack(ClipTrack())
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        (transceiver,) = receiver_pc.getTransceivers()
+        drop_before_aiortc_jitter_buffer(transceiver.receiver, drop.decide)
+        remote = transceiver.receiver.track
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+        first_ts: int | None = None
+        deadline = time.monotonic() + CONNECT_WITHIN + total / RATE + DRAIN_WITHIN
+        while time.monotonic() < deadline:
+            try:
+                frame = await asyncio.wait_for(remote.recv(), timeout=DRAIN_WITHIN)
+            except (TimeoutError, MediaStreamError):
+                break
+            now = time.monotonic()
+            if first_ts is None:
+                first_ts = int(frame.pts)
+            offset = _signed32(int(frame.pts) - first_ts)
+            data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
+            mono = (data.astype(np.float32) / 32768.0).copy()
+            frames.append((offset, mono, now - (capture_start[0] + offset / RATE), False))
+            if offset + len(mono) >= total:
+                break
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+    return frames, {"concealed_frames": None, "recovered_frames": None}
+
+
+_TIME_BASE: Any = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stack", choices=("meshrtc", "aiortc"), required=True)
+    parser.add_argument("--tree", type=Path, required=True, help="meshrtc checkout root")
+    parser.add_argument("--clip", type=Path, required=True, help=".npy of 48 kHz mono float32")
+    parser.add_argument("--pattern", default="random")
+    parser.add_argument("--loss", type=float, default=0.0, help="0..1")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    tree = args.tree.resolve()
+    sys.path[:0] = [str(tree / "src"), str(tree)]
+
+    global _TIME_BASE
+    import fractions
+
+    _TIME_BASE = fractions.Fraction(1, RATE)
+    clip = np.load(args.clip).astype(np.float32)
+    stream = _stream(clip)
+    drop = MaskDrop(loss_mask(args.pattern, args.loss, len(stream) // FRAME + 500, args.seed))
+    if args.stack == "meshrtc":
+        import trio
+
+        frames, info = trio.run(run_meshrtc, stream, drop)
+    else:
+        import asyncio
+
+        frames, info = asyncio.run(run_aiortc(stream, drop))
+    import meshrtc
+
+    info.update(
+        dropped=drop.dropped,
+        seen=drop.seen,
+        dropped_in_clip=sum(1 for i in drop.dropped_indices if i * FRAME < len(clip)),
+        clip_packets=len(clip) // FRAME,
+        meshrtc=str(Path(meshrtc.__file__).resolve().parent),
+    )
+    np.savez(
+        args.out,
+        offsets=np.array([f[0] for f in frames], dtype=np.int64),
+        lengths=np.array([len(f[1]) for f in frames], dtype=np.int64),
+        samples=np.concatenate([f[1] for f in frames]) if frames else np.zeros(0, np.float32),
+        delays=np.array([f[2] for f in frames], dtype=np.float64),
+        concealed=np.array([f[3] for f in frames], dtype=bool),
+        info=np.array(json.dumps(info)),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Seeded packet-loss patterns of bench/voice_loss.py, as one drop decision per packet index.
+
+The same mask is applied to every variant (meshrtc before, now, plain aiortc), indexed from the
+first audio packet of the stream, so each compares the same lost 20 ms of the same clip.
+
+* ``random``: each packet is lost with probability ``loss``, independently.
+* ``bursty``: a two-state Gilbert-Elliott chain: every packet in the Bad state is lost, none in the
+  Good state; Bad -> Good with probability :data:`BURST_EXIT` per packet (mean burst 1 /
+  BURST_EXIT = 2.5 packets, 50 ms), Good -> Bad with ``p = loss * r / (1 - loss)`` so the long-run
+  loss is ``loss``. In-band FEC carries only the previous frame, so bursts are what it cannot fix.
+
+The first :data:`PROTECTED` packets are never dropped: the receiver learns the stream's first RTP
+timestamp from packet 0, and the clip starts with silence there anyway.
+"""
+
+from __future__ import annotations
+
+import random
+
+BURST_EXIT = 0.4
+PROTECTED = 5
+PATTERNS = ("random", "bursty")
+
+
+def loss_mask(pattern: str, loss: float, count: int, seed: int) -> list[bool]:
+    """``count`` drop decisions (True: lost) for ``pattern`` at long-run ``loss`` (0..1)."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    if not 0.0 <= loss < 1.0:
+        raise ValueError(f"loss must be in [0, 1), got {loss}")
+    rng = random.Random(f"voice-loss/{pattern}/{loss}/{seed}")
+    mask: list[bool] = []
+    if pattern == "random":
+        mask = [rng.random() < loss for _ in range(count)]
+    else:
+        enter = loss * BURST_EXIT / (1.0 - loss)
+        bad = False
+        for _ in range(count):
+            bad = rng.random() >= BURST_EXIT if bad else rng.random() < enter
+            mask.append(bad)
+    for i in range(min(PROTECTED, count)):
+        mask[i] = False
+    return mask
+
+
+class MaskDrop:
+    """Drops packets by their index since the first one seen (RTP sequence numbers, 16-bit wrap).
+
+    ``decide(sequence_number)`` is all both receivers need; :meth:`plan` / :meth:`flush` make it
+    stand in for meshrtc's ``Impairment`` on a receiver tap (``tap.impairment``).
+    """
+
+    def __init__(self, mask: list[bool]) -> None:
+        self.mask = mask
+        self.first: int | None = None
+        self.seen = 0
+        self.dropped = 0
+        self.dropped_indices: list[int] = []
+        # What meshrtc's tap and tests read off an Impairment.
+        self.dropped_packets: list[tuple[int, int]] = []
+        self.dropped_timestamps: list[tuple[int, int]] = []
+
+    def decide(self, sequence_number: int) -> bool:
+        if self.first is None:
+            self.first = sequence_number
+        index = (sequence_number - self.first) & 0xFFFF
+        self.seen += 1
+        lost = index < len(self.mask) and self.mask[index]
+        if lost:
+            self.dropped += 1
+            self.dropped_indices.append(index)
+        return lost
+
+    def plan(self, frame: object) -> list[tuple[float, object]]:
+        sequence_number: int = frame.sequence_number  # type: ignore[attr-defined]
+        if self.decide(sequence_number):
+            ssrc: int = frame.ssrc  # type: ignore[attr-defined]
+            self.dropped_packets.append((ssrc, sequence_number))
+            self.dropped_timestamps.append((ssrc, frame.rtp_timestamp))  # type: ignore[attr-defined]
+            return []
+        return [(0.0, frame)]
+
+    def flush(self) -> None:
+        return None
