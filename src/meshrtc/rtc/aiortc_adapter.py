@@ -347,9 +347,7 @@ class Impairment:
         return held
 
 
-def drop_before_aiortc_jitter_buffer(
-    receiver: RTCRtpReceiver, drop: Callable[[int], bool]
-) -> None:
+def drop_before_aiortc_jitter_buffer(receiver: RTCRtpReceiver, drop: Callable[[int], bool]) -> None:
     """Benchmarks only: on a *plain* aiortc receiver (no tap), lose the packets whose sequence
     number ``drop`` says, right before aiortc's own jitter buffer.
 
