@@ -8,7 +8,8 @@ loopback WebRTC (N sender and N receiver RTCPeerConnections in the process, 440 
   an asyncio task per stream consumes every decoded frame from ``track.recv()``.
 * ``bridge``: trio owns the program; aiortc runs on the bridge's loop thread; meshrtc's taps turn
   every RTP packet into a MediaFrame, hand it to trio through ``ToTrio``, and a trio task per
-  stream decodes it with :class:`~meshrtc.rtc.aiortc_adapter.AudioDecoder` (PyAV, float32 48 kHz).
+  stream decodes it with :class:`~meshrtc.rtc.opus.OpusDecoder` (libopus, float32 48 kHz; until
+  issue 17 aiortc's PyAV decoder, which the figures in docs/rtc-bridge.md were measured with).
   The tone is fed from trio.
 
 Process CPU time (all threads: ``time.process_time``) is measured over the same steady-state window
@@ -154,8 +155,9 @@ async def _bridge(duration: float, streams: int) -> dict[str, Any]:
     from aiortc import RTCConfiguration, RTCPeerConnection
 
     from meshrtc.media.frame import MediaFrame
-    from meshrtc.rtc.aiortc_adapter import AudioDecoder, PeerTap, TapEvent, tap_peer_connection
+    from meshrtc.rtc.aiortc_adapter import PeerTap, TapEvent, tap_peer_connection
     from meshrtc.rtc.bridge import ToTrio, open_bridge
+    from meshrtc.rtc.opus import OpusDecoder
     from meshrtc.rtc.tracks import AudioOutputTrack
 
     config = RTCConfiguration(iceServers=[])
@@ -165,14 +167,14 @@ async def _bridge(duration: float, streams: int) -> dict[str, Any]:
     result: dict[str, Any] = {}
 
     async def consume(i: int, tap: PeerTap, events: trio.MemoryReceiveChannel[TapEvent]) -> None:
-        decoder: AudioDecoder | None = None
+        decoder: OpusDecoder | None = None
         async for event in events:
             if isinstance(event, MediaFrame):
                 if decoder is None:
                     codec = tap.codec(event)
                     assert codec is not None
-                    decoder = AudioDecoder(codec)
-                decoder.decode(event)
+                    decoder = OpusDecoder()
+                decoder.decode(event.payload)
                 counts[i] += 1
                 flowing[i].set()
 

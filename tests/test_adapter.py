@@ -29,7 +29,6 @@ from meshrtc.media.rtcp import ReceptionReport, SenderReport
 from meshrtc.media.seq import seq_diff, ts_diff
 from meshrtc.rtc.aiortc_adapter import (
     AdapterError,
-    AudioDecoder,
     BitrateOpusEncoder,
     Impairment,
     ImpairmentConfig,
@@ -41,6 +40,7 @@ from meshrtc.rtc.aiortc_adapter import (
     tap_peer_connection,
 )
 from meshrtc.rtc.bridge import Bridge, ToTrio, open_bridge
+from meshrtc.rtc.opus import OpusDecoder
 from meshrtc.rtc.tracks import (
     DEFAULT_SEND_LATENCY,
     AudioOutputTrack,
@@ -228,8 +228,8 @@ async def test_taps_deliver_opus_and_vp8_frames_and_sender_reports() -> None:
         assert all(r.stats.sender_reports == 0 for r in link.a_tap.receivers)
 
         # The decode helpers: the tone comes back as float32 stereo at 48 kHz, the picture at its size.
-        decoder = AudioDecoder(opus)
-        pcm = np.concatenate([decoder.decode(f) for f in audio[10:30]])
+        decoder = OpusDecoder()
+        pcm = np.concatenate([decoder.decode(f.payload) for f in audio[10:30]])
         assert pcm.dtype == np.float32
         assert pcm.shape == (20 * 960, 2)
         rms = float(np.sqrt(np.mean(pcm**2)))
