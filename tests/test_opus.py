@@ -238,3 +238,44 @@ def test_receiver_recovers_the_last_frame_of_a_gap_and_counts_it(fec_packets: li
     audio = [x for x in got if isinstance(x, ReceivedAudio)]
     assert audio
     assert all(x.samples.shape == (960, 2) for x in audio)
+
+
+def test_a_lost_packet_is_recovered_through_the_jitter_buffer(fec_packets: list[bytes]) -> None:
+    """End to end without a network: packets into the receiver's SyncManager as they would arrive
+    (20 ms apart, one never), the receiver playing what it releases. The packet after the lost one
+    is here at the lost one's playout time, so the jitter buffer offers it (``Gap.recovery``) and
+    the receiver rebuilds the lost frame from its FEC data; a loss followed by a packet without FEC
+    data is concealed."""
+    tap: Any = _Tap()
+    stats = PeerStats()
+    sync = SyncManager("bob")
+    receiver = MediaReceiver(
+        "bob",
+        tap=tap,
+        bridge=tap,
+        sync=sync,
+        quality=ConnectionQuality("bob"),
+        stats=stats,
+        sender_reports={},
+        deliver=lambda _item: None,
+        close_timeout=1.0,
+        started_at=0.0,
+    )
+    with_fec = next(k for k in range(20, 70) if has_fec(fec_packets[k + 1]))
+    without = next(k for k in range(with_fec + 5, 95) if not has_fec(fec_packets[k + 1]))
+    count = without + 5
+    for n in range(count):
+        now = 10.0 + 0.02 * n
+        if n not in (with_fec, without):
+            frame = MediaFrame(FrameType.AUDIO, 960 * n, n, fec_packets[n], now, False, 7, 111)
+            sync.insert(frame, now)
+        for item in sync.pop_next_aligned(now):
+            receiver.play(item)
+    for step in range(100):  # drain what is still held (the jitter target), bounded
+        for item in sync.pop_next_aligned(10.0 + 0.02 * (count + step)):
+            receiver.play(item)
+    buffer = sync.audio_jitter_buffer
+    assert buffer.packet_loss_count == 2
+    assert buffer.recovery_offered_count == 2
+    assert (stats.recovered_frames, stats.concealed_frames) == (1, 1)
+    assert stats.audio_frames == count
