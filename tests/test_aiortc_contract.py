@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiortc
+import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, rtp
 from aiortc import codecs as aiortc_codecs
@@ -25,6 +26,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from meshrtc.rtc import aiortc_adapter as adapter
+from meshrtc.rtc import opus as meshrtc_opus
 
 #: sha256 of ``inspect.getsource(RTCRtpReceiver.receive)`` in aiortc 1.16.0. The adapter replaces
 #: receive() with a copy that skips the decoder thread, so any change to it must be re-read.
@@ -369,8 +371,8 @@ def test_encoder_timestamps_are_the_frame_pts() -> None:
 
 
 def test_opus_encoder_resampler_is_what_bitrate_opus_encoder_skips() -> None:
-    # BitrateOpusEncoder hands frames already in this shape straight to the codec (_opus_ready) and
-    # otherwise copies the rest of OpusEncoder.encode; both must stay what aiortc does.
+    # BitrateOpusEncoder hands frames already in this shape straight to libopus (_opus_ready) and
+    # otherwise resamples like OpusEncoder.encode; both must stay what aiortc does.
     resampler = opus.OpusEncoder().resampler
     assert (resampler.format.name, resampler.layout.name) == ("s16", "stereo")
     assert resampler.rate == opus.SAMPLE_RATE == 48000
@@ -386,6 +388,33 @@ def test_opus_encoder_resampler_is_what_bitrate_opus_encoder_skips() -> None:
         "return [], None",
     ):
         assert line in source, f"OpusEncoder.encode no longer has {line!r}"
+    ours = adapter.BitrateOpusEncoder()
+    mono = av.AudioFrame(format="s16", layout="mono", samples=960)
+    for plane in mono.planes:
+        plane.update(bytes(plane.buffer_size))
+    mono.sample_rate, mono.pts, mono.time_base = 48000, 0, opus.TIME_BASE
+    ours.encode(mono)
+    assert ours.resampler is not None  # built like aiortc's the first time one is needed
+    assert (ours.resampler.format.name, ours.resampler.layout.name) == ("s16", "stereo")
+    assert (ours.resampler.rate, ours.resampler.frame_size) == (
+        resampler.rate,
+        resampler.frame_size,
+    )
+
+
+def test_opus_fmtp_comes_from_the_codec_list_in_offers_and_answers() -> None:
+    """install_opus_fmtp puts useinbandfec=1 into aiortc's Opus entry: aiortc writes each codec's
+    fmtp from its parameters, offers from CODECS and answers with a copy of the local entry."""
+    from aiortc import rtcpeerconnection as pc_module
+    from aiortc import sdp as aiortc_sdp
+
+    assert "params = parameters_to_sdp(codec.parameters)" in _source(
+        aiortc_sdp.MediaDescription.__str__
+    )
+    assert "codec = copy.deepcopy(codec)" in _source(pc_module.find_common_codecs)
+    assert "useinbandfec" in aiortc_sdp.FMTP_INT_PARAMETERS  # parsed back as an int
+    opus_entries = [c for c in aiortc_codecs.CODECS["audio"] if c.mimeType.lower() == "audio/opus"]
+    assert len(opus_entries) == 1
 
 
 def test_sender_applies_remb_to_the_encoder_target_bitrate() -> None:
@@ -422,13 +451,18 @@ def test_opus_encoder_shape_and_configuration() -> None:
     for name in ("codec", "resampler", "first_packet_pts"):
         assert hasattr(encoder, name), f"OpusEncoder.{name}"
     assert _params(opus.OpusEncoder.encode) == ["self", "frame", "force_keyframe"]
-    ours = adapter._new_opus_context(int(encoder.codec.bit_rate or 0))
-    for field in ("bit_rate", "sample_rate", "time_base"):
-        assert getattr(ours, field) == getattr(encoder.codec, field), f"OpusEncoder.codec.{field}"
-    assert ours.format.name == encoder.codec.format.name
-    assert ours.layout.name == encoder.codec.layout.name
-    assert dict(ours.options) == dict(encoder.codec.options)
-    assert opus.SAMPLE_RATE == 48_000
+    # BitrateOpusEncoder runs libopus itself, configured as aiortc's FFmpeg context is.
+    codec = encoder.codec
+    ours = adapter.BitrateOpusEncoder()
+    assert (
+        codec.bit_rate == adapter.OPUS_DEFAULT_BITRATE == ours.opus.bitrate == ours.target_bitrate
+    )
+    assert dict(codec.options) == {"application": "voip"}  # ours: OPUS_APPLICATION_VOIP
+    assert (codec.format.name, codec.layout.name) == ("s16", "stereo")
+    assert codec.sample_rate == opus.SAMPLE_RATE == meshrtc_opus.SAMPLE_RATE == 48_000
+    assert codec.time_base == opus.TIME_BASE
+    assert not ours.inband_fec  # FFmpeg's default (fec=0, packet_loss=0), as aiortc leaves it
+    assert ours.packet_loss_percent == 0
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,12 @@ with the RTP router):
   the non-daemon decoder thread (the contract test pins aiortc's source of that method). Sender
   Reports are copied by wrapping ``_handle_rtcp_packet`` on the instance.
 * **Send.** :class:`SenderControl` reads and sets the encoder's ``target_bitrate`` and intercepts
-  REMB so the quality controller's cap is not overwritten a second later; Opus gets a bitrate
-  setter through :class:`BitrateOpusEncoder`, installed by wrapping ``aiortc.rtcrtpsender``'s
-  ``get_encoder``. Each sender's ``_next_encoded_frame`` is replaced by
-  :func:`next_encoded_frame`: audio encoded on the loop thread instead of a thread-pool hand-off
-  per frame, the RFC 6464 audio level computed only when negotiated (the contract test pins
-  aiortc's source of the method it replaces).
+  REMB so the quality controller's cap is not overwritten a second later; Opus is encoded by
+  libopus itself through :class:`BitrateOpusEncoder` (bitrate and in-band FEC settable between
+  frames), installed by wrapping ``aiortc.rtcrtpsender``'s ``get_encoder``. Each sender's
+  ``_next_encoded_frame`` is replaced by :func:`next_encoded_frame`: audio encoded on the loop
+  thread instead of a thread-pool hand-off per frame, the RFC 6464 audio level computed only when
+  negotiated (the contract test pins aiortc's source of the method it replaces).
 * **Decode.** :class:`VideoDecoder` turns our jitter buffer's video frames into pictures with
   aiortc's own depayloaders and PyAV decoders. Audio is not decoded through aiortc at all:
   :class:`meshrtc.rtc.opus.OpusDecoder` calls libopus itself (its concealment and in-band FEC).
@@ -51,7 +51,6 @@ end the transport's receive task. Failures are counted and logged once per tap.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import math
 import random
@@ -79,9 +78,11 @@ from aiortc.codecs import depayload, get_decoder, is_rtx
 from aiortc.codecs import h264 as _aiortc_h264
 from aiortc.codecs import opus as _aiortc_opus
 from aiortc.codecs import vpx as _aiortc_vpx
+from aiortc.codecs.base import Encoder
 from aiortc.codecs.opus import SAMPLE_RATE as OPUS_SAMPLE_RATE
-from aiortc.codecs.opus import OpusEncoder
+from aiortc.codecs.opus import SAMPLES_PER_FRAME as OPUS_FRAME
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import convert_timebase
 from aiortc.rtcdtlstransport import generate_certificate
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
@@ -99,9 +100,9 @@ from aiortc.rtp import (
     RtpPacket,
     unpack_remb_fci,
 )
-from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
 from av.frame import Frame
+from av.packet import Packet
 from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL
 
@@ -117,6 +118,7 @@ from meshrtc.media.negotiation import (
 from meshrtc.media.rtcp import ReceptionReport, SenderReport
 from meshrtc.media.vp9 import Vp9Depayloader, Vp9PayloadError, parse_descriptor
 from meshrtc.rtc import host_candidates, vp9_codec
+from meshrtc.rtc.opus import OpusEncoder as LibopusEncoder
 
 __all__ = [
     "AdapterError",
@@ -708,44 +710,39 @@ OPUS_DEFAULT_BITRATE: Final = 96_000
 REENCODE_THRESHOLD: Final = 0.1
 
 
-def _new_opus_context(bit_rate: int) -> AudioCodecContext:
-    """The libopus context exactly as aiortc's OpusEncoder configures it, at ``bit_rate``.
+class BitrateOpusEncoder(Encoder):
+    """aiortc's Opus encoder interface on libopus itself (:class:`meshrtc.rtc.opus.OpusEncoder`),
+    with ``target_bitrate`` like aiortc's VP8/H.264 encoders and in-band FEC control.
 
-    The contract test compares this with a fresh ``OpusEncoder().codec`` so a change in aiortc shows.
-    """
-    codec = av.CodecContext.create("libopus", "w")
-    codec.bit_rate = bit_rate
-    codec.format = "s16"
-    codec.layout = "stereo"
-    codec.options = {"application": "voip"}
-    codec.sample_rate = OPUS_SAMPLE_RATE
-    codec.time_base = fractions.Fraction(1, OPUS_SAMPLE_RATE)
-    return codec
+    aiortc's own ``OpusEncoder`` runs FFmpeg's libopus wrapper, which fixes bitrate, FEC and
+    expected loss when its context opens: a bitrate change meant a fresh context (one frame of
+    discontinuity at the remote) and FEC was never on. Here every setting reaches libopus between
+    two frames: :attr:`target_bitrate`, and :meth:`set_fec` (loss-driven, media/opus_fec.py, applied
+    by rtc/peer.py through :meth:`SenderControl.set_fec`). The configuration is aiortc's (the
+    contract test compares): VOIP, 96 kb/s, 20 ms frames of 48 kHz stereo s16, FEC off. ``encode``
+    and the setters run on the loop thread (:func:`next_encoded_frame`).
 
-
-class BitrateOpusEncoder(OpusEncoder):
-    """aiortc's Opus encoder plus ``target_bitrate``, like its VP8/H.264 encoders have.
-
-    libopus fixes its bitrate when FFmpeg opens the context, so a change of more than
-    :data:`REENCODE_THRESHOLD` swaps in a fresh context at the next frame. The resampler is kept
-    and a packet's timestamp is its own pts (the input frame's, on the track's media clock), so RTP
-    timestamps continue without a jump; the remote decoder hears at most one frame of
-    discontinuity. ``encode`` and the setter both run on the loop thread
-    (:func:`next_encoded_frame`); the setter only stores an int, which ``encode`` reads once per frame.
+    **Timestamps.** A packet's timestamp is the pts of the first sample it decodes to: its frame's
+    pts minus libopus's lookahead (312 samples), which is what FFmpeg's packet pts said, so RTP
+    timestamps and the Sender Reports' mapping are what they were (tests/test_sender_encoding.py
+    compares with aiortc's). ``first_packet_pts`` is the first packet's, as in aiortc's encoder.
 
     **No resampler for frames already in Opus's shape.** aiortc sends every frame through a PyAV
     ``AudioResampler`` (s16, stereo, 48 kHz, 960-sample frames). meshrtc's audio tracks produce
-    exactly that, so the resampler only copies (about 10 % of the encode, per member per 20 ms);
-    while every frame has that shape (:func:`_opus_ready`) they go to the codec directly, with the
-    same packets and timestamps (tests/test_sender_encoding.py). The first frame that has not
-    switches to the resampler for good, so its buffering never sees a gap.
+    exactly that, so the resampler would only copy; while every frame has that shape
+    (:func:`_opus_ready`) its samples go to libopus directly. The first frame that has not
+    switches to a resampler with aiortc's settings for good, so its buffering never sees a gap.
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self._target_bitrate = int(self.codec.bit_rate or OPUS_DEFAULT_BITRATE)
-        #: Contexts created after the first, i.e. bitrate changes applied.
-        self.recreated = 0
+        self.opus = LibopusEncoder(bitrate=OPUS_DEFAULT_BITRATE)
+        self._target_bitrate = OPUS_DEFAULT_BITRATE
+        self.resampler: av.AudioResampler | None = None
+        self.first_packet_pts: int | None = None
+        #: Bitrate changes applied (each without a new encoder).
+        self.bitrate_changes = 0
+        #: FEC settings applied (:meth:`set_fec` calls that changed something).
+        self.fec_changes = 0
         #: Frames encoded without the resampler; False once one needed it.
         self.direct = 0
         self._direct_ok = True
@@ -756,39 +753,61 @@ class BitrateOpusEncoder(OpusEncoder):
 
     @target_bitrate.setter
     def target_bitrate(self, bitrate: int) -> None:
-        self._target_bitrate = max(OPUS_MIN_BITRATE, min(int(bitrate), OPUS_MAX_BITRATE))
+        target = max(OPUS_MIN_BITRATE, min(int(bitrate), OPUS_MAX_BITRATE))
+        if target != self._target_bitrate:
+            self.opus.bitrate = target
+            self._target_bitrate = target
+            self.bitrate_changes += 1
+
+    @property
+    def inband_fec(self) -> bool:
+        return self.opus.inband_fec
+
+    @property
+    def packet_loss_percent(self) -> int:
+        return self.opus.packet_loss_percent
+
+    def set_fec(self, on: bool, packet_loss_percent: int) -> None:
+        """In-band FEC on or off, and the loss libopus should expect (0-100; 0 sends no FEC)."""
+        percent = max(0, min(100, int(packet_loss_percent)))
+        if (on, percent) == (self.opus.inband_fec, self.opus.packet_loss_percent):
+            return
+        self.opus.inband_fec = on
+        self.opus.packet_loss_percent = percent
+        self.fec_changes += 1
 
     def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        target = self._target_bitrate
-        current = int(self.codec.bit_rate or OPUS_DEFAULT_BITRATE)
-        if target != current:
-            if not self.codec.is_open:
-                self.codec.bit_rate = target
-            elif abs(target - current) / current > REENCODE_THRESHOLD:
-                self.codec = _new_opus_context(target)
-                self.recreated += 1
         if self._direct_ok and _opus_ready(frame):
-            payloads, timestamp = self._encode_direct(cast(AudioFrame, frame))
+            self.direct += 1
+            frames: Sequence[AudioFrame] = (cast(AudioFrame, frame),)
         else:
+            if not isinstance(frame, AudioFrame):
+                raise AdapterError(f"Opus encodes audio frames, not {type(frame).__name__}")
             self._direct_ok = False
-            payloads, timestamp = super().encode(frame, force_keyframe)
-        if payloads and self.first_packet_pts is not None:
-            # aiortc counts from its first packet; meshrtc's tracks stamp frames on the media clock,
-            # and a packet's own pts (that of the first sample it decodes to, priming included) is
-            # what its RTP timestamp must say for the Sender Reports' mapping to hold, as for video.
-            timestamp += self.first_packet_pts
+            if self.resampler is None:
+                self.resampler = av.AudioResampler(
+                    format="s16", layout="stereo", rate=OPUS_SAMPLE_RATE, frame_size=OPUS_FRAME
+                )
+            frames = self.resampler.resample(frame)
+        payloads = [self._encode_frame(f) for f in frames]
+        if not payloads or frames[0].pts is None:
+            return [], cast(int, None)  # aiortc's answer while the resampler buffers
+        timestamp = int(frames[0].pts) - self.opus.lookahead
+        if self.first_packet_pts is None:
+            self.first_packet_pts = timestamp
         return payloads, timestamp
 
-    def _encode_direct(self, frame: AudioFrame) -> tuple[list[bytes], int]:
-        """aiortc's ``OpusEncoder.encode`` minus the resampler (the contract test pins its lines)."""
-        self.direct += 1
-        packets = self.codec.encode(frame)
-        first_pts = packets[0].pts if packets else None
-        if first_pts is None:
-            return [], cast(int, None)  # aiortc's answer while the codec buffers
-        if self.first_packet_pts is None:
-            self.first_packet_pts = first_pts
-        return [bytes(p) for p in packets], first_pts - self.first_packet_pts
+    def _encode_frame(self, frame: AudioFrame) -> bytes:
+        samples = np.frombuffer(cast(Any, frame.planes[0]), dtype=np.int16)
+        return self.opus.encode(samples[: frame.samples * 2])
+
+    def pack(self, packet: Packet[Any]) -> tuple[list[bytes], int]:
+        """Pre-encoded Opus (a track that yields packets), as aiortc's encoder passes it on."""
+        return [bytes(packet)], convert_timebase(
+            cast(int, packet.pts),
+            packet.time_base,
+            _aiortc_opus.TIME_BASE,
+        )
 
 
 def _opus_ready(frame: Frame) -> bool:
@@ -1040,6 +1059,16 @@ class SenderControl:
         clamped = max(low, min(wanted, high))
         if clamped != current and abs(clamped - current) / current > REENCODE_THRESHOLD:
             encoder.target_bitrate = clamped
+
+    def set_fec(self, on: bool, packet_loss_percent: int) -> bool:
+        """Opus in-band FEC on or off and the loss libopus should expect (media/opus_fec.py
+        decides, rtc/peer.py applies). False, changing nothing, while the sender has no Opus encoder
+        (before its first frame, or not Opus): the caller applies it at its next decision."""
+        encoder = self.encoder
+        if not isinstance(encoder, BitrateOpusEncoder):
+            return False
+        encoder.set_fec(on, packet_loss_percent)
+        return True
 
     def request_keyframe(self) -> None:
         """Make the next encoded video frame a keyframe."""
@@ -1699,8 +1728,29 @@ def install_aiortc_patches() -> None:
     one global) installs only what is missing.
     """
     install_vp9()
+    install_opus_fmtp()
     install_dtls_rsa_suites()
     host_candidates.install()
+
+
+#: What meshrtc's Opus ``a=fmtp`` adds in offers and answers (RFC 7587 section 6.1): our decoder
+#: uses in-band FEC (rtc/opus.py recovers a lost frame from the next packet), so browsers and
+#: other stacks should send it when they see loss (Chromium's Opus encoder turns FEC on from the
+#: ``useinbandfec`` of the *other* side's fmtp, whichever side offered).
+OPUS_FMTP: Final[Mapping[str, int]] = {"useinbandfec": 1}
+
+
+def install_opus_fmtp() -> None:
+    """Make aiortc's Opus codec carry :data:`OPUS_FMTP` (idempotent, process-wide).
+
+    aiortc writes a codec's ``a=fmtp`` from its entry in ``aiortc.codecs.CODECS`` when it offers,
+    and answers with a copy of that same local entry (``find_common_codecs``), so the entry's
+    parameters cover both. They are updated in place: codec preferences built from
+    ``getCapabilities`` share the dict, and ``filter_preferred_codecs`` compares parameters.
+    """
+    for codec in _aiortc_codecs.CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters.update(OPUS_FMTP)
 
 
 def use_host_addresses(pc: RTCPeerConnection, addresses: Sequence[str] | None) -> None:

@@ -35,6 +35,8 @@ __all__ = [
     "SAMPLE_RATE",
     "OpusDecodeError",
     "OpusDecoder",
+    "OpusEncodeError",
+    "OpusEncoder",
     "has_fec",
 ]
 
@@ -198,3 +200,143 @@ class OpusDecoder:
 
     def _out(self, n: int) -> npt.NDArray[np.float32]:
         return np.multiply(self._buffer[:n], _SCALE, dtype=np.float32)
+
+
+# --- encoder --------------------------------------------------------------------------------------
+#
+# What meshrtc sends with (rtc/aiortc_adapter.py's BitrateOpusEncoder wraps it for aiortc). FFmpeg's
+# libopus wrapper fixes bitrate, FEC and expected loss when the context opens, so following the
+# path meant a fresh context per change; libopus itself takes them between any two frames
+# (opus_encoder_ctl), which is what loss-driven FEC needs (media/opus_fec.py).
+
+_APPLICATION_VOIP: Final = int(opuslib_next.APPLICATION_VOIP)
+#: libopus's own ceiling for one packet's bytes (a 20 ms frame never needs more than 1275).
+_MAX_PACKET: Final = 4000
+_SET_BITRATE: Final = int(opuslib_next.SET_BITRATE_REQUEST)
+_GET_BITRATE: Final = int(opuslib_next.GET_BITRATE_REQUEST)
+_SET_VBR: Final = int(opuslib_next.SET_VBR_REQUEST)
+_SET_COMPLEXITY: Final = int(opuslib_next.SET_COMPLEXITY_REQUEST)
+_SET_INBAND_FEC: Final = int(opuslib_next.SET_INBAND_FEC_REQUEST)
+_GET_INBAND_FEC: Final = int(opuslib_next.GET_INBAND_FEC_REQUEST)
+_SET_PACKET_LOSS_PERC: Final = int(opuslib_next.SET_PACKET_LOSS_PERC_REQUEST)
+_GET_PACKET_LOSS_PERC: Final = int(opuslib_next.GET_PACKET_LOSS_PERC_REQUEST)
+_GET_LOOKAHEAD: Final = int(opuslib_next.GET_LOOKAHEAD_REQUEST)
+
+_encoder_create = _lib["opus_encoder_create"]
+_encoder_create.argtypes = (
+    ctypes.c_int32,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.POINTER(ctypes.c_int),
+)
+_encoder_create.restype = ctypes.c_void_p
+
+_encoder_destroy = _lib["opus_encoder_destroy"]
+_encoder_destroy.argtypes = (ctypes.c_void_p,)
+_encoder_destroy.restype = None
+
+# opus_int32 opus_encode(OpusEncoder *st, const opus_int16 *pcm, int frame_size,
+#                        unsigned char *data, opus_int32 max_data_bytes)
+_encode = _lib["opus_encode"]
+_encode.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int32)
+_encode.restype = ctypes.c_int32
+
+# int opus_encoder_ctl(OpusEncoder *st, int request, ...): variadic, so only the fixed part is
+# declared; the value (an int, or a pointer for GET requests) is passed as a ctypes object.
+_encoder_ctl = _lib["opus_encoder_ctl"]
+_encoder_ctl.argtypes = (ctypes.c_void_p, ctypes.c_int)
+_encoder_ctl.restype = ctypes.c_int
+
+
+class OpusEncodeError(Exception):
+    """libopus refused to create the encoder, a setting, or a frame (wrong length or shape)."""
+
+
+class OpusEncoder:
+    """Interleaved s16 stereo PCM at 48 kHz → one Opus packet per frame (20 ms: 960 samples).
+
+    Configured as aiortc's FFmpeg encoder was (the contract test compares): application VOIP,
+    96 kb/s unless told otherwise, VBR, complexity 10, in-band FEC off and 0% expected loss.
+    :attr:`bitrate`, :attr:`inband_fec` and :attr:`packet_loss_percent` change between any two
+    frames without a new encoder (no discontinuity for the remote's decoder). Not thread-safe: one
+    caller at a time (the sender's loop thread).
+    """
+
+    def __init__(self, *, bitrate: int = 96_000, complexity: int = 10) -> None:
+        err = ctypes.c_int(0)
+        state = _encoder_create(SAMPLE_RATE, CHANNELS, _APPLICATION_VOIP, ctypes.byref(err))
+        if err.value != 0 or not state:
+            raise OpusEncodeError(f"opus_encoder_create: {_error_text(err.value)}")
+        self._enc: int = state
+        self._enc_finalizer = weakref.finalize(self, _encoder_destroy, state)
+        self._packet = ctypes.create_string_buffer(_MAX_PACKET)
+        self._set(_SET_VBR, 1)
+        self._set(_SET_COMPLEXITY, complexity)
+        self.bitrate = bitrate
+        #: Samples libopus delays its output by (its lookahead): a packet decodes to the samples
+        #: that started this long before the frame it was encoded from (what FFmpeg subtracts from
+        #: a packet's pts as "initial padding").
+        self.lookahead = self._get(_GET_LOOKAHEAD)
+        #: Frames encoded.
+        self.encoded = 0
+
+    def close(self) -> None:
+        """Free the libopus state now (otherwise when the encoder is collected)."""
+        self._enc_finalizer()
+
+    def encode(self, pcm: bytes | memoryview | npt.NDArray[np.int16]) -> bytes:
+        """One frame of interleaved int16 stereo (any Opus frame length; 960 samples is 20 ms)."""
+        samples = np.frombuffer(pcm, dtype=np.int16) if not isinstance(pcm, np.ndarray) else pcm
+        if samples.dtype != np.int16 or not samples.flags.c_contiguous:
+            raise OpusEncodeError("encode takes C-contiguous int16 samples")
+        frame = samples.size // CHANNELS
+        n = int(_encode(self._enc, samples.ctypes.data, frame, self._packet, _MAX_PACKET))
+        if n < 0:
+            raise OpusEncodeError(f"opus_encode ({frame} samples): {_error_text(n)}")
+        self.encoded += 1
+        return ctypes.string_at(self._packet, n)
+
+    @property
+    def bitrate(self) -> int:
+        """Target bits per second (libopus clamps it to what it can do)."""
+        return self._get(_GET_BITRATE)
+
+    @bitrate.setter
+    def bitrate(self, value: int) -> None:
+        if value <= 0:
+            raise OpusEncodeError(f"bitrate must be positive, got {value}")
+        self._set(_SET_BITRATE, int(value))
+
+    @property
+    def inband_fec(self) -> bool:
+        """Whether each packet carries a low-bitrate copy of the previous frame (LBRR). libopus
+        sends it only in SILK and hybrid modes, with :attr:`packet_loss_percent` above 0, and not
+        at all at very low bitrates (none at 16 kb/s stereo)."""
+        return self._get(_GET_INBAND_FEC) != 0
+
+    @inband_fec.setter
+    def inband_fec(self, on: bool) -> None:
+        self._set(_SET_INBAND_FEC, 1 if on else 0)
+
+    @property
+    def packet_loss_percent(self) -> int:
+        """The loss libopus expects (0-100): it sizes the FEC layer and the prediction by it."""
+        return self._get(_GET_PACKET_LOSS_PERC)
+
+    @packet_loss_percent.setter
+    def packet_loss_percent(self, percent: int) -> None:
+        if not 0 <= percent <= 100:
+            raise OpusEncodeError(f"packet_loss_percent must be in 0-100, got {percent}")
+        self._set(_SET_PACKET_LOSS_PERC, int(percent))
+
+    def _set(self, request: int, value: int) -> None:
+        code = int(_encoder_ctl(self._enc, request, ctypes.c_int32(value)))
+        if code != 0:
+            raise OpusEncodeError(f"opus_encoder_ctl({request}, {value}): {_error_text(code)}")
+
+    def _get(self, request: int) -> int:
+        out = ctypes.c_int32(0)
+        code = int(_encoder_ctl(self._enc, request, ctypes.byref(out)))
+        if code != 0:
+            raise OpusEncodeError(f"opus_encoder_ctl({request}): {_error_text(code)}")
+        return int(out.value)
