@@ -747,14 +747,16 @@ class JitterBufferModel(RuleBasedStateMachine):
         self.jb = JitterBuffer(kind, target_delay_ms=target_ms, is_keyframe=is_key)
         self.h = ModelHarness(self, self.jb)
         self.late = self.duplicates = self.requests = 0
-        self.loss_base = self.discard_base = 0
+        self.loss_base = self.discard_base = self.recovery_base = 0
         self.new_stream(seq0, ts0)
 
     def new_stream(self, seq0: int, ts0: int) -> None:
         self.sender = Sender(self.kind, seq0, ts0, self.h.clock)
         self.sent: dict[int, Sent] = {}
         self.accepted: set[int] = set()
+        self.arrived: dict[int, MediaFrame] = {}  # accepted packets as inserted (received_at)
         self.emitted: set[int] = set()
+        self.offered: set[int] = set()  # packets handed out as a Gap's recovery
         self.gap_seqs: set[int] = set()
         self.last_out: int | None = None
         self.last_playout = -math.inf
@@ -762,6 +764,7 @@ class JitterBufferModel(RuleBasedStateMachine):
         self.request_outstanding = False
         self.loss_base = self.jb.packet_loss_count
         self.discard_base = self.jb.discarded_count
+        self.recovery_base = self.jb.recovery_offered_count
 
     # -- model helpers --
 
@@ -795,6 +798,7 @@ class JitterBufferModel(RuleBasedStateMachine):
         else:
             assert result is ACCEPTED
             self.accepted.add(e)
+            self.arrived[e] = frame
             self.min_transit = min(self.min_transit, transit)
         if age <= late_after - 1e-6 and e not in self.accepted:
             assert head is not None
@@ -816,6 +820,7 @@ class JitterBufferModel(RuleBasedStateMachine):
                 self.check_order(seqs)
                 self.gap_seqs.update(seqs)
                 self.check_time(item.playout_time, now)
+                self.check_recovery(item, first + item.count)
             elif isinstance(item, VideoFrame):
                 assert self.kind is VIDEO
                 seqs = [self.ext(p.sequence_number) for p in item.packets]
@@ -835,6 +840,21 @@ class JitterBufferModel(RuleBasedStateMachine):
                 assert not self.request_outstanding, "two keyframe requests in one episode"
                 self.request_outstanding = True
                 self.requests += 1
+
+    def check_recovery(self, gap: Gap, after: int) -> None:
+        """``recovery`` is the packet right after the gap's last frame, present when that frame was
+        due (a single-frame gap plays at ``playout_time``; a longer one's last frame at most one
+        pause step later), and offered whenever it was."""
+        frame = self.arrived.get(after)
+        if gap.recovery is not None:
+            assert frame is not None, "recovery: not the packet after the gap, or never accepted"
+            assert gap.recovery == frame
+            assert after not in self.emitted
+            slack = (gap.count - 1) * 0.120
+            assert frame.received_at <= gap.playout_time + slack + EPS, "offered a late packet"
+            self.offered.add(after)
+        elif frame is not None and gap.count == 1:
+            assert frame.received_at > gap.playout_time - 1e-6, "buffered in time, not offered"
 
     def emit(self, seqs: list[int]) -> None:
         for e in seqs:
@@ -928,6 +948,10 @@ class JitterBufferModel(RuleBasedStateMachine):
         lost = [e for e in passed if e not in self.accepted]
         discarded = [e for e in passed if e in self.accepted and e not in self.emitted]
         assert jb.packet_loss_count - self.loss_base == len(lost)
+        assert jb.recovery_offered_count - self.recovery_base == len(self.offered)
+        assert jb.unrecoverable_loss_count == jb.packet_loss_count - jb.recovery_offered_count
+        # An offered packet still plays as itself (unless an overrun drops it first).
+        assert all(e in self.emitted or e >= head or e in discarded for e in self.offered)
         assert jb.discarded_count - self.discard_base == len(discarded)
         assert self.emitted <= set(passed)
         assert self.gap_seqs <= set(lost)
