@@ -385,8 +385,12 @@ class RemotePeer(SyntheticPeer):
 class _Child:
     """The parent's end of the synthetic peers' process: JSON events in, words out."""
 
-    def __init__(self, process: trio.Process) -> None:
+    def __init__(
+        self, process: trio.Process, on_report: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.process = process
+        #: Gets the star child's periodic ``counters`` lines (``report_every``), whenever they come.
+        self.on_report = on_report
         self._send, self._events = trio.open_memory_channel[dict[str, Any]](16)
 
     async def pump(self) -> None:
@@ -408,6 +412,9 @@ class _Child:
         async for message in self._events:
             if message.get("event") == event:
                 return message
+            if message.get("event") == "counters" and self.on_report is not None:
+                self.on_report(message)
+                continue
             log.warning("unexpected event from the synthetic peers' process: %r", message)
         raise DemoChildError(
             f"the synthetic peers' process ended before {event!r} (exit code {self.process.poll()})"
@@ -422,14 +429,18 @@ class _Child:
 
 
 @contextlib.asynccontextmanager
-async def _open_child(argv: list[str], nursery: trio.Nursery) -> AsyncIterator[_Child]:
+async def _open_child(
+    argv: list[str],
+    nursery: trio.Nursery,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
+) -> AsyncIterator[_Child]:
     """Start the child; on every way out close its stdin, wait (bounded), kill if needed, reap."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH")) if p)
     process = await trio.lowlevel.open_process(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     )
-    child = _Child(process)
+    child = _Child(process, on_report)
     pump_scope = trio.CancelScope()
 
     async def pump() -> None:
@@ -466,6 +477,7 @@ def _child_argv(
     generator: str = "star",
     listeners: int | None = None,
     aligned: bool = False,
+    report_every: float | None = None,
 ) -> list[str]:
     argv = [
         sys.executable,
@@ -495,6 +507,8 @@ def _child_argv(
             argv += ["--listeners", str(listeners)]
         if aligned:
             argv.append("--aligned")
+        if report_every is not None:
+            argv += ["--report-every", repr(report_every)]
     return argv
 
 
@@ -520,6 +534,8 @@ async def run_demo(
     generator: str = "star",
     listeners: int | None = None,
     aligned: bool = False,
+    report_every: float | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> DemoResult:
     """Run the demo workload; returns the figures after a complete teardown.
 
@@ -528,6 +544,8 @@ async def run_demo(
     back for the latency probe, default all; ``aligned``: every star member's packets on one
     phase instead of each on its own); ``on_tick`` then gets :class:`RemotePeer` views,
     and ``keep_audio`` is not available. In-process, the peers are always the mesh kind.
+    ``report_every`` (star only): the child reports its members' running counters every that
+    many seconds of traffic to ``on_report``, called on this trio loop (``bench/soak.py``).
     """
     if split and keep_audio:
         raise ValueError("keep_audio needs the in-process mode (split=False)")
@@ -566,8 +584,9 @@ async def run_demo(
                     generator,
                     listeners,
                     aligned,
+                    report_every,
                 )
-                child = await stack.enter_async_context(_open_child(argv, servers))
+                child = await stack.enter_async_context(_open_child(argv, servers, on_report))
             synthetic: list[SyntheticPeer] = []
             transport = WebRtcTransport(config(TRANSPORT_ID), options=options)
             teardown = 0.0

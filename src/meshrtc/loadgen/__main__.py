@@ -11,6 +11,10 @@ mix of the others' idle silence): the issue's "join → first decoded mix". List
 the others decode only that first packet. The figures' ``cpu_s`` is this process's CPU time over
 the traffic window (every thread: aiortc's, the bridge's, trio's).
 
+``--report-every S`` (``bench/soak.py``) adds ``{"event": "counters", ...}`` lines during the
+traffic, every ``S`` seconds: per member what it sent and got back so far (:func:`counters`), this
+process's CPU time and RSS. They read counters the members keep anyway: no per-packet work.
+
 The child never outlives its parent: end of stdin stops it, ``--deadline`` bounds its life.
 Run as ``python -m meshrtc.loadgen --help``.
 """
@@ -31,6 +35,7 @@ import trio
 from meshrtc.demo import GATE_ON, GATE_PERIOD, PeerFigures, tone_frequency
 from meshrtc.demo_peers import ParentChannel, run_child
 from meshrtc.loadgen.onsets import OnsetProbe
+from meshrtc.loadgen.resources import rss_kib
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.star_member import (
     StarMember,
@@ -39,12 +44,25 @@ from meshrtc.rtc.star_member import (
     silence_clip,
 )
 
-__all__ = ["main", "run_members"]
+__all__ = ["counters", "main", "run_members"]
 
 log = logging.getLogger(__name__)
 
 #: The demo's data messages: one per member every this many seconds.
 CHAT_INTERVAL = 0.25
+
+
+def counters(member: StarMember) -> dict[str, int]:
+    """One member's running totals: live audio packets sent (and skipped), audio packets and
+    video frames got back, audio packets lost on the way back."""
+    c = member.counters
+    return {
+        "audio_sent": member.audio_track.sent_live,
+        "send_skipped": member.audio_track.skipped,
+        "audio_received": c.audio_packets,
+        "audio_lost": c.audio_lost,
+        "video_received": c.video_frames,
+    }
 
 
 def _video(text: str) -> tuple[int, int]:
@@ -67,11 +85,15 @@ async def run_members(
     transport_id: str = "transport",
     aligned: bool = False,
     seed: int = 0,
+    report_every: float | None = None,
 ) -> None:
     """The child's whole life, driven by the parent's words (module docstring)."""
+    # The reporter and the main task both write: one line at a time.
+    writing = trio.Lock()
 
     async def emit(message: dict[str, Any]) -> None:
-        await stdout.send_all((json.dumps(message) + "\n").encode())
+        async with writing:
+            await stdout.send_all((json.dumps(message) + "\n").encode())
 
     ids = [f"peer{i + 1}" for i in range(members)]
     frequencies = {pid: tone_frequency(i) for i, pid in enumerate(ids)}
@@ -154,7 +176,23 @@ async def run_members(
                         n += 1
                         await trio.sleep(CHAT_INTERVAL)
 
+                async def report(every: float) -> None:
+                    start = trio.current_time()
+                    for n in range(int(seconds // every) + 1):  # t = 0, every, ... <= seconds
+                        await trio.sleep_until(start + n * every)
+                        await emit(
+                            {
+                                "event": "counters",
+                                "t": time.monotonic() - wall0,
+                                "cpu_s": time.process_time() - cpu0,
+                                "rss_kib": rss_kib(),
+                                "peers": {m.peer_id: counters(m) for m in group},
+                            }
+                        )
+
                 nursery.start_soon(chat)
+                if report_every is not None and report_every > 0:
+                    nursery.start_soon(report, report_every)
                 await trio.sleep(seconds + 0.5)
                 cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
                 figures = {}
@@ -219,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the members' phases")
     parser.add_argument("--connect-timeout", type=float, default=30.0)
     parser.add_argument(
+        "--report-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a 'counters' line every SECONDS of traffic (bench/soak.py)",
+    )
+    parser.add_argument(
         "--deadline", type=float, required=True, help="the child exits after this many seconds"
     )
     args = parser.parse_args(argv)
@@ -236,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             connect_timeout=args.connect_timeout,
             aligned=args.aligned,
             seed=args.seed,
+            report_every=args.report_every,
             stdin=stdin,
             stdout=stdout,
         )
