@@ -17,6 +17,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from tests.conftest import require_binary
+
 SUPPORT = Path(__file__).resolve().parent.parent / "bench" / "support"
 
 
@@ -40,6 +42,7 @@ FRAME = 960
 
 @pytest.fixture(scope="module")
 def clip() -> np.ndarray:
+    require_binary("espeak-ng", "espeak-ng")
     samples: np.ndarray = voice_clip.speak()
     return samples
 
