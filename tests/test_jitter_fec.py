@@ -73,6 +73,21 @@ def test_burst_of_two_recovers_only_the_last() -> None:
     assert (h.jb.recovery_offered_count, h.jb.unrecoverable_loss_count) == (1, 1)
 
 
+def test_every_other_packet_lost_for_long_every_loss_is_offered_and_memory_stays_bounded() -> None:
+    # 300 losses, each followed by a packet: more than the arrival memory holds before pruning.
+    h, sent = audio_harness(seconds=12.0, delay=lambda i: None if i % 2 else 0.030)
+    peak = 0
+    for k in range(1, 13):
+        h.run_until(10.0 + k)
+        peak = max(peak, len(h.jb._arrivals))
+    h.run_until(23.0)
+    jb = h.jb
+    assert jb.packet_loss_count == len(sent) // 2 - 1  # the last loss is never declared
+    assert jb.recovery_offered_count == jb.packet_loss_count
+    assert all(g.recovery is not None for g in gaps(h.items))
+    assert peak <= 257
+
+
 def test_recovery_packet_that_comes_after_the_lost_packets_slot_is_not_offered() -> None:
     # 50 lost; 51 takes 70 ms instead of 30: it arrives 10 ms after 50's slot (50 ms of playout
     # delay) and 10 ms before its own, so it plays, but the Gap did not wait for it.
@@ -186,10 +201,7 @@ class _WithoutRecovery(JitterBuffer):
 
     def _clear(self) -> None:
         super()._clear()
-        self._arrivals = _NoArrivals()
-
-    def _note_arrival(self, ext: int, now: float) -> None:
-        pass
+        self._arrivals = _NoArrivals()  # empty for good: never long enough to be pruned
 
 
 def _strip(item: PlayoutItem) -> PlayoutItem:

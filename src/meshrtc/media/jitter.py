@@ -549,7 +549,11 @@ class JitterBuffer(StatefulModel):
                 self._reanchor(transit)
         packets[ext] = frame
         if ext != highest + 1 and not self._video and ext - 1 not in packets:
-            self._note_arrival(ext, now)
+            # After a hole (loss, reordering): this packet may become a Gap's recovery.
+            arrivals = self._arrivals
+            arrivals[ext] = now
+            if len(arrivals) > _ARRIVAL_MEMORY:
+                self._prune_arrivals()
         if ext > highest:
             self._highest = ext
         if ext < self._stop_seq:
@@ -598,13 +602,11 @@ class JitterBuffer(StatefulModel):
         self._duplicate_count += 1
         return InsertResult.DUPLICATE
 
-    def _note_arrival(self, ext: int, now: float) -> None:
-        """Remember when a packet after a hole came (off the in-order path: reordering and loss)."""
-        arrivals = self._arrivals
-        arrivals[ext] = now
-        if len(arrivals) > _ARRIVAL_MEMORY:
-            head = self._head
-            self._arrivals = {s: t for s, t in arrivals.items() if s >= head}
+    def _prune_arrivals(self) -> None:
+        """Forget the arrivals of packets the playout point has passed (they can no longer be a
+        recovery)."""
+        head = self._head
+        self._arrivals = {s: t for s, t in self._arrivals.items() if s >= head}
 
     def _reanchor(self, transit: float) -> None:
         """A packet arrived after its own playout time while the head still waited for it: the path
