@@ -14,9 +14,11 @@ for :meth:`JitterBuffer.next_due`. docs/jitter-buffer.md explains the model; in 
   adjustment (every 100 ms), so audio never jumps. The base follows a windowed minimum (clock drift)
   and is re-anchored when a packet arrives after its own playout time while the buffer waits for it.
 * **Loss.** A missing packet is declared lost when its (estimated) playout time passes and a later
-  packet is already here. Audio emits a :class:`Gap` (for concealment) and moves on. Video reports
-  the loss with one :class:`KeyframeRequest` per loss episode and drops frames until the next
-  complete keyframe.
+  packet is already here. Audio emits a :class:`Gap` (for concealment) and moves on; when the packet
+  after the gap was already here at the gap's playout time, the Gap carries it as ``recovery``, so the
+  decoder can rebuild the last lost frame from its Opus in-band FEC (never waited for: no delay).
+  Video reports the loss with one :class:`KeyframeRequest` per loss episode and drops frames until
+  the next complete keyframe.
 * **Late, duplicate, overrun.** Packets behind the playout point, or delayed more than
   ``late_after_ms`` beyond the base transit, are discarded and counted late; a second copy of a packet
   already accepted is a duplicate. When the buffered media spans more than ``max_delay_ms`` (the
