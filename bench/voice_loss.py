@@ -9,11 +9,14 @@ this checkout).
 
 What is measured (issue 17): espeak-ng speaks four Harvard sentences (~10 s, resampled to 48 kHz:
 bench/support/voice_clip.py); the clip plus 1 s of silence is sent between two peers on
-127.0.0.1 at real-time pace, one process per cell (bench/support/voice_cell.py); the receiver loses
-the packets of a seeded mask (bench/support/voice_patterns.py: ``random`` or ``bursty``
-Gilbert-Elliott, mean burst 2.5 packets; the same mask for every variant) right before its jitter
-buffer; the received frames are laid on the sender's RTP timeline, aligned with the clip by
-cross-correlation and scored with wideband PESQ (ITU-T P.862.2, at 16 kHz) and STOI
+127.0.0.1 at real-time pace, one process per cell (bench/support/voice_cell.py); the receiver's
+ICE sockets lose the RTP datagrams of a seeded mask (bench/support/voice_patterns.py: ``random``,
+or ``bursty`` Gilbert-Elliott with a mean burst of 2.5 packets; the same mask for every variant)
+below aiortc, so the loss shows in the RTCP receiver reports the sender gets, as on a real path.
+What the receiver plays is scored against the clip: meshrtc's items back to back (it plays one
+per 20 ms slot, concealed ones included), plain aiortc's frames at their RTP timestamps (it
+skips what it lost; the gap stays silent instead of pulling the rest early, which favours it);
+aligned by cross-correlation; wideband PESQ (ITU-T P.862.2, at 16 kHz) and STOI
 (bench/support/voice_score.py).
 
 * ``before``: meshrtc at ``--before-commit`` (``git archive`` into a temporary directory): our
@@ -21,14 +24,14 @@ cross-correlation and scored with wideband PESQ (ITU-T P.862.2, at 16 kHz) and S
 * ``now``: meshrtc as in ``--now-tree``: whatever it decodes, conceals, recovers and sends.
 * ``aiortc``: two plain aiortc RTCPeerConnections, aiortc's receiver, jitter buffer and decoder.
 
-Per cell: PESQ-WB, STOI, packets lost inside the clip, frames recovered (in-band FEC) and concealed
-as the receiver counted them (``-``: that tree or stack does not count it), frames that never came
-out (plain aiortc skips what it cannot decode), the playout delay (output time minus capture time:
-median and max over the frames), the alignment lag (and how much it grew from the clip's first
-second to its last: a receiver that resamples stretches what it plays), the load average (the
-machine is shared).
-Then the table per variant and the goals of issue 17, met or the gap. Last line:
-``pesq_wb_10pct=<PESQ-WB of "now" at 10 % random loss>``.
+Per cell: PESQ-WB, STOI, packets lost (clip and tail), frames recovered (in-band FEC) and
+concealed as the receiver counted them over the same span (``-``: that tree or stack does not
+count it), frames that never came out (plain aiortc skips what it cannot decode), the playout
+delay (output time minus capture time: median and max over the frames), the alignment lag (and
+how much it grew from the clip's first second to its last: a receiver that resamples or changes
+its delay stretches what it plays), the load average (the machine is shared). Then the table per
+variant and the goals of issue 17, met or the gap. Last line: ``pesq_wb_10pct=<PESQ-WB of "now"
+at 10 % random loss>``.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def score(cell: Cell, clip: npt.NDArray[np.float32], data: dict[str, Any]) -> Re
         cell,
         pesq=pesq_wb(clip, degraded),
         stoi=stoi(clip, degraded),
-        lost=int(info["dropped_in_clip"]),
+        lost=int(info["dropped"]),
         recovered=info.get("recovered_frames"),
         concealed=info.get("concealed_frames"),
         missing=max(0, len(clip) // FRAME - len(in_clip)),
@@ -239,6 +242,26 @@ def goals(results: dict[Cell, Result]) -> list[str]:
     return out
 
 
+def _describe(tree: Path) -> str:
+    """The commit a checkout is at, and whether its src/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--", "src"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(not a git checkout)"
+    return head + (" + uncommitted changes in src/" if dirty else "")
+
+
 def _percents(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -266,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"clip {len(clip) / RATE:.2f} s; seed {args.seed}; trees: "
         + ", ".join(f"{v}={trees[v]}" for v in variants)
+        + f"; now at {_describe(trees['now'])}"
     )
     cells = [
         Cell(v, p if loss else "random", loss)

@@ -134,33 +134,6 @@ def test_receiver_transport_is_a_public_property() -> None:
     assert isinstance(inspect.getattr_static(RTCRtpReceiver, "transport"), property)
 
 
-def test_drop_before_aiortc_jitter_buffer_wraps_the_buffers_add() -> None:
-    """bench/voice_loss.py's plain-aiortc column: losses right before aiortc's own buffer."""
-
-    async def wrapped() -> tuple[Any, list[int]]:
-        pc = RTCPeerConnection()
-        try:
-            receiver = pc.addTransceiver("audio").receiver
-            buffer = getattr(receiver, adapter.RECEIVER_JITTER_BUFFER)
-            assert _params(type(buffer).add) == ["self", "packet"]
-            seen: list[int] = []
-
-            def spy(packet: rtp.RtpPacket) -> tuple[bool, None]:
-                seen.append(packet.sequence_number)
-                return False, None
-
-            buffer.add = spy
-            adapter.drop_before_aiortc_jitter_buffer(receiver, lambda seq: seq % 2 == 1)
-            results = [buffer.add(rtp.RtpPacket(sequence_number=seq)) for seq in range(6)]
-            assert results == [(False, None)] * 6
-            return buffer, seen
-        finally:
-            await pc.close()
-
-    _buffer, seen = asyncio.run(wrapped())
-    assert seen == [0, 2, 4]
-
-
 def test_receive_source_is_the_one_the_adapter_copies() -> None:
     digest = hashlib.sha256(_source(RTCRtpReceiver.receive).encode()).hexdigest()
     assert digest == RECEIVE_SOURCE_SHA256, (

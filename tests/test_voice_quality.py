@@ -4,7 +4,8 @@
 * PESQ-WB of the clip against itself is near the top of the scale, against noise near the bottom,
   and a clip with every tenth 20 ms frame silenced lands in between (and STOI follows).
 * Placement leaves missing frames silent instead of shifting later ones.
-* The loss masks are seeded, reach the asked long-run loss, and the bursty one loses in bursts.
+* The loss masks are seeded, reach the asked long-run loss, and the bursty one loses in bursts;
+  on the wire they judge RTP datagrams only (never RTCP, STUN or DTLS).
 """
 
 from __future__ import annotations
@@ -118,3 +119,18 @@ def test_mask_drop_counts_from_the_first_sequence_number_across_the_wrap() -> No
     assert decisions == [False, True, False, True]
     assert drop.dropped == 2
     assert drop.dropped_indices == [1, 3]
+
+
+def test_mask_drop_judges_only_rtp_datagrams() -> None:
+    drop = voice_patterns.MaskDrop([True] * 10)
+
+    def rtp(seq: int, payload_type: int = 111) -> bytes:
+        return bytes([0x80, payload_type]) + seq.to_bytes(2, "big") + bytes(8) + b"opus"
+
+    assert drop.datagram(rtp(7))  # RTP (marker bit too): judged by the mask
+    assert drop.datagram(rtp(8, 0x80 | 111))
+    assert not drop.datagram(bytes([0x80, 200]) + bytes(26))  # RTCP sender report (rtcp-mux)
+    assert not drop.datagram(bytes([0x81, 201]) + bytes(30))  # RTCP receiver report
+    assert not drop.datagram(bytes([0x00, 0x01]) + bytes(18))  # STUN binding request
+    assert not drop.datagram(bytes([23, 0xFE, 0xFD]) + bytes(20))  # DTLS application data
+    assert drop.dropped == drop.seen == 2

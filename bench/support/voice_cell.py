@@ -6,13 +6,13 @@ are put first on ``sys.path``) is imported on its own and no state carries from 
 
 * ``meshrtc``: two directly wired PeerConnections on 127.0.0.1 (the tree's
   ``tests/peer_helpers.wired_pair``, audio only); alice sends the stream at real-time pace with
-  capture timestamps; bob's audio tap loses the packets the mask says (a :class:`MaskDrop` put in
-  the tap's ``impairment`` slot, where the seeded ``Impairment`` sits) before bob's jitter buffer,
-  decoder and concealment; every ``ReceivedAudio`` (decoded, concealed or recovered) is kept.
+  capture timestamps; bob's ICE sockets lose the RTP datagrams the mask says
+  (:func:`lose_on_arrival`), so bob's aiortc counts the loss and reports it to alice in its RTCP
+  receiver reports, as on a real path; every ``ReceivedAudio`` (decoded, concealed or recovered)
+  is kept.
 * ``aiortc``: two plain aiortc 1.16 RTCPeerConnections on 127.0.0.1 (aiortc's own Opus encoder,
-  receiver, jitter buffer and decoder; nothing of meshrtc but the loopback host-candidate lookup),
-  the same mask applied right before aiortc's jitter buffer
-  (``aiortc_adapter.drop_before_aiortc_jitter_buffer``), every frame of the remote track kept.
+  receiver, jitter buffer and decoder; nothing of meshrtc but the loopback host-candidate lookup
+  and :func:`lose_on_arrival`), the same mask, every frame of the remote track kept.
 
 Writes an ``.npz``: ``offsets`` (each frame's position in samples from the stream's start: its RTP
 timestamp for aiortc, which skips what it cannot decode; the sum of the frames before it for
@@ -49,6 +49,27 @@ DRAIN_WITHIN = 5.0
 Frames = list[tuple[int, npt.NDArray[np.float32], float, bool]]
 
 
+def lose_on_arrival(pc: Any, drop: MaskDrop) -> None:
+    """Lose the RTP datagrams ``drop`` says as they arrive at ``pc``'s ICE sockets (loop thread).
+
+    Below aiortc, as a network would: aiortc's receive statistics count the loss and its RTCP
+    receiver reports tell the sender (whose FEC may follow them). The sockets come from the
+    adapter's ``_stun_protocols`` (the tree's own, in both trees; the ICE attribute names it reads
+    are in tests/test_aiortc_contract.py); their ``datagram_received`` is replaced on the instance,
+    as the adapter's ``PathControl`` does.
+    """
+    from meshrtc.rtc import aiortc_adapter
+
+    for protocol in aiortc_adapter._stun_protocols(pc):
+        receive = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: Any, receive: Any = receive) -> None:
+            if not drop.datagram(data):
+                receive(data, addr)
+
+        setattr(protocol, "datagram_received", datagram_received)  # noqa: B010
+
+
 def _signed32(x: int) -> int:
     x &= 0xFFFFFFFF
     return x - (1 << 32) if x >= 1 << 31 else x
@@ -69,7 +90,6 @@ async def run_meshrtc(
     from tests.peer_helpers import wired_pair
 
     from meshrtc.config import TransportConfig
-    from meshrtc.media.frame import FrameType
     from meshrtc.rtc.events import ReceivedAudio
     from meshrtc.rtc.host_candidates import LOOPBACK, set_host_addresses
     from meshrtc.rtc.peer import PeerOptions
@@ -91,8 +111,7 @@ async def run_meshrtc(
             await a.wait_state("Connected")
             await b.wait_state("Connected")
         link: Any = b._link
-        tap = link.tap.receiver(FrameType.AUDIO)
-        await pair.bridge.call(setattr, tap, "impairment", drop)
+        await pair.bridge.call(lose_on_arrival, link.pc, drop)
 
         async def collect() -> None:
             async for item in b.received:
@@ -144,7 +163,6 @@ async def run_aiortc(
     from aiortc.mediastreams import MediaStreamError
 
     from meshrtc.rtc import host_candidates
-    from meshrtc.rtc.aiortc_adapter import drop_before_aiortc_jitter_buffer
 
     host_candidates.install()
     host_candidates.set_host_addresses(host_candidates.LOOPBACK)
@@ -187,9 +205,9 @@ async def run_aiortc(
         await sender_pc.setLocalDescription(await sender_pc.createOffer())
         await receiver_pc.setRemoteDescription(sender_pc.localDescription)
         (transceiver,) = receiver_pc.getTransceivers()
-        drop_before_aiortc_jitter_buffer(transceiver.receiver, drop.decide)
         remote = transceiver.receiver.track
         await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        lose_on_arrival(receiver_pc, drop)  # its sockets exist; no check has run yet
         await sender_pc.setRemoteDescription(receiver_pc.localDescription)
         first_ts: int | None = None
         deadline = time.monotonic() + CONNECT_WITHIN + total / RATE + DRAIN_WITHIN

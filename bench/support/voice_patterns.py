@@ -44,11 +44,7 @@ def loss_mask(pattern: str, loss: float, count: int, seed: int) -> list[bool]:
 
 
 class MaskDrop:
-    """Drops packets by their index since the first one seen (RTP sequence numbers, 16-bit wrap).
-
-    ``decide(sequence_number)`` is all both receivers need; :meth:`plan` / :meth:`flush` make it
-    stand in for meshrtc's ``Impairment`` on a receiver tap (``tap.impairment``).
-    """
+    """Drops packets by their index since the first one seen (RTP sequence numbers, 16-bit wrap)."""
 
     def __init__(self, mask: list[bool]) -> None:
         self.mask = mask
@@ -56,9 +52,6 @@ class MaskDrop:
         self.seen = 0
         self.dropped = 0
         self.dropped_indices: list[int] = []
-        # What meshrtc's tap and tests read off an Impairment.
-        self.dropped_packets: list[tuple[int, int]] = []
-        self.dropped_timestamps: list[tuple[int, int]] = []
 
     def decide(self, sequence_number: int) -> bool:
         if self.first is None:
@@ -71,14 +64,12 @@ class MaskDrop:
             self.dropped_indices.append(index)
         return lost
 
-    def plan(self, frame: object) -> list[tuple[float, object]]:
-        sequence_number: int = frame.sequence_number  # type: ignore[attr-defined]
-        if self.decide(sequence_number):
-            ssrc: int = frame.ssrc  # type: ignore[attr-defined]
-            self.dropped_packets.append((ssrc, sequence_number))
-            self.dropped_timestamps.append((ssrc, frame.rtp_timestamp))  # type: ignore[attr-defined]
-            return []
-        return [(0.0, frame)]
+    def datagram(self, data: bytes) -> bool:
+        """Whether to lose this arriving UDP datagram: only (S)RTP packets are judged.
 
-    def flush(self) -> None:
-        return None
+        The RTP header travels in the clear under SRTP; with rtcp-mux, RTCP is told apart by its
+        packet type (200-204, RFC 5761), STUN and DTLS by their first byte (RFC 7983).
+        """
+        if len(data) < 12 or not 128 <= data[0] <= 191 or 192 <= data[1] <= 223:
+            return False
+        return self.decide(int.from_bytes(data[2:4], "big"))

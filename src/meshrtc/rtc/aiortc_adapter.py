@@ -349,27 +349,6 @@ class Impairment:
         return held
 
 
-def drop_before_aiortc_jitter_buffer(receiver: RTCRtpReceiver, drop: Callable[[int], bool]) -> None:
-    """Benchmarks only: on a *plain* aiortc receiver (no tap), lose the packets whose sequence
-    number ``drop`` says, right before aiortc's own jitter buffer.
-
-    That is where the tap's :class:`Impairment` sits for meshrtc (after aiortc's statistics and
-    RTX unwrapping), so bench/voice_loss.py compares the two stacks on the same losses. Wraps the
-    buffer's ``add`` on the instance (:data:`RECEIVER_JITTER_BUFFER`); a dropped packet returns
-    what aiortc's buffer returns for a packet that completes nothing. Call before packets arrive.
-    """
-    buffer = getattr(receiver, RECEIVER_JITTER_BUFFER)
-    add = buffer.add
-
-    def add_or_drop(packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        if drop(packet.sequence_number):
-            return False, None
-        result: tuple[bool, JitterFrame | None] = add(packet)
-        return result
-
-    setattr(buffer, "add", add_or_drop)  # noqa: B010 (instance override of a method)
-
-
 class PathControl:
     """Kill, thin out and restore the network path of RTCPeerConnections (tests only).
 
