@@ -56,7 +56,9 @@ from meshrtc.config import DataChannelMode, IceTransportPolicy, TransportConfig
 from meshrtc.errors import ConfigError, MeshRtcError
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.negotiation import accepted_kinds
+from meshrtc.media.opus_fec import FecDecision, FecPolicy, FecSetting
 from meshrtc.media.quality import (
+    OPUS_FEC_MIN_KBPS,
     BitrateAction,
     BitrateController,
     BitrateDecision,
@@ -258,6 +260,11 @@ class _Link:
     kinds: frozenset[str] = frozenset()
     channel: RTCDataChannel | None = None
     controllers: dict[FrameType, BitrateController] = attrs.Factory(dict)
+    #: Opus in-band FEC: the policy fed with the remote's reports on our audio, the newest
+    #: report it has read, and what the encoder was last told.
+    fec: FecPolicy = attrs.Factory(FecPolicy)
+    fec_read_until: float | None = None
+    fec_applied: FecSetting = attrs.Factory(FecSetting)
 
     @property
     def last_activity(self) -> float:
@@ -432,6 +439,8 @@ class PeerConnection:
         self.sender_reports: dict[FrameType, SenderReport] = {}
         #: Bitrate decisions that changed a target: (kind, decision, encoder target afterwards).
         self.bitrate_decisions: list[tuple[FrameType, BitrateDecision, int | None]] = []
+        #: FEC decisions the audio encoder applied (media/opus_fec.py; docs/codecs.md).
+        self.fec_decisions: list[FecDecision] = []
         #: Test-only network hook on every RTCPeerConnection this peer builds.
         self.path_control = PathControl()
         self.sync_manager = SyncManager(
@@ -1103,26 +1112,67 @@ class PeerConnection:
                 if controller is None:
                     continue
                 link.controllers[kind] = controller
-            decision = controller.update_from(metrics)
-            if decision.action is BitrateAction.HOLD:
-                continue
-            target = int(decision.target_kbps * 1000)
-            try:
-                applied = await self.bridge.call(control.set_bitrate, target)
-            except MeshRtcError as err:
-                log.warning(
-                    "peer %s: setting the %s bitrate failed: %s", self.peer_id, kind.value, err
+            if kind is FrameType.AUDIO:
+                await self._apply_bitrate(
+                    kind, control, await self._adapt_fec(link, control, controller)
                 )
-                continue
-            self.bitrate_decisions.append((kind, decision, applied))
-            log.info(
-                "peer %s: %s bitrate %s to %.0f kb/s (%s)",
-                self.peer_id,
-                kind.value,
-                decision.action.value,
-                decision.target_kbps,
-                decision.reason,
-            )
+            await self._apply_bitrate(kind, control, controller.update_from(metrics))
+
+    async def _adapt_fec(
+        self, link: _Link, control: Any, controller: BitrateController
+    ) -> BitrateDecision:
+        """Feed the remote's new loss reports on our audio to the link's FEC policy, tell the
+        encoder when its setting changes, and keep the audio floor where FEC pays
+        (:data:`~meshrtc.media.quality.OPUS_FEC_MIN_KBPS` while it is on)."""
+        ssrc = await self.bridge.call(lambda: control.ssrc)
+        reports = self.quality.loss_reports(ssrc, after=link.fec_read_until)
+        reason = "not applied yet (no Opus encoder before the first frame)"
+        for at, loss in reports:
+            reason = link.fec.on_report(at, loss).reason
+            link.fec_read_until = at
+        setting = link.fec.setting
+        if setting != link.fec_applied:
+            try:
+                applied = await self.bridge.call(
+                    control.set_fec, setting.inband_fec, setting.packet_loss_percent
+                )
+            except MeshRtcError as err:
+                log.warning("peer %s: setting Opus FEC failed: %s", self.peer_id, err)
+                applied = False
+            if applied:
+                decision = FecDecision(setting, link.fec_applied, link.fec.smoothed_loss, reason)
+                link.fec_applied = setting
+                self.fec_decisions.append(decision)
+                log.info(
+                    "peer %s: Opus FEC %s, expecting %d%% loss (smoothed %.1f%%: %s)",
+                    self.peer_id,
+                    "on" if setting.inband_fec else "off",
+                    setting.packet_loss_percent,
+                    decision.smoothed_loss,
+                    decision.reason,
+                )
+        return controller.set_floor(OPUS_FEC_MIN_KBPS if link.fec_applied.inband_fec else None)
+
+    async def _apply_bitrate(
+        self, kind: FrameType, control: Any, decision: BitrateDecision
+    ) -> None:
+        if decision.action is BitrateAction.HOLD:
+            return
+        target = int(decision.target_kbps * 1000)
+        try:
+            applied = await self.bridge.call(control.set_bitrate, target)
+        except MeshRtcError as err:
+            log.warning("peer %s: setting the %s bitrate failed: %s", self.peer_id, kind.value, err)
+            return
+        self.bitrate_decisions.append((kind, decision, applied))
+        log.info(
+            "peer %s: %s bitrate %s to %.0f kb/s (%s)",
+            self.peer_id,
+            kind.value,
+            decision.action.value,
+            decision.target_kbps,
+            decision.reason,
+        )
 
     async def _new_controller(self, kind: FrameType, control: Any) -> BitrateController | None:
         probe = self.options.probe_after
