@@ -134,6 +134,30 @@ async def test_to_trio_batches_and_keeps_order() -> None:
         assert pipe.flushes < 100
 
 
+async def test_a_bridges_pipes_share_one_wake_up_per_batch() -> None:
+    """Ten members' pipes fed in one asyncio callback (packets of several members read in one
+    loop iteration): one cross-thread wake-up for all of them, not one per pipe (each wake-up is
+    a socket write that hands the GIL to trio), every item delivered in order per pipe."""
+    async with open_bridge() as bridge:
+        pipes: list[tuple[ToTrio[int], trio.MemoryReceiveChannel[int]]] = [
+            bridge.open_channel() for _ in range(10)
+        ]
+        wakeups = bridge.flusher.wakeups
+
+        def packets() -> None:
+            for n in range(3):
+                for pipe, _ in pipes:
+                    pipe.send(n)
+
+        bridge.call_soon(packets)
+        with trio.fail_after(5):
+            got = [[await receive.receive() for _ in range(3)] for _, receive in pipes]
+        assert got == [[0, 1, 2]] * 10
+        assert bridge.flusher.wakeups - wakeups == 1
+        assert bridge.flusher.flushes == 10
+        assert [pipe.flushes for pipe, _ in pipes] == [1] * 10
+
+
 async def test_to_trio_drops_and_counts_when_the_channel_is_full(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

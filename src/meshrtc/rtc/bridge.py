@@ -10,7 +10,11 @@ on Python 3.14 (docs/rtc-bridge.md). So:
   until it has really finished, so nothing keeps running behind the caller's back.
 * asyncio → trio: :class:`ToTrio` queues items from the asyncio thread and flushes them into a trio
   memory channel with one ``run_sync_soon`` per batch, so packet-rate producers cost one cross-thread
-  wake-up per batch rather than per item, and the asyncio thread never waits on trio.
+  wake-up per batch rather than per item, and the asyncio thread never waits on trio. The pipes of
+  one bridge (every member's media and control pipe) share that wake-up (:class:`TrioFlusher`):
+  each ``run_sync_soon`` is a socket write that releases the GIL, so per-pipe wake-ups were one
+  hand-off to the trio thread per member's packet (10 audio members: about a quarter of them came
+  while another member's flush was still pending).
 * :func:`open_bridge` installs meshrtc's aiortc patches (once), starts the thread and stops it:
   registered aiortc objects are closed, leftover tasks cancelled, the default executor (aiortc
   encodes in it) shut down, and the thread joined, each step bounded in time.
@@ -45,6 +49,7 @@ __all__ = [
     "BridgeClosedError",
     "Closable",
     "ToTrio",
+    "TrioFlusher",
     "open_bridge",
 ]
 
@@ -77,6 +82,47 @@ class Closable(Protocol):
     def close(self) -> Coroutine[Any, Any, None]: ...
 
 
+class TrioFlusher:
+    """One ``run_sync_soon`` for every :class:`ToTrio` that has items queued (a bridge's pipes).
+
+    A pipe with a first item queued calls :meth:`mark` (any thread); the first mark of a batch
+    schedules one flush on the trio thread, which flushes every marked pipe, in marking order.
+    The lock-free ordering argument is :class:`ToTrio`'s, one level up: :meth:`mark` appends
+    before it reads ``_scheduled``; the flush clears it before it drains.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self._marked: collections.deque[ToTrio[Any]] = collections.deque()
+        self._scheduled = False
+        self._finished = False
+        #: Cross-thread wake-ups made (each one ``run_sync_soon``) and pipe flushes they ran.
+        self.wakeups = 0
+        self.flushes = 0
+
+    def mark(self, pipe: ToTrio[Any]) -> bool:
+        """Queue ``pipe`` for the next flush; False once trio has finished (nothing will run)."""
+        if self._finished:
+            return False
+        self._marked.append(pipe)
+        if not self._scheduled:
+            self._scheduled = True
+            self.wakeups += 1
+            try:
+                self._token.run_sync_soon(self._flush)
+            except trio.RunFinishedError:
+                self._finished = True
+                return False
+        return True
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        marked = self._marked
+        while marked:
+            self.flushes += 1
+            marked.popleft()._flush()
+
+
 class ToTrio(Generic[T]):
     """A one-way, batched hand-over from the asyncio thread into a trio memory channel.
 
@@ -91,9 +137,17 @@ class ToTrio(Generic[T]):
     cleared flag and schedules another flush, or its item was appended before the drain began.
     """
 
-    def __init__(self, token: trio.lowlevel.TrioToken, channel: trio.MemorySendChannel[T]) -> None:
+    def __init__(
+        self,
+        token: trio.lowlevel.TrioToken,
+        channel: trio.MemorySendChannel[T],
+        *,
+        flusher: TrioFlusher | None = None,
+    ) -> None:
         self._token = token
         self._channel = channel
+        #: Shared with the other pipes of a bridge (one wake-up for all); None: a wake-up of its own.
+        self._flusher = flusher
         self._pending: collections.deque[T] = collections.deque()
         self._scheduled = False
         self._closed = False
@@ -115,7 +169,10 @@ class ToTrio(Generic[T]):
         if not self._scheduled:
             self._scheduled = True
             try:
-                self._token.run_sync_soon(self._flush)
+                if self._flusher is None:
+                    self._token.run_sync_soon(self._flush)
+                elif not self._flusher.mark(self):
+                    raise trio.RunFinishedError
             except trio.RunFinishedError:
                 self._closed = True
                 self.dropped += len(self._pending)
@@ -194,6 +251,8 @@ class Bridge:
     def __init__(self, loop: asyncio.AbstractEventLoop, token: trio.lowlevel.TrioToken) -> None:
         self.loop = loop
         self.trio_token = token
+        #: The one trio wake-up the pipes made by :meth:`to_trio` / :meth:`open_channel` share.
+        self.flusher = TrioFlusher(token)
         self._registered: dict[int, Closable] = {}
         self._running = True
         #: Exceptions reported by the loop's exception handler (also logged at ERROR).
@@ -274,14 +333,14 @@ class Bridge:
 
     def to_trio(self, channel: trio.MemorySendChannel[T]) -> ToTrio[T]:
         """A :class:`ToTrio` for ``channel``: hand it to aiortc callbacks on the asyncio thread."""
-        return ToTrio(self.trio_token, channel)
+        return ToTrio(self.trio_token, channel, flusher=self.flusher)
 
     def open_channel(
         self, max_buffer_size: float = math.inf
     ) -> tuple[ToTrio[T], trio.MemoryReceiveChannel[T]]:
         """A fresh memory channel whose sending side is a :class:`ToTrio`."""
         send, receive = trio.open_memory_channel[T](max_buffer_size)
-        return ToTrio(self.trio_token, send), receive
+        return ToTrio(self.trio_token, send, flusher=self.flusher), receive
 
     # ownership
 
