@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 #: Modules that declare machine specs. Importing them registers their specs; the renderer and the
 #: stale-diagram test import exactly this list, so adding an entity means adding its module here.
 SPEC_MODULES: tuple[str, ...] = (
+    "meshrtc.host.worker",
     "meshrtc.media.drift",
     "meshrtc.media.jitter",
     "meshrtc.media.sync",
