@@ -179,6 +179,10 @@ class PeerOptions:
     polite_wait: float = attrs.field(default=1.0, validator=_positive)
     #: Metrics refresh and bitrate decisions (kept within 1-5 s).
     quality_interval: float = attrs.field(default=2.0, validator=_positive)
+    #: How often the remote's new loss reports on our audio are read for the Opus FEC decision
+    #: (media/opus_fec.py): they arrive about once a second, and FEC should follow the first
+    #: lossy one without waiting for the next bitrate decision.
+    fec_interval: float = attrs.field(default=0.5, validator=_positive)
     #: Loss and RTT must stay low this long before the bitrate is probed upwards.
     probe_after: float = attrs.field(default=5.0, validator=_positive)
     #: Opus bitrate range for the controller (kb/s); it starts at the top (aiortc's 96 kb/s).
@@ -264,6 +268,7 @@ class _Link:
     #: report it has read, and what the encoder was last told.
     fec: FecPolicy = attrs.Factory(FecPolicy)
     fec_read_until: float | None = None
+    audio_ssrc: int | None = None
     fec_applied: FecSetting = attrs.Factory(FecSetting)
 
     @property
@@ -617,6 +622,7 @@ class PeerConnection:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._quality_loop)
+                    nursery.start_soon(self._fec_loop)
                     task_status.started(self)
                     await self._supervise()
                     nursery.cancel_scope.cancel()
@@ -1113,19 +1119,27 @@ class PeerConnection:
                     continue
                 link.controllers[kind] = controller
             if kind is FrameType.AUDIO:
-                await self._apply_bitrate(
-                    kind, control, await self._adapt_fec(link, control, controller)
-                )
+                # FEC's copy comes out of the same bitrate: keep the floor where it pays.
+                floor = OPUS_FEC_MIN_KBPS if link.fec_applied.inband_fec else None
+                await self._apply_bitrate(kind, control, controller.set_floor(floor))
             await self._apply_bitrate(kind, control, controller.update_from(metrics))
 
-    async def _adapt_fec(
-        self, link: _Link, control: Any, controller: BitrateController
-    ) -> BitrateDecision:
-        """Feed the remote's new loss reports on our audio to the link's FEC policy, tell the
-        encoder when its setting changes, and keep the audio floor where FEC pays
-        (:data:`~meshrtc.media.quality.OPUS_FEC_MIN_KBPS` while it is on)."""
-        ssrc = await self.bridge.call(lambda: control.ssrc)
-        reports = self.quality.loss_reports(ssrc, after=link.fec_read_until)
+    async def _fec_loop(self) -> None:
+        while True:
+            await trio.sleep(self.options.fec_interval)
+            link = self._link
+            if self._negotiation.is_connected and link is not None:
+                await self._adapt_fec(link)
+
+    async def _adapt_fec(self, link: _Link) -> None:
+        """Feed the remote's new loss reports on our audio to the link's FEC policy and tell the
+        encoder when its setting changes (the audio floor follows in :meth:`_adapt_bitrates`)."""
+        control = link.tap.sender(FrameType.AUDIO)
+        if control is None:
+            return
+        if link.audio_ssrc is None:
+            link.audio_ssrc = await self.bridge.call(lambda: control.ssrc)
+        reports = self.quality.loss_reports(link.audio_ssrc, after=link.fec_read_until)
         reason = "not applied yet (no Opus encoder before the first frame)"
         for at, loss in reports:
             reason = link.fec.on_report(at, loss).reason
@@ -1151,7 +1165,6 @@ class PeerConnection:
                     decision.smoothed_loss,
                     decision.reason,
                 )
-        return controller.set_floor(OPUS_FEC_MIN_KBPS if link.fec_applied.inband_fec else None)
 
     async def _apply_bitrate(
         self, kind: FrameType, control: Any, decision: BitrateDecision
