@@ -183,6 +183,19 @@ async def test_a_worker_that_dies_before_hello_fails_the_start() -> None:
     assert worker.returncode == 2  # argparse's usage error
 
 
+async def test_no_hello_in_time_fails_the_start_and_kills_the_worker() -> None:
+    worker = WorkerProcess("silent", config(hello_timeout=0.5, worker_args=("--test-no-hello",)))
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(WorkerStartError) as caught:
+                await nursery.start(worker.run)
+    assert caught.value.reason is FailureReason.HELLO_TIMEOUT
+    assert worker.state is WorkerState.Failed
+    assert worker.exit_signal is signal.SIGKILL
+    assert worker.pid is not None
+    assert gone(worker.pid)
+
+
 async def test_the_worker_exits_when_the_supervisor_is_gone() -> None:
     """No orphan the other way round: closing the supervisor's end ends the worker."""
     ours, theirs = socket.socketpair()

@@ -14,7 +14,8 @@ Hidden test-only flags (not in ``--help``; tests/test_host_worker.py uses them t
 purpose): ``--test-ignore-pings`` (never answer a ping: the unresponsive path),
 ``--test-ignore-shutdown`` (read shutdown and carry on: the SIGTERM step),
 ``--test-ignore-sigterm`` (SIG_IGN for SIGTERM: the SIGKILL step), ``--test-corrupt-after-hello``
-(write one malformed frame after hello: the protocol-error path).
+(write one malformed frame after hello: the protocol-error path), ``--test-no-hello`` (say
+nothing, only wait for the channel to close: the hello-timeout path).
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ async def serve(
     answer_pings: bool = True,
     obey_shutdown: bool = True,
     corrupt_after_hello: bool = False,
+    say_hello: bool = True,
 ) -> int:
     """Run the worker's side of the channel until shutdown or the channel closes; the exit code."""
     channel = ControlChannel(sock, accept=SUPERVISOR_TO_WORKER, max_frame=max_frame)
     try:
-        await channel.send(Hello(worker_id=worker_id, pid=os.getpid()))
+        if say_hello:
+            await channel.send(Hello(worker_id=worker_id, pid=os.getpid()))
         if corrupt_after_hello:
             await channel.send_raw(_CORRUPT_FRAME)
         while True:
@@ -103,7 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fd", type=int, required=True, help="control socket file descriptor")
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME)
-    for flag in ("ignore-pings", "ignore-shutdown", "ignore-sigterm", "corrupt-after-hello"):
+    for flag in (
+        "ignore-pings",
+        "ignore-shutdown",
+        "ignore-sigterm",
+        "corrupt-after-hello",
+        "no-hello",
+    ):
         parser.add_argument(f"--test-{flag}", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -125,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             answer_pings=not args.test_ignore_pings,
             obey_shutdown=not args.test_ignore_shutdown,
             corrupt_after_hello=args.test_corrupt_after_hello,
+            say_hello=not args.test_no_hello,
         )
     )
 
