@@ -4,8 +4,10 @@ Run: ``.venv/bin/python bench/voice_loss.py`` (about 6 min: 27 cells of ~13 s, o
 other; needs espeak-ng, ``pesq`` and ``pystoi``: ``apt-get install espeak-ng``, ``pip install -e
 '.[test]'``). Options: ``--loss 0,2,5,10,20`` (percent), ``--pattern random,bursty``,
 ``--variants before,now,aiortc``, ``--seconds`` (the clip cut or repeated to that length),
-``--seed``, ``--before-commit`` (default 32ba4ef, the tree before issue 17), ``--now-tree`` (default:
-this checkout).
+``--seed``, ``--preroll`` (seconds of the same speech sent under the same loss before the scored
+clip: a call already in progress, whose sender has had time to react to the loss; default 0),
+``--before-commit`` (default 32ba4ef, the tree before issue 17), ``--now-tree`` (default: this
+checkout).
 
 What is measured (issue 17): espeak-ng speaks four Harvard sentences (~10 s, resampled to 48 kHz:
 bench/support/voice_clip.py); the clip plus 1 s of silence is sent between two peers on
@@ -29,7 +31,9 @@ concealed as the receiver counted them over the same span (``-``: that tree or s
 count it), frames that never came out (plain aiortc skips what it cannot decode), the playout
 delay (output time minus capture time: median and max over the frames), the alignment lag (and
 how much it grew from the clip's first second to its last: a receiver that resamples or changes
-its delay stretches what it plays), the load average (the machine is shared). Then the table per
+its delay stretches what it plays), when the sender's loss-driven FEC came on (seconds from the
+clip's start; ``-``: never, or not in that tree) and the lowest audio bitrate its quality loop
+set, the load average (the machine is shared). Then the table per
 variant and the goals of issue 17, met or the gap. Last line: ``pesq_wb_10pct=<PESQ-WB of "now"
 at 10 % random loss>``.
 """
@@ -93,6 +97,10 @@ class Result:
     delay_ms: float
     delay_max_ms: float
     lag_ms: float
+    #: Seconds from the clip's start until the sender's loss-driven FEC came on (None: never or
+    #: not in that tree), and the lowest audio bitrate its quality loop set (None: left alone).
+    fec_on_s: float | None
+    min_bitrate: int | None
     #: Lag in the last second of the clip minus lag in the first: a receiver that resamples (a
     #: drift stage steering on a drift-free path) stretches the clip.
     stretch_ms: float
@@ -111,7 +119,9 @@ def before_tree(commit: str) -> Path:
     return target
 
 
-def run_cell(cell: Cell, tree: Path, clip_path: Path, seed: int, workdir: Path) -> dict[str, Any]:
+def run_cell(
+    cell: Cell, tree: Path, clip_path: Path, seed: int, preroll: int, workdir: Path
+) -> dict[str, Any]:
     out = workdir / f"{cell.variant}-{cell.pattern}-{cell.loss}.npz"
     stack = "aiortc" if cell.variant == "aiortc" else "meshrtc"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -125,6 +135,7 @@ def run_cell(cell: Cell, tree: Path, clip_path: Path, seed: int, workdir: Path) 
             "--pattern", cell.pattern,
             "--loss", str(cell.loss / 100),
             "--seed", str(seed),
+            "--preroll", str(preroll),
             "--out", str(out),
         ],
         check=True,
@@ -137,15 +148,18 @@ def run_cell(cell: Cell, tree: Path, clip_path: Path, seed: int, workdir: Path) 
         return {key: data[key] for key in data.files}
 
 
-def score(cell: Cell, clip: npt.NDArray[np.float32], data: dict[str, Any]) -> Result:
+def score(cell: Cell, clip: npt.NDArray[np.float32], preroll: int, data: dict[str, Any]) -> Result:
     info = json.loads(str(data["info"]))
     offsets: list[int] = data["offsets"].tolist()
     frames = np.split(data["samples"], np.cumsum(data["lengths"])[:-1])
-    received = place(zip(offsets, frames, strict=True), len(clip) + RATE)
+    stream = place(zip(offsets, frames, strict=True), preroll + len(clip) + RATE)
+    received = stream[preroll:]  # the clip's part (the preroll is not scored)
+    offsets = [o - preroll for o in offsets]
     lag = align(clip, received)
     degraded = aligned(clip, received, lag)
     in_clip = {o for o in offsets if 0 <= o < len(clip) - FRAME + 1}
     delays = data["delays"] * 1000
+    fec_on = info.get("fec_on_after_s")  # from the stream's start
     return Result(
         cell,
         pesq=pesq_wb(clip, degraded),
@@ -157,6 +171,8 @@ def score(cell: Cell, clip: npt.NDArray[np.float32], data: dict[str, Any]) -> Re
         delay_ms=float(np.median(delays)) if len(delays) else math.nan,
         delay_max_ms=float(np.max(delays)) if len(delays) else math.nan,
         lag_ms=lag / RATE * 1000,
+        fec_on_s=None if fec_on is None else fec_on - preroll / RATE,
+        min_bitrate=min((r for r in info.get("audio_bitrates") or [] if r), default=None),
         stretch_ms=(
             _local_lag(clip, received, len(clip) - 2 * RATE) - _local_lag(clip, received, 0)
         )
@@ -185,7 +201,10 @@ def row(r: Result) -> str:
         f"{c.variant:6} {c.pattern:6} {c.loss:3d}%  PESQ-WB {r.pesq:4.2f}  STOI {r.stoi:5.3f}  "
         f"lost {r.lost:3d}  recovered {_count(r.recovered):>3}  concealed {_count(r.concealed):>3}  "
         f"missing {r.missing:3d}  delay {r.delay_ms:5.1f} ms (max {r.delay_max_ms:5.1f})  "
-        f"lag {r.lag_ms:4.1f} ms (stretch {r.stretch_ms:+4.1f})  {r.load}"
+        f"lag {r.lag_ms:4.1f} ms (stretch {r.stretch_ms:+4.1f})  "
+        f"FEC on {'-' if r.fec_on_s is None else f'{r.fec_on_s:+.1f} s'}  "
+        f"audio rate {'-' if r.min_bitrate is None else f'>= {r.min_bitrate // 1000} kb/s'}  "
+        f"{r.load}"
     )
 
 
@@ -213,12 +232,12 @@ def goals(results: dict[Cell, Result]) -> list[str]:
     for loss, goal in ((10, GOAL_10), (20, GOAL_20)):
         now = pesq("now", loss)
         if now is not None:
-            verdict = "met" if now >= goal else f"NOT met (gap {goal - now:.2f})"
+            verdict = "met" if now >= goal else f"NOT met ({now:.3f}: gap {goal - now:.3f})"
             out.append(f"goal: PESQ-WB at {loss}% random >= {goal}: {now:.2f}, {verdict}")
     now0, before0 = pesq("now", 0), pesq("before", 0)
     if now0 is not None and before0 is not None:
         ok = now0 >= before0 - GOAL_CLEAN_MARGIN
-        verdict = "met" if ok else f"NOT met (gap {before0 - GOAL_CLEAN_MARGIN - now0:.2f})"
+        verdict = "met" if ok else f"NOT met (gap {before0 - GOAL_CLEAN_MARGIN - now0:.3f})"
         out.append(
             f"goal: PESQ-WB at 0% within {GOAL_CLEAN_MARGIN} of before: "
             f"{now0:.2f} vs {before0:.2f}, {verdict}"
@@ -273,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seconds", type=float, default=None, help="clip length (default ~10)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--preroll",
+        type=float,
+        default=0.0,
+        help="seconds of speech sent (under the same loss) before the scored clip",
+    )
     parser.add_argument("--before-commit", default=BEFORE_COMMIT)
     parser.add_argument("--now-tree", type=Path, default=ROOT)
     args = parser.parse_args(argv)
@@ -283,11 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     clip = speak()
     if args.seconds is not None:
         clip = np.resize(clip, int(args.seconds * RATE)).astype(np.float32)
+    preroll = round(args.preroll * RATE / FRAME) * FRAME
     trees = {"now": args.now_tree.resolve(), "aiortc": ROOT}
     if "before" in variants:
         trees["before"] = before_tree(args.before_commit)
     print(
-        f"clip {len(clip) / RATE:.2f} s; seed {args.seed}; trees: "
+        f"clip {len(clip) / RATE:.2f} s after {preroll / RATE:.2f} s of preroll; seed {args.seed}; "
+        "trees: "
         + ", ".join(f"{v}={trees[v]}" for v in variants)
         + f"; now at {_describe(trees['now'])}"
     )
@@ -303,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         clip_path = workdir / "clip.npy"
         np.save(clip_path, clip)
         for cell in cells:
-            data = run_cell(cell, trees[cell.variant], clip_path, args.seed, workdir)
-            result = results[cell] = score(cell, clip, data)
+            data = run_cell(cell, trees[cell.variant], clip_path, args.seed, preroll, workdir)
+            result = results[cell] = score(cell, clip, preroll, data)
             print(row(result), flush=True)
     print()
     print("PESQ-WB / STOI (0% loss: one run, shown on every pattern's line):")

@@ -75,11 +75,13 @@ def _signed32(x: int) -> int:
     return x - (1 << 32) if x >= 1 << 31 else x
 
 
-def _stream(clip: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    total = len(clip) + int(TAIL_SECONDS * RATE)
+def _stream(clip: npt.NDArray[np.float32], preroll: int) -> npt.NDArray[np.float32]:
+    """``preroll`` samples of the clip (repeated), the clip, then :data:`TAIL_SECONDS` of silence."""
+    total = preroll + len(clip) + int(TAIL_SECONDS * RATE)
     total += -total % FRAME
     out = np.zeros(total, dtype=np.float32)
-    out[: len(clip)] = clip
+    out[:preroll] = np.resize(clip, preroll)
+    out[preroll : preroll + len(clip)] = clip
     return out
 
 
@@ -90,6 +92,7 @@ async def run_meshrtc(
     from tests.peer_helpers import wired_pair
 
     from meshrtc.config import TransportConfig
+    from meshrtc.media.frame import FrameType
     from meshrtc.rtc.events import ReceivedAudio
     from meshrtc.rtc.host_candidates import LOOPBACK, set_host_addresses
     from meshrtc.rtc.peer import PeerOptions
@@ -133,6 +136,17 @@ async def run_meshrtc(
         nursery.start_soon(collect)
         start = time.monotonic() + 0.05
         capture_start.append(start)
+        fec_on_at: list[float] = []
+
+        async def watch_sender() -> None:
+            # When alice's loss-driven FEC first came on (trees that have it), from the clip start.
+            while not fec_on_at:
+                decisions = getattr(a, "fec_decisions", ())
+                if any(d.setting.inband_fec for d in decisions):
+                    fec_on_at.append(time.monotonic() - start)
+                await trio.sleep(0.05)
+
+        nursery.start_soon(watch_sender)
         for k in range(total // FRAME):
             at = start + k * PTIME
             wait = at - time.monotonic()
@@ -148,6 +162,13 @@ async def run_meshrtc(
             "recovered_frames": getattr(stats, "recovered_frames", None),
             "late_packets": stats.late_packets,
             "jitter_target_ms": float(buffer.target_delay_ms),
+            "fec_on_after_s": fec_on_at[0] if fec_on_at else None,
+            "fec_decisions": len(getattr(a, "fec_decisions", ())),
+            "audio_bitrates": [
+                applied
+                for kind, _decision, applied in a.bitrate_decisions
+                if kind is FrameType.AUDIO
+            ],
         }
         nursery.cancel_scope.cancel()
     return frames, info
@@ -242,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pattern", default="random")
     parser.add_argument("--loss", type=float, default=0.0, help="0..1")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--preroll", type=int, default=0, help="samples sent before the clip")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     tree = args.tree.resolve()
@@ -252,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _TIME_BASE = fractions.Fraction(1, RATE)
     clip = np.load(args.clip).astype(np.float32)
-    stream = _stream(clip)
+    stream = _stream(clip, args.preroll)
     drop = MaskDrop(loss_mask(args.pattern, args.loss, len(stream) // FRAME + 500, args.seed))
     if args.stack == "meshrtc":
         import trio
@@ -267,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     info.update(
         dropped=drop.dropped,
         seen=drop.seen,
-        dropped_in_clip=sum(1 for i in drop.dropped_indices if i * FRAME < len(clip)),
+        dropped_in_clip=sum(
+            1 for i in drop.dropped_indices if 0 <= i * FRAME - args.preroll < len(clip)
+        ),
         clip_packets=len(clip) // FRAME,
         meshrtc=str(Path(meshrtc.__file__).resolve().parent),
     )
