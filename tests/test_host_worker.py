@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -172,6 +173,17 @@ async def test_a_corrupt_channel_fails_and_kills_the_worker() -> None:
     assert worker.exit_signal is signal.SIGKILL
 
 
+async def test_a_worker_that_closes_its_channel_but_lives_is_killed() -> None:
+    worker = WorkerProcess("hermit", config(exit_grace=0.3, worker_args=("--test-close-channel",)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.fail_after(BOUND):
+            await worker.finished.wait()
+    assert worker.state is WorkerState.Failed
+    assert worker.failure is FailureReason.CHANNEL_CLOSED
+    assert worker.exit_signal is signal.SIGKILL
+
+
 async def test_a_worker_that_dies_before_hello_fails_the_start() -> None:
     worker = WorkerProcess("typo", config(worker_args=("--no-such-flag",)))
     with trio.fail_after(BOUND):
@@ -225,3 +237,49 @@ async def test_the_worker_exits_when_the_supervisor_is_gone() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+SUPERVISOR = """
+import sys, trio
+from meshrtc.host.worker import WorkerProcess
+
+async def main():
+    worker = WorkerProcess("child")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        print(worker.pid, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_killing_the_supervisor_with_9_ends_its_worker() -> None:
+    """The real orphan case: nothing runs the supervisor's teardown, the channel's EOF must."""
+    supervisor = await trio.lowlevel.open_process(
+        [sys.executable, "-c", SUPERVISOR], stdout=subprocess.PIPE
+    )
+    try:
+        assert supervisor.stdout is not None
+        line = b""
+        with trio.fail_after(BOUND * 2):
+            while not line.endswith(b"\n"):
+                chunk = await supervisor.stdout.receive_some(64)
+                assert chunk, "the supervisor ended before it printed its worker's pid"
+                line += chunk
+        pid = int(line)
+        # Not our child: watch it through a pidfd, readable once it has exited.
+        pidfd = os.pidfd_open(pid)
+        try:
+            supervisor.kill()
+            await supervisor.wait()
+            with trio.fail_after(BOUND):
+                await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+            await supervisor.wait()
+        if supervisor.stdout is not None:
+            await supervisor.stdout.aclose()

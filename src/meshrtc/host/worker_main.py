@@ -15,7 +15,8 @@ purpose): ``--test-ignore-pings`` (never answer a ping: the unresponsive path),
 ``--test-ignore-shutdown`` (read shutdown and carry on: the SIGTERM step),
 ``--test-ignore-sigterm`` (SIG_IGN for SIGTERM: the SIGKILL step), ``--test-corrupt-after-hello``
 (write one malformed frame after hello: the protocol-error path), ``--test-no-hello`` (say
-nothing, only wait for the channel to close: the hello-timeout path).
+nothing, only wait for the channel to close: the hello-timeout path), ``--test-close-channel``
+(close the channel after hello and live on: the channel-closed path).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ async def serve(
     obey_shutdown: bool = True,
     corrupt_after_hello: bool = False,
     say_hello: bool = True,
+    close_channel: bool = False,
 ) -> int:
     """Run the worker's side of the channel until shutdown or the channel closes; the exit code."""
     channel = ControlChannel(sock, accept=SUPERVISOR_TO_WORKER, max_frame=max_frame)
@@ -71,6 +73,9 @@ async def serve(
             await channel.send(Hello(worker_id=worker_id, pid=os.getpid()))
         if corrupt_after_hello:
             await channel.send_raw(_CORRUPT_FRAME)
+        if close_channel:
+            await channel.aclose()
+            await trio.sleep_forever()
         while True:
             try:
                 message = await channel.receive()
@@ -112,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         "ignore-sigterm",
         "corrupt-after-hello",
         "no-hello",
+        "close-channel",
     ):
         parser.add_argument(f"--test-{flag}", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -135,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             obey_shutdown=not args.test_ignore_shutdown,
             corrupt_after_hello=args.test_corrupt_after_hello,
             say_hello=not args.test_no_hello,
+            close_channel=args.test_close_channel,
         )
     )
 
