@@ -28,7 +28,8 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("Opus encode", r"OpusEncoder\.(encode|_encode_direct) \("),
         ("VP9 encode", r"Vp9Encoder\.\w+ \("),
         ("VP8/H.264 encode", r"(Vp8|H264)Encoder\.\w+ \("),
-        ("Opus decode", r"OpusDecoder\.decode \(|AudioDecoder\.decode"),
+        # Any OpusDecoder method (decode, conceal, recover, the ctypes call they share).
+        ("Opus decode", r"OpusDecoder\.\w+ \(|AudioDecoder\.decode"),
         ("video decode", r"(Vp9|Vp8|H264)Decoder\.\w+ \(|VideoDecoder\.decode"),
         ("SRTP", r"\(pylibsrtp/"),
         ("UDP sendto", r"DatagramTransport\.sendto \(|StunProtocol\.send_data \("),
