@@ -245,12 +245,9 @@ class WorkerProcess(StatefulModel):
     async def stop(self) -> None:
         """End the worker (ask, SIGTERM, SIGKILL, each bounded) and wait until it is reaped."""
         if self._events is not None and not self.final:
-            # A full queue means the owner is busy with events that will end it anyway; a closed
-            # one means it already ended.
-            with contextlib.suppress(
-                trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
-            ):
-                self._events.send_nowait(_StopRequested())
+            # A closed queue means the owner already ended: nothing left to stop.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._events.send(_StopRequested())
         if self._ran:
             await self.finished.wait()
 
