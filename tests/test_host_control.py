@@ -140,6 +140,22 @@ def test_malformed_frames_are_typed_errors(data: bytes, kind: ProtocolErrorKind)
     assert kind_of(data) is kind
 
 
+@given(st.binary(max_size=300), st.integers(0, 64))
+def test_any_bytes_give_messages_or_a_protocol_error(data: bytes, max_frame: int) -> None:
+    decoder = FrameDecoder(max_frame=max_frame)
+    try:
+        decoder.feed(data)
+        decoder.eof()
+    except ControlProtocolError:
+        pass
+    assert decoder.buffered <= 4 + max_frame
+
+
+def test_deep_nesting_is_bad_json_not_a_crash() -> None:
+    body = b"[" * 100_000
+    assert kind_of(struct.pack(">I", len(body)) + body) is ProtocolErrorKind.BAD_JSON
+
+
 def test_nan_is_not_json() -> None:
     body = b'{"v":1,"type":"ping","seq":1,"clock":NaN}'
     with pytest.raises(ControlProtocolError) as caught:

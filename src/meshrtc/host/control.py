@@ -201,7 +201,8 @@ def decode_body(body: bytes, *, accept: Collection[str] | None = None) -> Messag
     """The message in one frame body (without its header); ``accept`` limits the types allowed."""
     try:
         obj = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # RecursionError: deeply nested arrays ("[[[[...") are valid JSON the parser cannot hold.
         raise ControlProtocolError(ProtocolErrorKind.BAD_JSON, str(exc)) from None
     if not isinstance(obj, dict):
         raise ControlProtocolError(ProtocolErrorKind.BAD_MESSAGE, "a frame must hold an object")
