@@ -121,16 +121,18 @@ async def test_a_worker_that_stops_answering_pings_is_killed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "step"),
+    ("flags", "term_timeout", "step"),
     [
-        (("--test-ignore-shutdown",), StopStep.SIGTERM),
-        (("--test-ignore-shutdown", "--test-ignore-sigterm"), StopStep.SIGKILL),
+        # SIGTERM ends it at once: a long term_timeout costs nothing and only a broken SIGTERM
+        # step would run it out.
+        (("--test-ignore-shutdown",), 3.0, StopStep.SIGTERM),
+        (("--test-ignore-shutdown", "--test-ignore-sigterm"), 0.3, StopStep.SIGKILL),
     ],
     ids=["ignores-shutdown", "ignores-sigterm-too"],
 )
-async def test_stop_escalates(flags: tuple[str, ...], step: StopStep) -> None:
+async def test_stop_escalates(flags: tuple[str, ...], term_timeout: float, step: StopStep) -> None:
     worker = WorkerProcess(
-        "stubborn", config(drain_timeout=0.3, term_timeout=0.3, worker_args=flags)
+        "stubborn", config(drain_timeout=0.3, term_timeout=term_timeout, worker_args=flags)
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)

@@ -354,7 +354,7 @@ class WorkerProcess(StatefulModel):
                 await self._kill_failed(
                     process, FailureReason.HELLO_TIMEOUT, f"{self.config.hello_timeout} s"
                 )
-            case _Timer("exit_grace") if process.returncode is None:
+            case _Timer("exit_grace") if process.poll() is None:
                 await self._kill_failed(
                     process, FailureReason.CHANNEL_CLOSED, "the channel closed, the process lives"
                 )
@@ -367,11 +367,11 @@ class WorkerProcess(StatefulModel):
                 self.stop_step = StopStep.ASKED
                 nursery.start_soon(self._ask, channel)
                 nursery.start_soon(self._after, self.config.drain_timeout, "term", self._events)
-            case _Timer("term") if self.state is _W.Draining and process.returncode is None:
+            case _Timer("term") if self.state is _W.Draining and process.poll() is None:
                 self.stop_step = StopStep.SIGTERM
                 process.terminate()
                 nursery.start_soon(self._after, self.config.term_timeout, "kill", self._events)
-            case _Timer("kill") if self.state is _W.Draining and process.returncode is None:
+            case _Timer("kill") if self.state is _W.Draining and process.poll() is None:
                 self.stop_step = StopStep.SIGKILL
                 process.kill()
                 nursery.start_soon(
