@@ -28,6 +28,7 @@ from meshrtc.media.keyframe import is_keyframe_for
 from meshrtc.media.rtcp import ReceptionReport, SenderReport
 from meshrtc.media.seq import seq_diff, ts_diff
 from meshrtc.rtc.aiortc_adapter import (
+    OPUS_DEFAULT_BITRATE,
     AdapterError,
     BitrateOpusEncoder,
     Impairment,
@@ -320,9 +321,9 @@ async def test_bitrate_setters_take_effect() -> None:
         await link.wait_for(lambda ev: audio_count(ev) >= 25 and video_count(ev) >= 10)
         encoder = await bridge.call(lambda: audio_control.encoder)
         assert isinstance(encoder, BitrateOpusEncoder)
-        assert await bridge.call(lambda: audio_control.target_bitrate) == 96_000
+        assert await bridge.call(lambda: audio_control.target_bitrate) == OPUS_DEFAULT_BITRATE
 
-        # Opus 96 → 24 kb/s: libopus takes it between two frames (no new encoder) and the packets
+        # Opus 144 → 24 kb/s: libopus takes it between two frames (no new encoder) and the packets
         # shrink; timestamps stay continuous.
         assert await bridge.call(audio_control.set_bitrate, 24_000) == 24_000
         changed_at = audio_count(link.received)

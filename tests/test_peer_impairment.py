@@ -18,7 +18,7 @@ import trio
 
 from meshrtc.media.frame import FrameType
 from meshrtc.media.quality import BitrateAction
-from meshrtc.rtc.aiortc_adapter import ImpairmentConfig
+from meshrtc.rtc.aiortc_adapter import OPUS_DEFAULT_BITRATE, ImpairmentConfig
 from meshrtc.rtc.bridge import Bridge, open_bridge
 from meshrtc.rtc.peer import PeerConnection
 
@@ -153,11 +153,11 @@ async def test_path_loss_lowers_the_senders_bitrate_and_recovery_probes_it_back_
         assert metrics.outbound_loss_rate is not None
         assert metrics.outbound_loss_rate > 5.0  # what bob's reception reports say
         lowered = dict(decisions(BitrateAction.DECREASE))
-        # Both encoders were told: Opus from aiortc's 96 kb/s, H.264 from its 1 Mb/s start.
+        # Both encoders were told: Opus from its 144 kb/s start, H.264 from its 1 Mb/s start.
         assert lowered.keys() == {FrameType.AUDIO, FrameType.VIDEO}
         audio_rate = lowered[FrameType.AUDIO]
         assert audio_rate is not None
-        assert audio_rate < 96_000
+        assert audio_rate < OPUS_DEFAULT_BITRATE
         control = at_alice._link.tap.sender(FrameType.AUDIO)  # type: ignore[union-attr]
         assert control is not None
         # The loss goes on while we look, so another decision may land during the call: the

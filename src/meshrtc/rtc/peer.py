@@ -185,8 +185,9 @@ class PeerOptions:
     fec_interval: float = attrs.field(default=0.5, validator=_positive)
     #: Loss and RTT must stay low this long before the bitrate is probed upwards.
     probe_after: float = attrs.field(default=5.0, validator=_positive)
-    #: Opus bitrate range for the controller (kb/s); it starts at the top (aiortc's 96 kb/s).
-    audio_kbps: tuple[float, float] = (16.0, 96.0)
+    #: Opus bitrate range for the controller (kb/s); it starts at the top, 144 kb/s to libopus:
+    #: the clean quality aiortc's FFmpeg encoder had at its 96 (aiortc_adapter.OPUS_DEFAULT_BITRATE).
+    audio_kbps: tuple[float, float] = (16.0, 144.0)
     video_fps: float = attrs.field(default=30.0, validator=_positive)
     #: Most audio :meth:`PeerConnection.send_audio` keeps queued ahead of the sender (seconds);
     #: beyond it the oldest is dropped (counted on the track). The default lets a caller hand over a
