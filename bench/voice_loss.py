@@ -26,8 +26,9 @@ aligned by cross-correlation; wideband PESQ (ITU-T P.862.2, at 16 kHz) and STOI
 * ``now``: meshrtc as in ``--now-tree``: whatever it decodes, conceals, recovers and sends.
 * ``aiortc``: two plain aiortc RTCPeerConnections, aiortc's receiver, jitter buffer and decoder.
 
-Per cell: PESQ-WB, STOI, packets lost (clip and tail), frames recovered (in-band FEC) and
-concealed as the receiver counted them over the same span (``-``: that tree or stack does not
+Per cell: PESQ-WB, STOI, packets lost (clip and tail), those the jitter buffer offered with the
+next packet for FEC, frames recovered (in-band FEC) and concealed as the receiver counted them
+over the same span (``-``: that tree or stack does not
 count it), frames that never came out (plain aiortc skips what it cannot decode), the playout
 delay (output time minus capture time: median and max over the frames), the alignment lag (and
 how much it grew from the clip's first second to its last: a receiver that resamples or changes
@@ -93,6 +94,9 @@ class Result:
     lost: int
     recovered: int | None
     concealed: int | None
+    #: Of the lost packets, those the jitter buffer offered with the next packet (None: no such
+    #: counter in that tree); ``offered - recovered`` had no FEC data in that next packet.
+    offered: int | None
     missing: int
     delay_ms: float
     delay_max_ms: float
@@ -167,6 +171,7 @@ def score(cell: Cell, clip: npt.NDArray[np.float32], preroll: int, data: dict[st
         lost=int(info["dropped"]),
         recovered=info.get("recovered_frames"),
         concealed=info.get("concealed_frames"),
+        offered=info.get("recovery_offered"),
         missing=max(0, len(clip) // FRAME - len(in_clip)),
         delay_ms=float(np.median(delays)) if len(delays) else math.nan,
         delay_max_ms=float(np.max(delays)) if len(delays) else math.nan,
@@ -199,7 +204,8 @@ def row(r: Result) -> str:
     c = r.cell
     return (
         f"{c.variant:6} {c.pattern:6} {c.loss:3d}%  PESQ-WB {r.pesq:4.2f}  STOI {r.stoi:5.3f}  "
-        f"lost {r.lost:3d}  recovered {_count(r.recovered):>3}  concealed {_count(r.concealed):>3}  "
+        f"lost {r.lost:3d}  offered {_count(r.offered):>3}  recovered {_count(r.recovered):>3}  "
+        f"concealed {_count(r.concealed):>3}  "
         f"missing {r.missing:3d}  delay {r.delay_ms:5.1f} ms (max {r.delay_max_ms:5.1f})  "
         f"lag {r.lag_ms:4.1f} ms (stretch {r.stretch_ms:+4.1f})  "
         f"FEC on {'-' if r.fec_on_s is None else f'{r.fec_on_s:+.1f} s'}  "

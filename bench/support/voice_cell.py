@@ -162,6 +162,10 @@ async def run_meshrtc(
             "recovered_frames": getattr(stats, "recovered_frames", None),
             "late_packets": stats.late_packets,
             "jitter_target_ms": float(buffer.target_delay_ms),
+            # The jitter buffer's split of the lost packets (trees with Gap.recovery): handed out
+            # with the next packet (its FEC may rebuild them) or not (concealed outright).
+            "recovery_offered": getattr(buffer, "recovery_offered_count", None),
+            "unrecoverable": getattr(buffer, "unrecoverable_loss_count", None),
             "fec_on_after_s": fec_on_at[0] if fec_on_at else None,
             "fec_decisions": len(getattr(a, "fec_decisions", ())),
             "audio_bitrates": [
