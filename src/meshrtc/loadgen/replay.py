@@ -98,7 +98,8 @@ class Replay:
         #: Packets left out by :meth:`skip_to_keyframe`.
         self.skipped = 0
 
-    def next(self) -> ReplayPacket:
+    def next(self, live: bool = False) -> ReplayPacket:
+        """The next packet (``live``: marked as the live clip's, see :class:`Handoff`)."""
         clip = self.clip
         index = self.index
         packet = ReplayPacket(
@@ -108,6 +109,7 @@ class Replay:
             index=index,
             keyframe=index in clip.keyframes,
             onset=index in clip.onsets,
+            live=live,
         )
         self.count += 1
         self._advance(1)
@@ -186,11 +188,12 @@ class Handoff:
         replay = self._replay
         if replay is None:
             raise RuntimeError("nothing to send: idle without an idle clip")
-        packet = replay.next()
+        # Marked live as it is made: one object per packet (an evolve() made two, on every
+        # packet of every member: the generator's hot path).
+        packet = replay.next(self.live)
         self.count += 1
         if self.live:
             self.sent_live += 1
-            packet = attrs.evolve(packet, live=True)
         return packet
 
     def skip(self, n: int) -> None:
