@@ -320,12 +320,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from meshrtc.config import TransportConfig
+    from meshrtc.host.metrics import CONTENT_TYPE, metrics_registry, render, snapshot
     from meshrtc.rtc.stun import StunServer
     from meshrtc.signaling.server import SignalingServer
     from meshrtc.transport import WebRtcTransport
     from meshrtc.web import static_handler
 
     manifest = _manifest(args.manifest)
+    # /metrics reads the transport while it runs (docs/host.md, "Metrics").
+    hosted: list[WebRtcTransport] = []
+    registry = metrics_registry(lambda: [snapshot(t, hub=signaling.hub) for t in hosted])
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -340,6 +344,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_connections_per_address=args.max_connections_per_address,
         ssl_context=_server_tls(args),
         allowed_origins=args.allow_origin,
+        metrics=lambda: (render(registry), CONTENT_TYPE),
     )
     failure: list[OSError] = []
 
@@ -365,6 +370,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 # can flood it off the server or take its id (docs/security.md).
                 async with WebRtcTransport(config, hub=server) as transport:
                     nursery.start_soon(transport.run_session, manifest)
+                    hosted.append(transport)
                     print(
                         f"meshrtc serve: signaling on {server.url}, STUN {stun.url}, "
                         f"session {args.session!r}",

@@ -92,6 +92,12 @@ log = logging.getLogger(__name__)
 
 WEBSOCKET_PATHS: Final = ("/ws", "/")
 MAX_HTTP_HEAD: Final = 16 * 1024
+#: Where a server with a ``metrics`` source serves it (Prometheus text; docs/host.md, "Metrics").
+METRICS_PATH: Final = "/metrics"
+#: The ``session`` claim of an operator token (``meshrtc token --session '*'``): not a valid session
+#: id (``PEER_ID_PATTERN``), so such a token admits to ``/metrics`` but can join no session, and no
+#: member token can read ``/metrics``.
+OPERATOR_SESSION: Final = "*"
 
 
 # --- The hub: all server logic, no I/O ----------------------------------------------------------
@@ -582,6 +588,7 @@ _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     426: "Upgrade Required",
@@ -762,6 +769,7 @@ class SignalingServer:
         paths: Sequence[str] = WEBSOCKET_PATHS,
         wall_clock: Callable[[], float] = time.time,
         allowed_origins: Sequence[str] = (),
+        metrics: Callable[[], tuple[bytes, str]] | None = None,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError("port", port, "an integer from 0 to 65535")
@@ -782,6 +790,8 @@ class SignalingServer:
         self.max_message_size = max_message_size
         self.outbox_size = outbox_size
         self.http_handler = http_handler
+        #: Renders ``/metrics`` (body, content type); with ``auth``, only for an operator token.
+        self.metrics = metrics
         self.paths = tuple(paths)
         #: Browser origins (``https://app.example:8443``, or ``*``) allowed to open a WebSocket
         #: besides the server's own pages; a client that sends no Origin is not a browser page.
@@ -1102,6 +1112,8 @@ class SignalingServer:
                 await self._serve_websocket(conn_id, _PrefixedStream(stream, buffer), address)
             finally:
                 self._claims.pop(conn_id, None)
+        elif request.path == METRICS_PATH and self.metrics is not None:
+            await self._serve_metrics(conn_id, stream, request, address)
         else:
             await self._serve_http(stream, request)
 
@@ -1125,6 +1137,51 @@ class SignalingServer:
                     self.token_throttle.lockout,
                 )
             return HttpResponse(401, f"{err}\n".encode())
+        return None
+
+    async def _serve_metrics(
+        self, conn_id: int, stream: trio.abc.Stream, request: HttpRequest, address: str
+    ) -> None:
+        """``/metrics``: with a secret, only for an operator token (``Authorization: Bearer`` or
+        the ``token`` query parameter), whose failures count toward the address's lockout."""
+        assert self.metrics is not None
+        response: HttpResponse | None
+        if request.method not in ("GET", "HEAD"):
+            response = HttpResponse(405, b"method not allowed\n", headers=(("Allow", "GET"),))
+        else:
+            response = self._operator_refusal(conn_id, address, request)
+        if response is None:
+            body, content_type = self.metrics()
+            response = HttpResponse(200, body, content_type=content_type)
+        await _send_quietly(stream, response, include_body=request.method != "HEAD")
+
+    def _operator_refusal(
+        self, conn_id: int, address: str, request: HttpRequest
+    ) -> HttpResponse | None:
+        if self.auth is None:
+            return None
+        scheme, _, bearer = (request.header("authorization") or "").partition(" ")
+        tokens = parse_qs(urlsplit(request.target).query).get("token", [])
+        if bearer and scheme.lower() == "bearer":
+            tokens = [bearer.strip(), *tokens]
+        try:
+            if len(tokens) > 1:
+                raise AuthError("more than one token (Authorization header or 'token' parameter)")
+            claims = self.auth.verify(tokens[0] if tokens else None)
+        except AuthError as err:
+            self.token_throttle.failed(address, trio.current_time())
+            log.warning("conn %d (%s): %s refused: %s", conn_id, address, METRICS_PATH, err)
+            return HttpResponse(401, f"{err}\n".encode(), headers=(("WWW-Authenticate", "Bearer"),))
+        if claims.session_id != OPERATOR_SESSION:
+            log.warning(
+                "conn %d (%s): %s refused: a member token (%r)",
+                conn_id,
+                address,
+                METRICS_PATH,
+                claims.peer_id,
+            )
+            text = f"not an operator token (its session must be {OPERATOR_SESSION!r})\n"
+            return HttpResponse(403, text.encode())
         return None
 
     async def _serve_http(self, stream: trio.abc.Stream, request: HttpRequest) -> None:
