@@ -347,3 +347,20 @@ async def test_metrics_of_a_live_transport_with_two_members() -> None:
         # Without a token the same page is refused.
         refused = await http_exchange(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _status(refused) == 401
+
+
+@pytest.mark.slow
+async def test_meshrtc_serve_serves_metrics() -> None:
+    """The real command wires it (no secret: loopback only, no token needed). About 2 s."""
+    from tests.browser_helpers import meshrtc_serve
+
+    with trio.fail_after(30):
+        async with meshrtc_serve() as serve:
+            port = int(serve.url.rstrip("/").rsplit(":", 1)[1])
+            reply = await http_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _status(reply) == 200
+            got = samples(reply.partition(b"\r\n\r\n")[2].decode())
+            assert got[key("meshrtc_session_members", session="default")] == 0
+            assert got[key("meshrtc_signaling_members", session="default")] == 1  # the transport
+            assert got[key("process_resident_memory_bytes")] > 0
+    assert serve.process.returncode == 0
