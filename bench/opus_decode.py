@@ -10,8 +10,9 @@ path is the same work through ctypes into the libopus that ``opuslib-next-bundle
 
 Input: a voiced synthetic signal (harmonics of a gliding 140 Hz pitch, a formant near 700 Hz, a
 slow level swing: tests/test_opus.py's), stereo, encoded once with libopus at 96 kb/s (aiortc's
-sending bitrate) without FEC, and at 32 kb/s with in-band FEC for the recovery figure. Each figure is the best of ``--rounds`` passes over the packets: process CPU time
-per frame (the steadier figure on a shared machine) and wall time, with the load average.
+sending bitrate) without FEC, and at 32 kb/s with in-band FEC for the recovery figure. Each
+figure is the best of ``--rounds`` passes over the packets: process CPU time per frame (the
+steadier figure on a shared machine) and wall time, with the load average.
 "CPU % at 50/s" is the share of one core a single decoded stream costs.
 
 Last line: ``opus_decode_us=<CPU µs per frame, libopus directly>``.
