@@ -649,3 +649,36 @@ def test_refresh_reads_the_machines_answers_off_its_spec() -> None:
                 assert sm._may(trigger) == sm.may_trigger(trigger), (state, values, trigger)
                 checked += 1
     assert checked == len(SyncState) * 64 * len(triggers)
+
+
+def test_the_timelines_start_is_no_step_in_presentation_times() -> None:
+    """Before a confirmed SR mapping audio goes at its playout time; once the timeline starts it
+    goes at the timeline's, which starts with a 5 ms margin. The two used to differ by that
+    margin: every stream's presentation stepped 5 ms later at the first confirmed mapping, and
+    the drift stage behind it resampled for ~14 s to trim a constant shift away. Packets 20 ms
+    apart must be presented 20 ms apart across the start."""
+    sm = SyncManager("step")
+    sender = Sender()
+    presented: list[float] = []
+    now = 10.0
+    for n in range(250):  # 5 s of audio, an SR every second (the mapping confirms after a few)
+        now = 10.0 + 0.02 * n + 0.03
+        sm.insert(sender.audio(n, 0.03), now)
+        if n % 50 == 25:
+            sm.on_sender_report(FrameType.AUDIO, sender.sr(FrameType.AUDIO, 0.02 * n, now))
+        presented += [
+            it.presentation_time
+            for it in sm.pop_next_aligned(now)
+            if isinstance(it.item, AudioPacket)
+        ]
+    for _ in range(10):  # what is still pending
+        now += 0.02
+        presented += [
+            it.presentation_time
+            for it in sm.pop_next_aligned(now)
+            if isinstance(it.item, AudioPacket)
+        ]
+    assert sm.aligned  # the timeline did start
+    assert len(presented) >= 240
+    steps = [b - a for a, b in itertools.pairwise(presented)]
+    assert max(abs(step - 0.02) for step in steps) < 1e-6

@@ -877,7 +877,13 @@ class SyncManager(StatefulModel):
             timeline.lower(min(spare, _DECAY_PER_S * elapsed))
 
     def _presentation_time(self, p: _Pending) -> float:
-        if p.sender_time is None or self._timeline is None:
+        if self._timeline is None:
+            # Until the timeline starts (a confirmed SR mapping) items go at their playout time
+            # plus the margin the timeline starts with, so that its start is no step: a 5 ms step
+            # set every member's drift stage resampling for ~14 s to trim it away
+            # (docs/benchmarks.md, "Where the per-member cost is now").
+            return p.playout_time + _MARGIN
+        if p.sender_time is None:
             return p.playout_time
         return max(p.playout_time, self._timeline.at(p.sender_time))
 
