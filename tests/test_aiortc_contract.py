@@ -116,6 +116,7 @@ def test_receiver_starts_unstarted_without_decoder_thread() -> None:
         ("_handle_rtp_packet", ["self", "packet", "arrival_time_ms"]),
         ("_run_rtcp", ["self"]),
         ("_send_rtcp_pli", ["self", "media_ssrc"]),
+        ("_send_rtcp_nack", ["self", "media_ssrc", "lost"]),
         ("receive", ["self", "parameters"]),
     ],
 )
@@ -126,7 +127,8 @@ def test_receiver_method_signature(method: str, params: list[str]) -> None:
 
 
 def test_receiver_rtcp_handler_and_pli_are_coroutines() -> None:
-    for name in ("_handle_rtcp_packet", "_send_rtcp_pli", "_run_rtcp", "receive"):
+    names = ("_handle_rtcp_packet", "_send_rtcp_pli", "_send_rtcp_nack", "_run_rtcp", "receive")
+    for name in names:
         assert inspect.iscoroutinefunction(getattr(RTCRtpReceiver, name)), name
 
 
@@ -619,6 +621,18 @@ def test_sender_forces_a_keyframe_on_pli_and_fir() -> None:
     next_frame = _source(RTCRtpSender._next_encoded_frame)
     assert "self.__encoder.encode, data, force_keyframe" in next_frame
     assert "self.__encoder.pack(data)" in next_frame
+
+
+def test_sender_resends_any_kind_from_its_history_on_a_nack() -> None:
+    # media/nack.py asks for audio packets: the sender must resend them whatever the kind.
+    handler = _source(RTCRtpSender._handle_rtcp_packet)
+    assert "packet.fmt == RTCP_RTPFB_NACK" in handler
+    assert "await self._retransmit(seq)" in handler
+    retransmit = _source(RTCRtpSender._retransmit)
+    assert "kind" not in retransmit
+    assert "self.__rtp_history.get(sequence_number % RTP_HISTORY_SIZE)" in retransmit
+    run_rtp = _source(RTCRtpSender._run_rtp)
+    assert "self.__rtp_history[packet.sequence_number % RTP_HISTORY_SIZE] = (" in run_rtp
 
 
 def test_codec_base_classes_and_helpers_vp9_codec_uses() -> None:

@@ -505,6 +505,19 @@ class JitterBuffer(StatefulModel):
         """The buffered packets in sequence order (a copy; for inspection, not the hot path)."""
         return [frame for _, frame in sorted(self._packets.items())]
 
+    def expected_playout(self, sequence_number: int) -> float | None:
+        """When the packet ``sequence_number`` (16-bit) would play if it arrived now (monotonic
+        seconds, an estimate: the newest timestamp minus the packets between at the measured packet
+        duration), or None when the buffer has no stream yet or that packet is behind the head
+        (played or declared lost): whether a retransmission can still make it (media/nack.py)."""
+        highest = self._highest
+        if highest is None:
+            return None
+        ext = highest + seq_diff(sequence_number, highest)
+        if ext < self._head:
+            return None
+        return (self._ts_hi - (highest - ext) * self._step) * self._inv_rate + self._offset
+
     # --- input -------------------------------------------------------------------------------
 
     def insert(self, frame: MediaFrame, now: float) -> InsertResult:

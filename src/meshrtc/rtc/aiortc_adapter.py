@@ -670,6 +670,14 @@ class ReceiverTap:
         await self.receiver._send_rtcp_pli(ssrc)
         return True
 
+    async def send_nack(self, media_ssrc: int, seqs: Sequence[int]) -> None:
+        """Ask the remote sender to resend these RTP packets (RTCP generic NACK, RFC 4585).
+
+        aiortc's receiver NACKs video only; meshrtc decides the audio ones (media/nack.py). The
+        sender resends from its RTP history whatever the kind (RTX-wrapped if RTX was negotiated).
+        """
+        await self.receiver._send_rtcp_nack(media_ssrc, list(seqs))
+
     def close(self) -> None:
         self._closed = True
         for handle in self._timers:
@@ -1233,6 +1241,14 @@ class PeerTap:
         for tap in self.receivers:
             if tap.kind is FrameType.VIDEO and (media_ssrc is None or media_ssrc in tap.ssrcs):
                 return await tap.send_pli(media_ssrc)
+        return False
+
+    async def send_nack(self, media_ssrc: int, seqs: Sequence[int]) -> bool:
+        """NACK ``seqs`` of the stream ``media_ssrc`` (False: no receiver has seen it). On the loop."""
+        for tap in self.receivers:
+            if media_ssrc in tap.ssrcs:
+                await tap.send_nack(media_ssrc, seqs)
+                return True
         return False
 
     def close(self) -> None:

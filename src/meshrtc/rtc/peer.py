@@ -55,6 +55,7 @@ from aiortc.sdp import candidate_from_sdp
 from meshrtc.config import DataChannelMode, IceTransportPolicy, TransportConfig
 from meshrtc.errors import ConfigError, MeshRtcError
 from meshrtc.media.frame import FrameType, MediaFrame
+from meshrtc.media.nack import NackConfig
 from meshrtc.media.negotiation import accepted_kinds
 from meshrtc.media.opus_fec import FecDecision, FecPolicy, FecSetting
 from meshrtc.media.quality import (
@@ -184,6 +185,10 @@ class PeerOptions:
     #: lossy one without waiting for the next bitrate decision (each read is a look at a short
     #: list: bench/voice_loss.py scores 10 % loss about 0.2 PESQ lower when FEC starts 0.5 s later).
     fec_interval: float = attrs.field(default=0.2, validator=_positive)
+    #: Ask the sender again for lost audio packets while a resend can still play (media/nack.py:
+    #: only on an RTT up to ``max_rtt``, 30 ms by default, and only for packets whose playout is
+    #: more than 1.5 RTT + 10 ms away). None turns it off.
+    audio_nack: NackConfig | None = attrs.Factory(NackConfig)
     #: Loss and RTT must stay low this long before the bitrate is probed upwards.
     probe_after: float = attrs.field(default=5.0, validator=_positive)
     #: Opus bitrate range for the controller (kb/s); it starts at the top, 144 kb/s to libopus:
@@ -958,6 +963,7 @@ class PeerConnection:
             close_timeout=self.options.close_timeout,
             started_at=now,
             accept_media=self.receive_media,
+            nack=self.options.audio_nack,
         )
         receiver.decode_video = self._decode_video  # a fresh decoder: no keyframe to ask for yet
         link = _Link(

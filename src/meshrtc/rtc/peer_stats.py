@@ -39,6 +39,9 @@ class PeerStats:
     #: ``MediaReceiver.set_decode_video``).
     video_frames_shed: int = 0
     keyframe_requests: int = 0
+    #: RTCP NACKs sent for lost audio packets (media/nack.py; the policy's own counters say how
+    #: many packets were asked for and came back in time: ``MediaReceiver.nack.stats``).
+    audio_nacks: int = 0
     data_sent: int = 0
     data_received: int = 0
     #: Items dropped because nobody read ``received`` in time.

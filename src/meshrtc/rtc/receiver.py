@@ -37,6 +37,7 @@ from meshrtc.media.audio_stage import DriftCompensationStage, applied_correction
 from meshrtc.media.frame import FrameType, MediaFrame
 from meshrtc.media.jitter import AudioPacket, Gap, InsertResult, KeyframeRequest, VideoFrame
 from meshrtc.media.keyframe import KeyframePolicy, is_keyframe_for
+from meshrtc.media.nack import NackConfig, NackPolicy
 from meshrtc.media.quality import ConnectionQuality
 from meshrtc.media.rtcp import NTP_EPOCH_OFFSET, ReceptionReport, SenderReport
 from meshrtc.media.sync import AlignedItem, SyncManager
@@ -145,6 +146,7 @@ class MediaReceiver:
         close_timeout: float,
         started_at: float,
         accept_media: bool = True,
+        nack: NackConfig | None = None,
     ) -> None:
         self.peer_id = peer_id
         #: False when the remote may not publish: its RTP is counted and dropped on arrival, so a
@@ -182,6 +184,11 @@ class MediaReceiver:
         #: Set (and replaced) each time ``audio_stage`` delivers frames: video waiting for its audio.
         self._audio_progress = trio.Event()
         self._nursery: trio.Nursery | None = None
+        #: Audio NACK (media/nack.py): which lost audio packets to ask the sender for again while
+        #: a resend can still play; None when turned off (PeerOptions.audio_nack).
+        self.nack = None if nack is None else NackPolicy(nack)
+        #: The audio SSRC the NACK policy follows.
+        self._nack_ssrc: int | None = None
 
     @property
     def codecs(self) -> dict[FrameType, str]:
@@ -246,6 +253,8 @@ class MediaReceiver:
             items = sync.pop_next_aligned(now)
             for item in items:
                 self.play(item)
+            if self.nack is not None and self._nack_ssrc is not None:
+                self._poll_nack(now)
             keyframes = self.keyframes
             # The buffer asked once and still drops every frame for a keyframe, yet the policy
             # was satisfied: the SyncManager hands a KeyframeRequest out at once but holds frames
@@ -277,6 +286,8 @@ class MediaReceiver:
                 stats.video_packets += 1
             self.quality.on_packet(event)
             result = self.sync.insert(event, arrived)
+            if kind is FrameType.AUDIO and self.nack is not None:
+                self._nack_packet(event)
             if result is InsertResult.LATE:
                 stats.late_packets += 1
             elif result is InsertResult.DUPLICATE:
@@ -298,6 +309,9 @@ class MediaReceiver:
             self.last_activity = max(self.last_activity, event.received_at)
             stats.reception_reports += 1
             self.quality.on_reception_report(event, arrival_ntp=_ntp_now_at(event.received_at))
+            if self.nack is not None:
+                rtt_ms = self.quality.rtt_ms
+                self.nack.set_rtt(None if rtt_ms is None else rtt_ms / 1000.0)
         elif isinstance(event, RembReport | RtcpActivity):
             self.last_activity = max(self.last_activity, event.received_at)
 
@@ -571,6 +585,34 @@ class MediaReceiver:
                 number=job.number,
             ):
                 self._send_pli_soon()
+
+    def _nack_packet(self, frame: MediaFrame) -> None:
+        """An audio packet for the NACK policy: it stops asking for it, or sees a new hole."""
+        policy = self.nack
+        assert policy is not None
+        if frame.ssrc != self._nack_ssrc:
+            policy.reset()
+            self._nack_ssrc = frame.ssrc
+        policy.on_packet(
+            frame.sequence_number, frame.received_at, self.sync.audio_jitter_buffer.expected_playout
+        )
+
+    def _poll_nack(self, now: float) -> None:
+        """Send the NACK the policy asks for now, if any (from a task of its own, like the PLI)."""
+        policy = self.nack
+        ssrc = self._nack_ssrc
+        assert policy is not None
+        assert ssrc is not None
+        seqs = policy.poll(now, self.sync.audio_jitter_buffer.head_sequence)
+        if seqs and self._nursery is not None:
+            self.stats.audio_nacks += 1
+            self._nursery.start_soon(self._send_nack, ssrc, seqs)
+
+    async def _send_nack(self, ssrc: int, seqs: list[int]) -> None:
+        try:
+            await self.bridge.run(self.tap.send_nack, ssrc, seqs)
+        except Exception as exc:  # noqa: BLE001 - a lost NACK is a lost packet, concealed as before
+            log.debug("peer %s: audio NACK failed: %r", self.peer_id, exc)
 
     def _send_pli_soon(self) -> None:
         """Carry out the policy's "send a PLI now" (counted; sent from a task of its own)."""
