@@ -12,7 +12,8 @@ line (docs/benchmarks.md, Soak):
   ``generation`` beyond its first link, plus a member's PeerConnection replaced by a new one).
 * ``sent min/mean``: per member, the 20 ms audio slots the transport sent it a mix in (its
   outgoing track's frames that were not silence, ``PeerConnection.audio_sent``) over the slots
-  elapsed since the traffic began, the lowest member's and the mean (%).
+  elapsed since the traffic began, the lowest member's and the mean (%). ``late``: mix frames
+  the tracks dropped, all members, because they came after their slot had gone out (as silence).
 * ``back min``: per member, audio packets it got back over the slots elapsed (the generator's
   count, silence included: the wire, not the mix); ``lost``: packets missing on the way back.
 * ``added p95``: the router's added latency (``statistics().added_latency``, as members.py reads
@@ -112,23 +113,28 @@ class Member:
         self.sent_before = 0
         self.sent_now = 0
         self.baseline: int | None = None
+        #: The same for frames the track dropped because their slot had gone out (late).
+        self.late_before = 0
+        self.late_now = 0
+        self.late_baseline: int | None = None
 
     def sample(self, peer: Any) -> None:
         if peer is None:
             return
-        if self.peer is not None and peer is not self.peer:
+        replaced = self.peer is not None and peer is not self.peer
+        if replaced:
             self.rebuilds_before += self.generation  # its rebuilds, and the replacement itself
+        if replaced or peer.generation != self.generation:  # a new link: its track starts at 0
             self.sent_before += self.sent_now
-            self.sent_now = 0
+            self.late_before += self.late_now
+            self.sent_now = self.late_now = 0
         self.peer = peer
-        if peer.generation != self.generation and self.sent_now:
-            self.sent_before += self.sent_now  # a new link: its track counts from zero
-            self.sent_now = 0
         self.generation = peer.generation
-        sent, silent = peer.audio_sent
-        self.sent_now = sent - silent
+        sent, silent, late = peer.audio_sent
+        self.sent_now, self.late_now = sent - silent, late
         if self.baseline is None:
             self.baseline = self.sent_before + self.sent_now
+            self.late_baseline = self.late_before + self.late_now
 
     @property
     def rebuilds(self) -> int:
@@ -137,6 +143,10 @@ class Member:
     @property
     def delivered(self) -> int:
         return self.sent_before + self.sent_now - (self.baseline or 0)
+
+    @property
+    def late(self) -> int:
+        return self.late_before + self.late_now - (self.late_baseline or 0)
 
 
 class Soak:
@@ -268,7 +278,7 @@ class Soak:
             f"{self.minute:>4} {_f(tr_rss):>7} {_f(self.gen_rss_mb):>7} {_f(tr_cpu):>6} "
             f"{_f(gen_cpu):>7} {self.rebuilds:>8} "
             f"{_f(100 * min(fractions), '.2f'):>7}/{_f(100 * float(np.mean(fractions)), '.2f'):<6} "
-            f"{_f(None if back is None else 100 * back, '.2f'):>8} {lost:>5} "
+            f"{_f(None if back is None else 100 * back, '.2f'):>8} {lost:>5} {self.late:>6} "
             f"{_f(self.window_hist.percentile(95)):>9} {self.window_index + 1:>3}  {_load()}",
             flush=True,
         )
@@ -276,6 +286,10 @@ class Soak:
     @property
     def rebuilds(self) -> int:
         return sum(m.rebuilds for m in self.members.values())
+
+    @property
+    def late(self) -> int:
+        return sum(m.late for m in self.members.values())
 
     def finish(self, end: float) -> None:
         """Close the last window at the traffic's end: a partial one counts if it is at least a
@@ -295,7 +309,8 @@ class Soak:
 
 HEADER = (
     f"{'min':>4} {'tr rss':>7} {'gen rss':>7} {'tr cpu':>6} {'gen cpu':>7} {'rebuilds':>8} "
-    f"{'sent min/mean %':>14} {'back min':>8} {'lost':>5} {'added p95':>9} {'win':>3}  load 1/5/15"
+    f"{'sent min/mean %':>14} {'back min':>8} {'lost':>5} {'late':>6} {'added p95':>9} "
+    f"{'win':>3}  load 1/5/15"
 )
 
 
@@ -313,6 +328,9 @@ def summary(soak: Soak, result: DemoResult, end: float) -> float:
         f"(goal <= {GOAL_RSS_MB:g}): {_verdict(None if math.isnan(growth) else growth <= GOAL_RSS_MB)}"
     )
     print(f"link rebuilds: {soak.rebuilds} (goal 0): {_verdict(soak.rebuilds == 0)}")
+    print(
+        f"mix frames the transport's tracks dropped as late (their slot had gone out): {soak.late}"
+    )
     low = soak.min_delivered(end)
     print(
         f"audio slots delivered, lowest member: {_f(None if low is None else 100 * low, '.2f')} % "

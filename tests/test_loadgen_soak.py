@@ -41,9 +41,9 @@ SOAK = _load_soak()
 class FakePeer:
     """What the soak reads of a transport-side PeerConnection."""
 
-    def __init__(self, generation: int = 1, sent: int = 0, silent: int = 0) -> None:
+    def __init__(self, generation: int = 1, sent: int = 0, silent: int = 0, late: int = 0) -> None:
         self.generation = generation
-        self.audio_sent = (sent, silent)
+        self.audio_sent = (sent, silent, late)
 
 
 def test_the_histogram_p95_is_numpys_within_a_bin() -> None:
@@ -62,19 +62,19 @@ def test_the_histogram_p95_is_numpys_within_a_bin() -> None:
 
 def test_a_member_keeps_its_mix_frames_and_rebuilds_across_links_and_replacements() -> None:
     member = SOAK.Member()
-    first = FakePeer(sent=100, silent=10)
+    first = FakePeer(sent=100, silent=10, late=3)
     member.sample(first)  # the traffic's start: 90 mix frames already sent are the baseline
-    first.audio_sent = (150, 10)
+    first.audio_sent = (150, 10, 4)
     member.sample(first)
-    assert (member.delivered, member.rebuilds) == (50, 0)
-    first.generation, first.audio_sent = 2, (20, 5)  # a rebuilt link: its track counts from 0
+    assert (member.delivered, member.late, member.rebuilds) == (50, 1, 0)
+    first.generation, first.audio_sent = 2, (20, 5, 2)  # a rebuilt link: its track counts from 0
     member.sample(first)
-    assert (member.delivered, member.rebuilds) == (50 + 15, 1)
-    second = FakePeer(sent=30, silent=0)  # the member's PeerConnection replaced
+    assert (member.delivered, member.late, member.rebuilds) == (50 + 15, 1 + 2, 1)
+    second = FakePeer(sent=30, silent=0, late=1)  # the member's PeerConnection replaced
     member.sample(second)
-    assert (member.delivered, member.rebuilds) == (50 + 15 + 30, 2)
+    assert (member.delivered, member.late, member.rebuilds) == (50 + 15 + 30, 4, 2)
     member.sample(None)  # gone for a tick: nothing changes
-    assert (member.delivered, member.rebuilds) == (95, 2)
+    assert (member.delivered, member.late, member.rebuilds) == (95, 4, 2)
 
 
 def test_only_new_added_latency_samples_are_counted() -> None:

@@ -528,13 +528,14 @@ class PeerConnection:
         return self._negotiation.generation
 
     @property
-    def audio_sent(self) -> tuple[int, int]:
-        """The current link's outgoing audio so far: 20 ms frames handed to aiortc, and how many
-        of those were silence (nothing queued for the slot); (0, 0) without one. Counts the
-        track keeps anyway; a rebuilt link starts from zero (``bench/soak.py`` reads it)."""
+    def audio_sent(self) -> tuple[int, int, int]:
+        """The current link's outgoing audio so far: 20 ms frames handed to aiortc, how many of
+        those were silence (nothing queued for the slot), and frames dropped because their slot
+        had gone out (late); (0, 0, 0) without one. Counts the track keeps anyway; a rebuilt
+        link starts from zero (``bench/soak.py`` reads it)."""
         link = self._link
         track = None if link is None else link.audio_track
-        return (0, 0) if track is None else (track.sent, track.silent)
+        return (0, 0, 0) if track is None else (track.sent, track.silent, track.late)
 
     @property
     def connected_at(self) -> float | None:
