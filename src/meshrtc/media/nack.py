@@ -53,8 +53,9 @@ class NackConfig:
     margin: float = 0.01
     #: No NACK above this RTT (seconds): it would not fit in a 50 ms jitter target.
     max_rtt: float = 0.03
-    #: Resend no more often than this, even on a sub-millisecond RTT (seconds: one packet).
-    min_resend: float = 0.02
+    #: Resend no more often than this, even on a sub-millisecond RTT (seconds): a 50 ms target
+    #: leaves ~30 ms from seeing a hole to the packet's playout, room for a second request.
+    min_resend: float = 0.01
     #: Requests per missing packet.
     max_tries: int = 3
     #: Missing packets tracked at once.
