@@ -9,11 +9,14 @@ and are played instead of concealed.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import attrs
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 
+from meshrtc.rtc import aiortc_adapter as adapter
 from meshrtc.rtc.bridge import open_bridge
 from meshrtc.rtc.peer import PeerConnection
 
@@ -48,3 +51,43 @@ async def test_lost_audio_packets_are_resent_in_time_and_none_asked_on_a_clean_p
         assert stats.rtt_samples >= 1
         assert policy.measured_rtt is not None
         assert policy.measured_rtt < 0.03
+
+
+def _opus_feedback(sdp: str) -> list[str]:
+    pt = next(
+        line.split()[0].split(":")[1]
+        for line in sdp.splitlines()
+        if line.startswith("a=rtpmap:") and "opus/48000" in line.lower()
+    )
+    return [
+        line.split(" ", 1)[1] for line in sdp.splitlines() if line.startswith(f"a=rtcp-fb:{pt} ")
+    ]
+
+
+def test_our_offers_say_opus_nack_and_answers_say_it_only_when_offered() -> None:
+    adapter.install_aiortc_patches()
+    preferences = {"audio": adapter.codec_preferences("audio")}
+
+    async def negotiate(strip: bool) -> tuple[str, str]:
+        config = RTCConfiguration(iceServers=[])
+        offerer, answerer = RTCPeerConnection(config), RTCPeerConnection(config)
+        try:
+            offerer.addTransceiver("audio").setCodecPreferences(preferences["audio"])
+            await offerer.setLocalDescription(await offerer.createOffer())
+            offer = offerer.localDescription.sdp
+            if strip:  # a peer that does not NACK audio (Chromium's default offer)
+                offer = "\r\n".join(
+                    line for line in offer.split("\r\n") if not line.endswith(" nack")
+                )
+            answer = await adapter.answer_offer(answerer, offer, preferences)
+            return offer, answer.sdp
+        finally:
+            await offerer.close()
+            await answerer.close()
+
+    offer, answer = asyncio.run(negotiate(strip=False))
+    assert _opus_feedback(offer) == ["nack"]
+    assert _opus_feedback(answer) == ["nack"]
+    offer, answer = asyncio.run(negotiate(strip=True))
+    assert _opus_feedback(offer) == []
+    assert _opus_feedback(answer) == []

@@ -1742,10 +1742,16 @@ def install_aiortc_patches() -> None:
 #: other stacks should send it when they see loss (Chromium's Opus encoder turns FEC on from the
 #: ``useinbandfec`` of the *other* side's fmtp, whichever side offered).
 OPUS_FMTP: Final[Mapping[str, int]] = {"useinbandfec": 1}
+#: ``a=rtcp-fb:<opus> nack`` (RFC 4585): we NACK lost audio on a short RTT (media/nack.py) and
+#: aiortc's sender resends audio on a NACK whatever was negotiated; saying so asks the other side
+#: (a browser) to keep its audio packets for resending too. aiortc answers with the feedback both
+#: sides listed (``find_common_codecs``), so a peer that does not list it is not told.
+OPUS_RTCP_FEEDBACK: Final = RTCRtcpFeedback(type="nack")
 
 
 def install_opus_fmtp() -> None:
-    """Make aiortc's Opus codec carry :data:`OPUS_FMTP` (idempotent, process-wide).
+    """Make aiortc's Opus codec carry :data:`OPUS_FMTP` and :data:`OPUS_RTCP_FEEDBACK`
+    (idempotent, process-wide).
 
     aiortc writes a codec's ``a=fmtp`` from its entry in ``aiortc.codecs.CODECS`` when it offers,
     and answers with a copy of that same local entry (``find_common_codecs``), so the entry's
@@ -1755,6 +1761,8 @@ def install_opus_fmtp() -> None:
     for codec in _aiortc_codecs.CODECS["audio"]:
         if codec.mimeType.lower() == "audio/opus":
             codec.parameters.update(OPUS_FMTP)
+            if OPUS_RTCP_FEEDBACK not in codec.rtcpFeedback:
+                codec.rtcpFeedback.append(OPUS_RTCP_FEEDBACK)
 
 
 def use_host_addresses(pc: RTCPeerConnection, addresses: Sequence[str] | None) -> None:

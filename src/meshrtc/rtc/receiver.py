@@ -187,8 +187,9 @@ class MediaReceiver:
         #: Audio NACK (media/nack.py): which lost audio packets to ask the sender for again while
         #: a resend can still play; None when turned off (PeerOptions.audio_nack).
         self.nack = None if nack is None else NackPolicy(nack)
-        #: The audio SSRC the NACK policy follows.
+        #: The audio SSRC the NACK policy follows, and whether its codec negotiated NACK.
         self._nack_ssrc: int | None = None
+        self._nack_negotiated = False
 
     @property
     def codecs(self) -> dict[FrameType, str]:
@@ -253,7 +254,7 @@ class MediaReceiver:
             items = sync.pop_next_aligned(now)
             for item in items:
                 self.play(item)
-            if self.nack is not None and self._nack_ssrc is not None:
+            if self.nack is not None and self._nack_negotiated:
                 self._poll_nack(now)
             keyframes = self.keyframes
             # The buffer asked once and still drops every frame for a keyframe, yet the policy
@@ -593,6 +594,13 @@ class MediaReceiver:
         if frame.ssrc != self._nack_ssrc:
             policy.reset()
             self._nack_ssrc = frame.ssrc
+            # Only where the answer said the sender takes audio NACKs (Chromium's does not).
+            codec = self.tap.codec(frame)
+            self._nack_negotiated = codec is not None and any(
+                fb.type == "nack" and not fb.parameter for fb in codec.rtcpFeedback
+            )
+        if not self._nack_negotiated:
+            return
         policy.on_packet(
             frame.sequence_number, frame.received_at, self.sync.audio_jitter_buffer.expected_playout
         )
