@@ -13,6 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshrtc.errors import ConfigError
+from meshrtc.media.frame import FrameType, MediaFrame
+from meshrtc.media.jitter import AudioPacket, JitterBuffer
 from meshrtc.media.nack import NackConfig, NackPolicy
 
 PTIME = 0.02
@@ -198,3 +200,23 @@ def test_never_asks_for_a_received_played_or_hopeless_packet(
     assert policy.stats.nacked == len(asked)
     assert policy.stats.requests == sum(asked.values())
     assert policy.stats.retransmitted_in_time <= policy.stats.nacked
+
+
+def _audio(seq: int, ts: int) -> MediaFrame:
+    return MediaFrame(FrameType.AUDIO, ts & 0xFFFFFFFF, seq & M16, b"x", 0.0, False, 1, 111)
+
+
+def test_the_jitter_buffer_says_when_a_missing_packet_would_play() -> None:
+    buffer = JitterBuffer(FrameType.AUDIO)
+    assert buffer.expected_playout(5) is None  # no stream yet
+    start = 65534  # across the wrap
+    for i in (0, 1, 3):
+        buffer.insert(_audio(start + i, 960 * i), 10.0 + i * PTIME)
+    played = [item for item in buffer.pop(10.0 + 0.05) if isinstance(item, AudioPacket)]
+    assert [p.sequence_number for p in played] == [65534]
+    one = buffer.expected_playout(start + 1)
+    two = buffer.expected_playout(start + 2)
+    assert one is not None
+    assert two == pytest.approx(one + PTIME)
+    assert buffer.expected_playout(start) is None  # played
+    assert buffer.expected_playout(start - 1) is None
