@@ -13,7 +13,9 @@ line (docs/benchmarks.md, Soak):
 * ``sent min/mean``: per member, the 20 ms audio slots the transport sent it a mix in (its
   outgoing track's frames that were not silence, ``PeerConnection.audio_sent``) over the slots
   elapsed since the traffic began, the lowest member's and the mean (%). ``late``: mix frames
-  the tracks dropped, all members, because they came after their slot had gone out (as silence).
+  the tracks dropped, all members, because they came after their slot had gone out (as silence);
+  ``evicted``: mix frames they dropped from a full queue (queued for later slots than the track
+  was sending).
 * ``back min``: per member, audio packets it got back over the slots elapsed (the generator's
   count, silence included: the wire, not the mix); ``lost``: packets missing on the way back.
 * ``added p95``: the router's added latency (``statistics().added_latency``, as members.py reads
@@ -113,10 +115,14 @@ class Member:
         self.sent_before = 0
         self.sent_now = 0
         self.baseline: int | None = None
-        #: The same for frames the track dropped because their slot had gone out (late).
+        #: The same for frames the track dropped because their slot had gone out (late), and for
+        #: frames it evicted from a full queue.
         self.late_before = 0
         self.late_now = 0
         self.late_baseline: int | None = None
+        self.evicted_before = 0
+        self.evicted_now = 0
+        self.evicted_baseline: int | None = None
 
     def sample(self, peer: Any) -> None:
         if peer is None:
@@ -127,14 +133,16 @@ class Member:
         if replaced or peer.generation != self.generation:  # a new link: its track starts at 0
             self.sent_before += self.sent_now
             self.late_before += self.late_now
-            self.sent_now = self.late_now = 0
+            self.evicted_before += self.evicted_now
+            self.sent_now = self.late_now = self.evicted_now = 0
         self.peer = peer
         self.generation = peer.generation
-        sent, silent, late = peer.audio_sent
-        self.sent_now, self.late_now = sent - silent, late
+        sent, silent, late, dropped = peer.audio_sent
+        self.sent_now, self.late_now, self.evicted_now = sent - silent, late, dropped - late
         if self.baseline is None:
             self.baseline = self.sent_before + self.sent_now
             self.late_baseline = self.late_before + self.late_now
+            self.evicted_baseline = self.evicted_before + self.evicted_now
 
     @property
     def rebuilds(self) -> int:
@@ -147,6 +155,10 @@ class Member:
     @property
     def late(self) -> int:
         return self.late_before + self.late_now - (self.late_baseline or 0)
+
+    @property
+    def evicted(self) -> int:
+        return self.evicted_before + self.evicted_now - (self.evicted_baseline or 0)
 
 
 class Soak:
@@ -278,7 +290,8 @@ class Soak:
             f"{self.minute:>4} {_f(tr_rss):>7} {_f(self.gen_rss_mb):>7} {_f(tr_cpu):>6} "
             f"{_f(gen_cpu):>7} {self.rebuilds:>8} "
             f"{_f(100 * min(fractions), '.2f'):>7}/{_f(100 * float(np.mean(fractions)), '.2f'):<6} "
-            f"{_f(None if back is None else 100 * back, '.2f'):>8} {lost:>5} {self.late:>6} "
+            f"{_f(None if back is None else 100 * back, '.2f'):>8} {lost:>5} "
+            f"{self.late:>6} {self.evicted:>7} "
             f"{_f(self.window_hist.percentile(95)):>9} {self.window_index + 1:>3}  {_load()}",
             flush=True,
         )
@@ -290,6 +303,10 @@ class Soak:
     @property
     def late(self) -> int:
         return sum(m.late for m in self.members.values())
+
+    @property
+    def evicted(self) -> int:
+        return sum(m.evicted for m in self.members.values())
 
     def finish(self, end: float) -> None:
         """Close the last window at the traffic's end: a partial one counts if it is at least a
@@ -309,7 +326,8 @@ class Soak:
 
 HEADER = (
     f"{'min':>4} {'tr rss':>7} {'gen rss':>7} {'tr cpu':>6} {'gen cpu':>7} {'rebuilds':>8} "
-    f"{'sent min/mean %':>14} {'back min':>8} {'lost':>5} {'late':>6} {'added p95':>9} "
+    f"{'sent min/mean %':>14} {'back min':>8} {'lost':>5} {'late':>6} {'evicted':>7} "
+    f"{'added p95':>9} "
     f"{'win':>3}  load 1/5/15"
 )
 
@@ -329,7 +347,8 @@ def summary(soak: Soak, result: DemoResult, end: float) -> float:
     )
     print(f"link rebuilds: {soak.rebuilds} (goal 0): {_verdict(soak.rebuilds == 0)}")
     print(
-        f"mix frames the transport's tracks dropped as late (their slot had gone out): {soak.late}"
+        f"mix frames the transport's tracks dropped: late (their slot had gone out) {soak.late}, "
+        f"evicted from a full queue {soak.evicted}"
     )
     low = soak.min_delivered(end)
     print(

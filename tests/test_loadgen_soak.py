@@ -43,7 +43,7 @@ class FakePeer:
 
     def __init__(self, generation: int = 1, sent: int = 0, silent: int = 0, late: int = 0) -> None:
         self.generation = generation
-        self.audio_sent = (sent, silent, late)
+        self.audio_sent = (sent, silent, late, late)
 
 
 def test_the_histogram_p95_is_numpys_within_a_bin() -> None:
@@ -64,10 +64,10 @@ def test_a_member_keeps_its_mix_frames_and_rebuilds_across_links_and_replacement
     member = SOAK.Member()
     first = FakePeer(sent=100, silent=10, late=3)
     member.sample(first)  # the traffic's start: 90 mix frames already sent are the baseline
-    first.audio_sent = (150, 10, 4)
+    first.audio_sent = (150, 10, 4, 4 + 7)  # 7 evicted from a full queue
     member.sample(first)
-    assert (member.delivered, member.late, member.rebuilds) == (50, 1, 0)
-    first.generation, first.audio_sent = 2, (20, 5, 2)  # a rebuilt link: its track counts from 0
+    assert (member.delivered, member.late, member.evicted, member.rebuilds) == (50, 1, 7, 0)
+    first.generation, first.audio_sent = 2, (20, 5, 2, 2)  # a rebuilt link: counts from 0
     member.sample(first)
     assert (member.delivered, member.late, member.rebuilds) == (50 + 15, 1 + 2, 1)
     second = FakePeer(sent=30, silent=0, late=1)  # the member's PeerConnection replaced

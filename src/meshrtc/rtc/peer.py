@@ -529,14 +529,17 @@ class PeerConnection:
         return self._negotiation.generation
 
     @property
-    def audio_sent(self) -> tuple[int, int, int]:
+    def audio_sent(self) -> tuple[int, int, int, int]:
         """The current link's outgoing audio so far: 20 ms frames handed to aiortc, how many of
-        those were silence (nothing queued for the slot), and frames dropped because their slot
-        had gone out (late); (0, 0, 0) without one. Counts the track keeps anyway; a rebuilt
-        link starts from zero (``bench/soak.py`` reads it)."""
+        those were silence (nothing queued for the slot), frames dropped because their slot had
+        gone out (late), and frames dropped in all (late, or evicted from a full queue);
+        (0, 0, 0, 0) without one. Counts the track keeps anyway; a rebuilt link starts from zero
+        (``bench/soak.py`` reads it)."""
         link = self._link
         track = None if link is None else link.audio_track
-        return (0, 0, 0) if track is None else (track.sent, track.silent, track.late)
+        if track is None:
+            return (0, 0, 0, 0)
+        return (track.sent, track.silent, track.late, track.dropped)
 
     @property
     def connected_at(self) -> float | None:
