@@ -28,7 +28,9 @@ aligned by cross-correlation; wideband PESQ (ITU-T P.862.2, at 16 kHz) and STOI
 
 Per cell: PESQ-WB, STOI, packets lost (clip and tail), those the jitter buffer offered with the
 next packet for FEC, frames recovered (in-band FEC) and concealed as the receiver counted them
-over the same span (``-``: that tree or stack does not
+over the same span, retransmissions (NACK answers) that arrived and how many of them were lost
+(the mask judges a packet's first copy; every later copy is lost independently with the same
+probability, as a new datagram would be) (``-``: that tree or stack does not
 count it), frames that never came out (plain aiortc skips what it cannot decode), the playout
 delay (output time minus capture time: median and max over the frames), the alignment lag (and
 how much it grew from the clip's first second to its last: a receiver that resamples or changes
@@ -97,6 +99,10 @@ class Result:
     #: Of the lost packets, those the jitter buffer offered with the next packet (None: no such
     #: counter in that tree); ``offered - recovered`` had no FEC data in that next packet.
     offered: int | None
+    #: Retransmissions (answers to NACKs) that reached the receiver's sockets, and of those lost
+    #: (each independently, with the cell's loss probability).
+    resent: int
+    resent_lost: int
     missing: int
     delay_ms: float
     delay_max_ms: float
@@ -172,6 +178,8 @@ def score(cell: Cell, clip: npt.NDArray[np.float32], preroll: int, data: dict[st
         recovered=info.get("recovered_frames"),
         concealed=info.get("concealed_frames"),
         offered=info.get("recovery_offered"),
+        resent=int(info.get("resent", 0)),
+        resent_lost=int(info.get("resent_lost", 0)),
         missing=max(0, len(clip) // FRAME - len(in_clip)),
         delay_ms=float(np.median(delays)) if len(delays) else math.nan,
         delay_max_ms=float(np.max(delays)) if len(delays) else math.nan,
@@ -205,7 +213,7 @@ def row(r: Result) -> str:
     return (
         f"{c.variant:6} {c.pattern:6} {c.loss:3d}%  PESQ-WB {r.pesq:4.2f}  STOI {r.stoi:5.3f}  "
         f"lost {r.lost:3d}  offered {_count(r.offered):>3}  recovered {_count(r.recovered):>3}  "
-        f"concealed {_count(r.concealed):>3}  "
+        f"concealed {_count(r.concealed):>3}  resent {r.resent:3d} (lost {r.resent_lost:2d})  "
         f"missing {r.missing:3d}  delay {r.delay_ms:5.1f} ms (max {r.delay_max_ms:5.1f})  "
         f"lag {r.lag_ms:4.1f} ms (stretch {r.stretch_ms:+4.1f})  "
         f"FEC on {'-' if r.fec_on_s is None else f'{r.fec_on_s:+.1f} s'}  "

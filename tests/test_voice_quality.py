@@ -134,3 +134,18 @@ def test_mask_drop_judges_only_rtp_datagrams() -> None:
     assert not drop.datagram(bytes([0x00, 0x01]) + bytes(18))  # STUN binding request
     assert not drop.datagram(bytes([23, 0xFE, 0xFD]) + bytes(20))  # DTLS application data
     assert drop.dropped == drop.seen == 2
+
+
+def test_mask_drop_judges_a_resent_copy_on_its_own() -> None:
+    # Packet 1 is lost the first time; copies of it (NACK answers) are new datagrams.
+    never = voice_patterns.MaskDrop([False, True, False])
+    assert [never.decide(seq) for seq in (10, 11, 12, 11, 11)] == [False, True, False, False, False]
+    assert (never.dropped, never.resent, never.resent_lost) == (1, 2, 0)
+    always = voice_patterns.MaskDrop([False, True, False])
+    always.resend_loss(0.999999, seed=1)
+    assert [always.decide(seq) for seq in (10, 11, 12, 11)] == [False, True, False, True]
+    assert (always.dropped, always.resent, always.resent_lost) == (1, 1, 1)
+    some = voice_patterns.MaskDrop([False])
+    some.resend_loss(0.2, seed=1)
+    copies = [some.decide(0) for _ in range(5001)][1:]
+    assert sum(copies) / len(copies) == pytest.approx(0.2, abs=0.02)

@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     clip = np.load(args.clip).astype(np.float32)
     stream = _stream(clip, args.preroll)
     drop = MaskDrop(loss_mask(args.pattern, args.loss, len(stream) // FRAME + 500, args.seed))
+    if hasattr(drop, "resend_loss"):
+        drop.resend_loss(args.loss, args.seed)  # a retransmission is lost like any packet
     if args.stack == "meshrtc":
         import trio
 
@@ -293,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     info.update(
         dropped=drop.dropped,
         seen=drop.seen,
+        resent=getattr(drop, "resent", 0),
+        resent_lost=getattr(drop, "resent_lost", 0),
         dropped_in_clip=sum(
             1 for i in drop.dropped_indices if 0 <= i * FRAME - args.preroll < len(clip)
         ),

@@ -44,7 +44,12 @@ def loss_mask(pattern: str, loss: float, count: int, seed: int) -> list[bool]:
 
 
 class MaskDrop:
-    """Drops packets by their index since the first one seen (RTP sequence numbers, 16-bit wrap)."""
+    """Drops packets by their index since the first one seen (RTP sequence numbers, 16-bit wrap).
+
+    The mask judges the *first* copy of each packet. A later copy (a retransmission answering a
+    NACK, same sequence number) is a new datagram on the network: after :meth:`resend_loss` it is
+    lost independently with that probability, from its own seeded generator; before, never.
+    """
 
     def __init__(self, mask: list[bool]) -> None:
         self.mask = mask
@@ -52,12 +57,28 @@ class MaskDrop:
         self.seen = 0
         self.dropped = 0
         self.dropped_indices: list[int] = []
+        self._judged: set[int] = set()
+        self._resend_loss = 0.0
+        self._resend_rng = random.Random(0)
+        #: Later copies seen, and of those lost.
+        self.resent = 0
+        self.resent_lost = 0
+
+    def resend_loss(self, loss: float, seed: int) -> None:
+        self._resend_loss = loss
+        self._resend_rng = random.Random(f"voice-loss/resend/{loss}/{seed}")
 
     def decide(self, sequence_number: int) -> bool:
         if self.first is None:
             self.first = sequence_number
         index = (sequence_number - self.first) & 0xFFFF
         self.seen += 1
+        if index in self._judged:
+            self.resent += 1
+            lost = self._resend_loss > 0 and self._resend_rng.random() < self._resend_loss
+            self.resent_lost += lost
+            return lost
+        self._judged.add(index)
         lost = index < len(self.mask) and self.mask[index]
         if lost:
             self.dropped += 1
