@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import trio
 
-from meshrtc.demo import _Child
+from meshrtc.demo import _Child, run_demo
 from meshrtc.loadgen.resources import rss_kib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,3 +148,40 @@ def test_rss_of_this_process_and_of_none() -> None:
     assert rss > 1024  # an interpreter with numpy and aiortc loaded: well over 1 MiB
     assert rss_kib(os.getpid()) == pytest.approx(rss, rel=0.5)
     assert rss_kib(2**31 - 1) is None
+
+
+@pytest.mark.slow
+async def test_the_star_child_reports_its_members_counters_during_the_traffic() -> None:
+    """``report_every``: a line at the traffic's start and one per period, each member's counts
+    never going back, and the transport side readable per member (``audio_sent``) meanwhile."""
+    reports: list[dict[str, Any]] = []
+    sent: list[tuple[int, int, int, int]] = []
+
+    def tick(transport: Any, _running: Any, _synthetic: Any, _connect_ms: float) -> None:
+        peer = transport.peers.get_peer("peer1")
+        if peer is not None:
+            sent.append(peer.audio_sent)
+
+    with trio.fail_after(60):
+        await run_demo(
+            peers=2,
+            seconds=2.0,
+            split=True,
+            video=None,
+            report_every=1.0,
+            on_report=reports.append,
+            on_tick=tick,
+        )
+    # One at the start and one a second after it, up to the traffic's 2 s (a busy machine may
+    # deliver one late, never one early or one more).
+    assert len(reports) == 3
+    assert all(r["t"] >= n for n, r in enumerate(reports))
+    assert all(r["rss_kib"] > 1024 and r["cpu_s"] >= 0 for r in reports)
+    for pid in ("peer1", "peer2"):
+        got = [r["peers"][pid]["audio_received"] for r in reports]
+        assert got == sorted(got)
+        assert got[-1] - got[0] > 0
+        assert reports[-1]["peers"][pid]["audio_sent"] > 0
+    assert sent
+    assert sent[-1][0] > sent[0][0]
+    assert all(s[1] <= s[0] and s[2] <= s[3] for s in sent)
