@@ -187,7 +187,7 @@ class PeerOptions:
     fec_interval: float = attrs.field(default=0.2, validator=_positive)
     #: Ask the sender again for lost audio packets while a resend can still play (media/nack.py:
     #: only on an RTT up to ``max_rtt``, 30 ms by default, and only for packets whose playout is
-    #: more than 1.5 RTT + 10 ms away, and only when the answer lists ``nack`` for Opus: our
+    #: more than 1.5 RTT + 5 ms away, and only when the answer lists ``nack`` for Opus: our
     #: offers do, Chromium's answers drop it). None turns it off.
     audio_nack: NackConfig | None = attrs.Factory(NackConfig)
     #: Loss and RTT must stay low this long before the bitrate is probed upwards.
