@@ -6,6 +6,8 @@ other; needs espeak-ng, ``pesq`` and ``pystoi``: ``apt-get install espeak-ng``, 
 ``--variants before,now,aiortc``, ``--seconds`` (the clip cut or repeated to that length),
 ``--seed``, ``--preroll`` (seconds of the same speech sent under the same loss before the scored
 clip: a call already in progress, whose sender has had time to react to the loss; default 0),
+``--delay-ms`` (added to every datagram reaching the receiver: loopback's round trip is under a
+millisecond, so any NACK answer is in time; a real path's is not; default 0),
 ``--before-commit`` (default 32ba4ef, the tree before issue 17), ``--now-tree`` (default: this
 checkout).
 
@@ -130,7 +132,7 @@ def before_tree(commit: str) -> Path:
 
 
 def run_cell(
-    cell: Cell, tree: Path, clip_path: Path, seed: int, preroll: int, workdir: Path
+    cell: Cell, tree: Path, clip_path: Path, seed: int, preroll: int, delay_ms: float, workdir: Path
 ) -> dict[str, Any]:
     out = workdir / f"{cell.variant}-{cell.pattern}-{cell.loss}.npz"
     stack = "aiortc" if cell.variant == "aiortc" else "meshrtc"
@@ -146,6 +148,7 @@ def run_cell(
             "--loss", str(cell.loss / 100),
             "--seed", str(seed),
             "--preroll", str(preroll),
+            "--delay-ms", str(delay_ms),
             "--out", str(out),
         ],
         check=True,
@@ -312,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="seconds of speech sent (under the same loss) before the scored clip",
     )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="one-way delay added to everything reaching the receiver (a NACK's round trip)",
+    )
     parser.add_argument("--before-commit", default=BEFORE_COMMIT)
     parser.add_argument("--now-tree", type=Path, default=ROOT)
     args = parser.parse_args(argv)
@@ -327,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     if "before" in variants:
         trees["before"] = before_tree(args.before_commit)
     print(
-        f"clip {len(clip) / RATE:.2f} s after {preroll / RATE:.2f} s of preroll; seed {args.seed}; "
+        f"clip {len(clip) / RATE:.2f} s after {preroll / RATE:.2f} s of preroll; "
+        f"{args.delay_ms:g} ms added to arrivals; seed {args.seed}; "
         "trees: "
         + ", ".join(f"{v}={trees[v]}" for v in variants)
         + f"; now at {_describe(trees['now'])}"
@@ -344,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         clip_path = workdir / "clip.npy"
         np.save(clip_path, clip)
         for cell in cells:
-            data = run_cell(cell, trees[cell.variant], clip_path, args.seed, preroll, workdir)
+            data = run_cell(
+                cell, trees[cell.variant], clip_path, args.seed, preroll, args.delay_ms, workdir
+            )
             result = results[cell] = score(cell, clip, preroll, data)
             print(row(result), flush=True)
     print()

@@ -45,6 +45,8 @@ TAIL_SECONDS = 1.0
 #: How long a cell may wait for the connection, and for the stream's end after the last send.
 CONNECT_WITHIN = 20.0
 DRAIN_WITHIN = 5.0
+#: Seconds added to every datagram arriving at the receiver (``--delay-ms``; 0: loopback as is).
+ARRIVAL_DELAY = 0.0
 
 Frames = list[tuple[int, npt.NDArray[np.float32], float, bool]]
 
@@ -56,15 +58,23 @@ def lose_on_arrival(pc: Any, drop: MaskDrop) -> None:
     receiver reports tell the sender (whose FEC may follow them). The sockets come from the
     adapter's ``_stun_protocols`` (the tree's own, in both trees; the ICE attribute names it reads
     are in tests/test_aiortc_contract.py); their ``datagram_received`` is replaced on the instance,
-    as the adapter's ``PathControl`` does.
+    as the adapter's ``PathControl`` does. With :data:`ARRIVAL_DELAY`, what survives is handed on
+    that much later (a longer path one way: the round trip a NACK needs grows by as much).
     """
+    import asyncio
+
     from meshrtc.rtc import aiortc_adapter
 
+    delay = ARRIVAL_DELAY
     for protocol in aiortc_adapter._stun_protocols(pc):
         receive = protocol.datagram_received
 
         def datagram_received(data: bytes, addr: Any, receive: Any = receive) -> None:
-            if not drop.datagram(data):
+            if drop.datagram(data):
+                return
+            if delay > 0:
+                asyncio.get_running_loop().call_later(delay, receive, data, addr)
+            else:
                 receive(data, addr)
 
         setattr(protocol, "datagram_received", datagram_received)  # noqa: B010
@@ -268,12 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", type=float, default=0.0, help="0..1")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--preroll", type=int, default=0, help="samples sent before the clip")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every arrival")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     tree = args.tree.resolve()
     sys.path[:0] = [str(tree / "src"), str(tree)]
 
-    global _TIME_BASE
+    global _TIME_BASE, ARRIVAL_DELAY
+    ARRIVAL_DELAY = args.delay_ms / 1000
     import fractions
 
     _TIME_BASE = fractions.Fraction(1, RATE)
