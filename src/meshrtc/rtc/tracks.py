@@ -28,6 +28,16 @@ the last picture when the deadline of a picture one frame interval later passed 
 (a keyframe request is always answered and the encoder's rate control stays steady). A stalled loop
 skips the slots that passed instead of bursting.
 
+**Ahead of the clock.** A frame stamped ahead of the slot being sent waits for its release, but
+never longer than the queue can hold what a real-time producer hands over meanwhile: when the
+queue is full, or the head's release is further off than the queue's span less one slot, the head
+goes out in the current slot (re-stamped with that slot's pts, counted ``early``), so the wire
+stays continuous and on real time. Before, such a head waited while every new frame evicted it
+from the full queue, and the track sent silence for good (the soak's stuck members: the mixes'
+timestamps had drifted 100-150 ms ahead of the track, its 100 ms queue full, nothing late and
+nothing sent). The price is the A/V relation of that link's audio while it lasts (its audio goes
+out up to that lead earlier than its timestamps say); frames behind the slot are late as ever.
+
 ``latency`` is therefore not a delay but a tolerance: how late a producer may hand a frame over
 before its audio slot is given up; only ``smoothing`` is added (the old per-track pacer added a
 random 0-20 ms and whatever its queue held). A receiver's jitter buffer absorbs hand-over jitter
@@ -318,6 +328,12 @@ class AudioOutputTrack(MediaStreamTrack):
         #: Slots a stalled loop skipped; puts whose timestamp was on another clock (ignored).
         self.skipped = 0
         self.untimed = 0
+        #: Frames sent in an earlier slot than their timestamp's, because they were further
+        #: ahead of the track's slot than its queue holds (module docstring, "Ahead of the clock").
+        self.early = 0
+        #: A queued frame may wait for its release this long at most: the queue's span less the
+        #: slot being sent (a real-time producer fills the queue meanwhile).
+        self._max_hold = (self._frames.maxlen or 1) * AUDIO_PTIME - AUDIO_PTIME
 
     @property
     def queued(self) -> int:
@@ -415,6 +431,11 @@ class AudioOutputTrack(MediaStreamTrack):
                     continue
                 if pts == head[0]:
                     data = frames.popleft()[1]
+                elif self._overdue(head[0], now):
+                    # Its timestamp runs further ahead of this slot than the queue can hold until
+                    # then: it goes out in this slot (module docstring, "Ahead of the clock").
+                    pts, data = slot, frames.popleft()[1]
+                    self.early += 1
                 else:
                     data = self._silence
                     self.silent += 1
@@ -432,6 +453,15 @@ class AudioOutputTrack(MediaStreamTrack):
         frame.time_base = AUDIO_TIME_BASE
         self.sent += 1
         return frame
+
+    def _overdue(self, pts: int, now: float) -> bool:
+        """Whether the queued frame at ``pts`` (ahead of the slot being sent) cannot be held until
+        its release: the queue is full, or its release is further off than the queue holds."""
+        frames = self._frames
+        return (
+            len(frames) == frames.maxlen
+            or self.media_clock.release(pts, AUDIO_SAMPLE_RATE) - now > self._max_hold
+        )
 
     def ntp_time(self, pts: int) -> int:
         """NTP time of ``pts`` (what the adapter puts in this stream's Sender Reports)."""
