@@ -1,25 +1,22 @@
 """Audio NACK on and off, speech through random loss (issue 17's "if measured to help").
 
-Run: ``.venv/bin/python bench/voice_nack.py`` (about 2 min: ``--loss 0,10,20`` x NACK off/on,
-cells of ~15 s one after the other, alternating off/on so the load hits both alike; needs what
-bench/voice_loss.py needs). ``--repeat`` runs each pair again.
+Run: ``.venv/bin/python bench/voice_nack.py`` (about 90 s: ``--loss 0,10,20`` x NACK off/on, cells
+of ~15 s one after the other, off and on back to back so the load hits both alike; needs what
+bench/voice_loss.py needs). ``--repeat`` runs each pair again; ``--delay-ms`` adds a one-way delay
+to everything reaching the receiver (the round trip a NACK needs grows by as much); ``--tree`` a
+clean checkout (``git archive``) to measure.
 
-Each cell is bench/voice_loss.py's meshrtc "now" cell (bench/support/voice_cell.py: the espeak
-clip between two peers on 127.0.0.1 at real-time pace, scored with PESQ-WB and STOI the same way),
-with two changes made here, in the cell's process:
-
-* **Retransmissions are lost independently.** voice_loss.py's mask loses a packet by its index
-  since the stream's first, so every copy of a lost packet is lost again: a resend can never get
-  through, which is not what a network does (the resend is a new datagram, later). Here the first
-  copy of packet ``i`` is lost as the mask says (the same mask as voice_loss.py's), and every
-  later copy is lost with the same probability, drawn from its own seeded generator.
-* **NACK off** is ``PeerOptions(audio_nack=None)``; on is the default.
+Each cell is bench/voice_loss.py's meshrtc "now" cell (bench/support/voice_cell.py: the espeak clip
+between two peers on 127.0.0.1 at real-time pace, the same seeded loss mask for a packet's first
+copy, a resend lost independently with the same probability; scored with PESQ-WB and STOI by
+voice_loss.score). The one change, made in the cell's process: NACK off is
+``PeerOptions(audio_nack=None)``; on is the default.
 
 Per cell: PESQ-WB, STOI, the packets lost the first time, the receiver's NACK counters
-(media/nack.py: packets asked for, come back in time, given up on; resends lost on the way),
-concealed and FEC-recovered frames, the playout delay (median), when the sender's FEC came on,
-and the load average (the machine is shared). The listener (bob) sends nothing: its RTT is the
-one its policy measures from its own requests.
+(media/nack.py: packets asked for, come back in time, given up on; resends lost on the way), the
+RTT its policy went by, FEC-recovered and concealed frames, the playout delay (median), when the
+sender's FEC came on, and the load average (the machine is shared). The listener (bob) sends
+nothing: its RTT is the one its policy measures from its own requests.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -47,46 +43,15 @@ def _load() -> str:
     return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_cell_here(argv: list[str], nack: bool, loss: float) -> int:
-    """In the cell's process: patch the drop model and the options, then voice_cell.main."""
+def run_cell_here(argv: list[str], nack: bool) -> int:
+    """In the cell's process: NACK off when asked, the receivers' counters kept, voice_cell.main."""
     tree = Path(argv[argv.index("--tree") + 1]).resolve()
     sys.path[:0] = [str(tree / "src"), str(tree)]
     import voice_cell
-    import voice_patterns
 
     from meshrtc.rtc import peer as peer_module
     from meshrtc.rtc import receiver as receiver_module
 
-    class ResendDrop(voice_patterns.MaskDrop):
-        """The mask for a packet's first copy, an independent seeded draw for every later one."""
-
-        def __init__(self, mask: list[bool]) -> None:
-            super().__init__(mask)
-            self._copies: set[int] = set()
-            self._rng = random.Random(f"voice-nack/resend/{loss}")
-            self.resent = 0
-            self.resent_lost = 0
-
-        def decide(self, sequence_number: int) -> bool:
-            if self.first is None:
-                self.first = sequence_number
-            index = (sequence_number - self.first) & 0xFFFF
-            if index not in self._copies:
-                self._copies.add(index)
-                return super().decide(sequence_number)
-            self.resent += 1
-            lost = self._rng.random() < loss
-            self.resent_lost += lost
-            return lost
-
-    drops: list[ResendDrop] = []
-
-    def make_drop(mask: list[bool]) -> ResendDrop:
-        drop = ResendDrop(mask)
-        drops.append(drop)
-        return drop
-
-    voice_cell.MaskDrop = make_drop  # type: ignore[assignment,misc]
     original_options = peer_module.PeerOptions
 
     def options(**kwargs: Any) -> Any:
@@ -118,8 +83,6 @@ def run_cell_here(argv: list[str], nack: bool, loss: float) -> int:
                 "requests": stats.requests,
                 "rtt_ms": policies[0].rtt * 1000,
             }
-        info["resent"] = drops[0].resent if drops else 0
-        info["resent_lost"] = drops[0].resent_lost if drops else 0
         return frames, info
 
     voice_cell.run_meshrtc = run_meshrtc
@@ -132,11 +95,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--tree", type=Path, default=ROOT)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--cell", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
-        nack, loss, *cell_argv = args.cell
-        return run_cell_here(cell_argv, nack == "on", float(loss))
+        nack, *cell_argv = args.cell
+        return run_cell_here(cell_argv, nack == "on")
 
     from voice_clip import speak
 
@@ -148,7 +112,11 @@ def main() -> int:
         work = Path(tmp)
         clip_path = work / "clip.npy"
         np.save(clip_path, clip)
-        print(f"clip {len(clip) / 48_000:.2f} s; tree {args.tree}; {_load()}", flush=True)
+        print(
+            f"clip {len(clip) / 48_000:.2f} s; tree {args.tree}; delay {args.delay_ms} ms; "
+            f"{_load()}",
+            flush=True,
+        )
         results: dict[tuple[int, str], list[float]] = {}
         for _ in range(args.repeat):
             for loss in losses:
@@ -156,10 +124,11 @@ def main() -> int:
                     out = work / f"{nack}-{loss}.npz"
                     subprocess.run(
                         [
-                            sys.executable, __file__, "--cell", nack, str(loss / 100),
+                            sys.executable, __file__, "--cell", nack,
                             "--stack", "meshrtc", "--tree", str(args.tree),
                             "--clip", str(clip_path), "--pattern", "random",
                             "--loss", str(loss / 100), "--seed", str(args.seed),
+                            "--delay-ms", str(args.delay_ms),
                             "--out", str(out),
                         ],
                         check=True,

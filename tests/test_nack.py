@@ -76,6 +76,20 @@ def test_a_hole_is_asked_for_at_once_and_again_after_min_resend() -> None:
     assert policy.pending == []
 
 
+def test_an_answer_is_waited_for_until_the_packet_plays() -> None:
+    policy = NackPolicy()
+    policy.set_rtt(0.008)
+    s = Stream(0, policy)
+    s.arrive(0, 0.0)
+    s.arrive(2, 0.041)  # 1 plays at 0.08
+    assert s.poll(0.041) == [1]
+    assert s.poll(0.07) == []  # too late to ask again, not too late to come
+    assert policy.pending == [1]
+    assert s.arrive(1, 0.078) is True
+    assert policy.stats.retransmitted_in_time == 1
+    assert policy.stats.expired == 0
+
+
 def test_nothing_is_asked_on_a_long_rtt() -> None:
     for rtt in (0.031, 0.2):
         policy = NackPolicy()

@@ -14,8 +14,9 @@ played or declared lost). A missing packet is asked for
   can still arrive in time);
 * at once when its hole is seen, then again at most once per ``max(rtt, min_resend)`` up to
   ``max_tries`` times;
-* never once it arrived, once the head passed it, or once its deadline passed (then it is
-  forgotten and counted ``expired``).
+* never once it arrived, once the head passed it, or once it is too late to ask. A packet asked
+  for is waited for (an answer counted ``retransmitted_in_time``) until its playout time or the
+  head passes it; then it is forgotten and counted ``expired``.
 
 The RTT comes from RTCP (:meth:`NackPolicy.set_rtt`: the remote's reception reports on *our*
 streams), which a member that only listens never has: it sends no Sender Reports. Then the policy
@@ -214,7 +215,9 @@ class NackPolicy:
         for ext in sorted(pending):
             state = pending[ext]
             if arrives > state.deadline:
-                self._drop(ext)
+                # Too late to ask (again); one already asked for may still come until it plays.
+                if not state.tries or now >= state.deadline:
+                    self._drop(ext)
                 continue
             if state.tries >= config.max_tries or now - state.last_sent < resend:
                 continue
