@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from meshrtc.rtc.peer import REALTIME_SEND_QUEUE
-from meshrtc.rtc.tracks import AudioOutputTrack, MediaClock
+from meshrtc.rtc.tracks import AudioOutputTrack, MediaClock, VideoOutputTrack
 
 START = 1000.0
 SLOT = 0.02
@@ -133,3 +133,35 @@ def test_after_a_stalled_sender_the_current_mixes_go_out_within_a_bounded_time()
     assert mixes >= slots - 1
     assert age <= REALTIME_SEND_QUEUE
     assert track.skipped > 0  # the stalled slots were skipped, not sent late in a burst
+
+
+def test_pictures_stamped_ahead_of_the_track_are_sent_not_repeated_for_good() -> None:
+    # The same for video: pictures 0.5 s ahead, a queue of two at 10 fps. The old track evicted
+    # each before its release and never sent one.
+    time = _Time()
+    track = VideoOutputTrack(fps=10.0, clock=MediaClock(clock=lambda: time.now))
+    sent: list[tuple[float, int]] = []
+    seconds, step = 3.0, 0.1
+
+    async def produce() -> None:
+        for k in range(1, round(seconds / step) + 1):
+            await asyncio.sleep(max(0.0, START + step * k - time.now))
+            track.put(np.full((16, 16, 3), k, np.uint8), timestamp=time.now + 0.5)
+
+    async def send() -> None:
+        while (left := START + seconds - time.now) > 0:
+            try:
+                frame = await asyncio.wait_for(track.recv(), left)
+            except TimeoutError:
+                return
+            sent.append((time.now - START, int(frame.to_ndarray(format="rgb24")[0, 0, 0])))
+
+    async def main() -> None:
+        sender = asyncio.ensure_future(send())
+        await produce()
+        await sender
+
+    _run(time, main())
+    tail = [(t, k) for t, k in sent if t >= 1.0]
+    assert len({k for _t, k in tail}) >= 18  # about 20 pictures in those 2 s: each one sent
+    assert max(t - step * k for t, k in tail) <= 2 * step  # each within two pictures of its put

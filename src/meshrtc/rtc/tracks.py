@@ -37,6 +37,8 @@ from the full queue, and the track sent silence for good (the soak's stuck membe
 timestamps had drifted 100-150 ms ahead of the track, its 100 ms queue full, nothing late and
 nothing sent). The price is the A/V relation of that link's audio while it lasts (its audio goes
 out up to that lead earlier than its timestamps say); frames behind the slot are late as ever.
+Video likewise: a full queue sends its oldest picture now, released or not (with its own pts),
+instead of each picture being evicted by the next before its release while the last one repeats.
 
 ``latency`` is therefore not a delay but a tolerance: how late a producer may hand a frame over
 before its audio slot is given up; only ``smoothing`` is added (the old per-track pacer added a
@@ -586,7 +588,12 @@ class VideoOutputTrack(MediaStreamTrack):
                 else round(self._step / self.framerate_scale)
             )
             picked: tuple[int, av.VideoFrame] | None = None
-            while frames and clock.release(frames[0][0], rate) <= now:
+            # A full queue sends its oldest now, released or not: pictures stamped further ahead
+            # than the queue holds would otherwise each be evicted by the next before its
+            # release, and the track repeat its last picture for good ("Ahead of the clock").
+            while frames and (
+                clock.release(frames[0][0], rate) <= now or len(frames) == frames.maxlen
+            ):
                 if picked is not None:
                     self.dropped += 1  # superseded: a newer one is released too
                     self.late += 1
