@@ -65,11 +65,13 @@ def _simulate(
     *,
     seconds: float,
     stall: tuple[float, float] | None = None,
+    burst: int = 1,
 ) -> tuple[AudioOutputTrack, list[tuple[float, int, int]]]:
     """A producer hands frame ``k`` (every sample ``k``) over at ``START + 0.02 k`` stamped ``lead``
     ahead of then (``leads``: from which second on which lead); a sender pulls ``recv()`` as
-    aiortc does (at once again), except during ``stall`` (start, length). Returns the track and
-    what was sent: (virtual time, pts, level) per frame."""
+    aiortc does (at once again), except during ``stall`` (start, length). ``burst``: frames come
+    in groups that many at a time (a pipeline catching up), at the last one's time. Returns the
+    track and what was sent: (virtual time, pts, level) per frame."""
     time = _Time()
     clock = MediaClock(clock=lambda: time.now)
     track = AudioOutputTrack(channels=2, max_queued=REALTIME_SEND_QUEUE, clock=clock)
@@ -78,10 +80,10 @@ def _simulate(
 
     async def produce() -> None:
         for k in range(1, frames + 1):
-            at = START + SLOT * k
+            at = START + SLOT * (k + (-k) % burst)
             await asyncio.sleep(max(0.0, at - time.now))
             lead = [value for since, value in leads if k * SLOT >= since][-1]
-            track.put(np.full((960, 2), k, np.int16), timestamp=time.now + lead)
+            track.put(np.full((960, 2), k, np.int16), timestamp=START + SLOT * k + lead)
 
     async def send() -> None:
         end = START + seconds
@@ -122,7 +124,30 @@ def test_mixes_stamped_ahead_of_the_track_keep_going_out(lead: float) -> None:
     pts = [p for _t, p, _level in sent]
     assert all(b - a == 960 for a, b in zip(pts[-slots:], pts[-slots + 1 :], strict=False))
     assert track.dropped - track.late <= 1  # nothing piles up to be evicted
-    assert (track.early > 0) == (lead > 0.05)
+    assert (track.realigned > 0) == (lead > 0.05)
+
+
+def test_a_lead_that_grows_a_slot_at_a_time_costs_one_hole_a_step() -> None:
+    # As in the soak: MixMinus shifted its peers forward one slot at a time (0 -> 160 ms here),
+    # and its mixes come two at a time.
+    track, sent = _simulate([(0.5 * i, 0.02 * i) for i in range(9)], seconds=6.0, burst=2)
+    slots, mixes, age = _current(sent, 0.1)
+    assert slots >= 290
+    assert slots - mixes <= 8  # one 20 ms hole per step forward (the old track: 120)
+    assert age <= REALTIME_SEND_QUEUE
+    assert track.realigned == 1  # once the queue could not hold the lead (from 100 ms on)
+    assert track.dropped - track.late <= 5  # what was queued then, once
+
+
+def test_a_lead_that_shrinks_lowers_the_offset_instead_of_dropping_frames_as_late() -> None:
+    leads = [(0.0, 0.0), (1.0, 0.3), (2.0, 0.2), (3.0, 0.1), (4.0, 0.0)]
+    track, sent = _simulate(leads, seconds=5.0)
+    slots, mixes, age = _current(sent, 1.2)
+    assert slots >= 185
+    assert mixes >= slots - 1
+    assert age <= REALTIME_SEND_QUEUE
+    assert track.late == 0
+    assert track.offset <= SLOT  # back on the producer's own timeline, within a slot
 
 
 def test_after_a_stalled_sender_the_current_mixes_go_out_within_a_bounded_time() -> None:

@@ -28,16 +28,20 @@ the last picture when the deadline of a picture one frame interval later passed 
 (a keyframe request is always answered and the encoder's rate control stays steady). A stalled loop
 skips the slots that passed instead of bursting.
 
-**Ahead of the clock.** A frame stamped ahead of the slot being sent waits for its release, but
-never longer than the queue can hold what a real-time producer hands over meanwhile: when the
-queue is full, or the head's release is further off than the queue's span less one slot, the head
-goes out in the current slot (re-stamped with that slot's pts, counted ``early``), so the wire
-stays continuous and on real time. Before, such a head waited while every new frame evicted it
-from the full queue, and the track sent silence for good (the soak's stuck members: the mixes'
-timestamps had drifted 100-150 ms ahead of the track, its 100 ms queue full, nothing late and
-nothing sent). The price is the A/V relation of that link's audio while it lasts (its audio goes
-out up to that lead earlier than its timestamps say); frames behind the slot are late as ever.
-Video likewise: a full queue sends its oldest picture now, released or not (with its own pts),
+**Ahead of the clock.** A frame stamped ahead of the slot being sent is waited for (silence until
+the slots reach it: a hole once, as for any jump forward), but only while the queue can hold what a
+real-time producer hands over meanwhile. When the queue is full, or its newest frame is further
+ahead of the slot than the queue's span less one slot, the producer runs ahead of the track by more
+than it can hold: the newest frame goes out in the current slot, the older ones queued are dropped
+(counted), and from then on frames are sent that much earlier than their timestamps say (an offset,
+``realigned`` counts its changes), slot by slot, continuous on the wire and on real time. When the
+producer's lead shrinks, a frame that would be behind the slot only by the offset lowers the offset
+instead of being dropped as late (down to none). Before, such a head waited while every new frame
+evicted it from the full queue, and the track sent silence for good (the soak's stuck members:
+MixMinus had shifted every peer forward a slot at a time, the mixes' timestamps ran 100-150 ms
+ahead of the track, its 100 ms queue was full, nothing late and nothing sent). The price, while an
+offset lasts, is the A/V relation of that link (its audio goes out that much earlier than its
+video). Video: a full queue sends its oldest picture now, released or not (with its own pts),
 instead of each picture being evicted by the next before its release while the last one repeats.
 
 ``latency`` is therefore not a delay but a tolerance: how late a producer may hand a frame over
@@ -330,16 +334,23 @@ class AudioOutputTrack(MediaStreamTrack):
         #: Slots a stalled loop skipped; puts whose timestamp was on another clock (ignored).
         self.skipped = 0
         self.untimed = 0
-        #: Frames sent in an earlier slot than their timestamp's, because they were further
-        #: ahead of the track's slot than its queue holds (module docstring, "Ahead of the clock").
-        self.early = 0
-        #: A queued frame may wait for its release this long at most: the queue's span less the
-        #: slot being sent (a real-time producer fills the queue meanwhile).
-        self._max_hold = (self._frames.maxlen or 1) * AUDIO_PTIME - AUDIO_PTIME
+        #: Samples queued frames are sent earlier than their timestamps say (> 0 while the producer
+        #: runs further ahead of the track than its queue holds), and how often it changed (module
+        #: docstring, "Ahead of the clock").
+        self._offset = 0
+        self.realigned = 0
+        #: How far ahead of the slot being sent (samples) a queued frame may be and still be waited
+        #: for: the queue's span less that slot (a real-time producer fills the queue meanwhile).
+        self._max_ahead = ((self._frames.maxlen or 1) - 1) * AUDIO_FRAME_SAMPLES
 
     @property
     def queued(self) -> int:
         return len(self._frames)
+
+    @property
+    def offset(self) -> float:
+        """Seconds frames are sent earlier than their timestamps ("Ahead of the clock")."""
+        return self._offset / AUDIO_SAMPLE_RATE
 
     def put(
         self,
@@ -419,25 +430,38 @@ class AudioOutputTrack(MediaStreamTrack):
                 skip = int(lag / AUDIO_PTIME + 1e-9)  # (not one less by rounding)
                 slot = self._next = slot + skip * AUDIO_FRAME_SAMPLES
                 self.skipped += skip
-            while frames and frames[0][0] < slot - _HALF:
+            offset = self._offset
+            while frames and frames[0][0] - offset < slot - _HALF:
+                if offset and frames[0][0] >= slot - _HALF:
+                    # Behind the slot only by the offset: the producer's lead shrank (module
+                    # docstring, "Ahead of the clock"). Follow it, down to none.
+                    offset = self._offset = max(0, frames[0][0] - slot)
+                    self.realigned += 1
+                    continue
                 frames.popleft()  # its slot went out (as silence): sending it now delays the rest
                 self.dropped += 1
                 self.late += 1
             head = frames[0] if frames else None
             if head is not None:
                 # The slot's frame, or a later one (then this slot's will not come: silence).
-                pts = head[0] if head[0] <= slot + _HALF else slot
+                due = head[0] - offset
+                pts = due if due <= slot + _HALF else slot
                 wait = clock.release(pts, AUDIO_SAMPLE_RATE) - now
                 if wait > 0:
                     await asyncio.sleep(wait)  # a clip: no earlier than it was captured
                     continue
-                if pts == head[0]:
+                if pts == due:
                     data = frames.popleft()[1]
-                elif self._overdue(head[0], now):
-                    # Its timestamp runs further ahead of this slot than the queue can hold until
-                    # then: it goes out in this slot (module docstring, "Ahead of the clock").
-                    pts, data = slot, frames.popleft()[1]
-                    self.early += 1
+                elif self._beyond(slot):
+                    # The producer runs further ahead than the queue holds: its newest frame goes
+                    # out in this slot, the ones before it are dropped, and the next ones follow
+                    # it slot by slot (module docstring, "Ahead of the clock").
+                    while len(frames) > 1:
+                        frames.popleft()
+                        self.dropped += 1
+                    self._offset = frames[0][0] - slot
+                    self.realigned += 1
+                    data = frames.popleft()[1]
                 else:
                     data = self._silence
                     self.silent += 1
@@ -456,14 +480,13 @@ class AudioOutputTrack(MediaStreamTrack):
         self.sent += 1
         return frame
 
-    def _overdue(self, pts: int, now: float) -> bool:
-        """Whether the queued frame at ``pts`` (ahead of the slot being sent) cannot be held until
-        its release: the queue is full, or its release is further off than the queue holds."""
+    def _beyond(self, slot: int) -> bool:
+        """Whether the queued frames run further ahead of ``slot`` (the slot being sent, with the
+        head ahead of it) than the queue can hold while the slots reach them: it is full, or its
+        newest frame is more than the queue's span less one slot ahead. The slots advance with real
+        time, so frames this far ahead of them stay this far ahead, each one evicted by the next."""
         frames = self._frames
-        return (
-            len(frames) == frames.maxlen
-            or self.media_clock.release(pts, AUDIO_SAMPLE_RATE) - now > self._max_hold
-        )
+        return len(frames) == frames.maxlen or frames[-1][0] - self._offset - slot > self._max_ahead
 
     def ntp_time(self, pts: int) -> int:
         """NTP time of ``pts`` (what the adapter puts in this stream's Sender Reports)."""
