@@ -22,14 +22,17 @@ import trio
 
 from meshrtc.config import TransportConfig
 from meshrtc.media.frame import FrameType
+from meshrtc.pipeline import default_manifest
 from meshrtc.rtc.aiortc_adapter import ImpairmentConfig
 from meshrtc.rtc.bridge import Bridge, open_bridge
 from meshrtc.rtc.events import ReceivedAudio, ReceivedData, ReceivedMedia, ReceivedVideo
 from meshrtc.rtc.peer import PeerConnection, PeerOptions
 from meshrtc.rtc.peers import PeerAdded, PeerEvent, PeerManager
 from meshrtc.rtc.stun import StunServer
+from meshrtc.session import RunningSession
 from meshrtc.signaling.client import SignalingClient
 from meshrtc.signaling.server import SignalingServer
+from meshrtc.transport import WebRtcTransport
 
 WIDTH, HEIGHT = 160, 120
 #: Small and slow video: a 5-peer mesh runs 20 H.264 encoders and decoders on 2 shared cores.
@@ -239,17 +242,30 @@ async def open_session(*, shared_bridge: Bridge | None = None) -> AsyncIterator[
         session = Session(nursery, stun, server, Changes(), shared_bridge)
         # Some conditions are counters with no event of their own (links built, packets seen on
         # the loop thread): re-check every condition now and then, not only on deliveries.
-        nursery.start_soon(_tick, session.changes)
+        nursery.start_soon(tick, session.changes)
         try:
             yield session
         finally:
             nursery.cancel_scope.cancel()
 
 
-async def _tick(changes: Changes) -> None:
+async def tick(changes: Changes) -> None:
+    """Wake ``changes`` waiters every 50 ms: conditions that nothing pokes (stats, clocks) are
+    re-checked at that pace."""
     while True:
         await trio.sleep(0.05)
         changes.poke()
+
+
+async def run_transport(
+    transport: WebRtcTransport, *, task_status: trio.TaskStatus[RunningSession]
+) -> None:
+    """``transport`` running the default manifest until cancelled (``nursery.start`` gives the
+    running session)."""
+    async with transport, trio.open_nursery() as nursery:
+        running: RunningSession = await nursery.start(transport.run_session, default_manifest())
+        task_status.started(running)
+        await trio.sleep_forever()
 
 
 async def feed_media(node: Node, seconds: float, *, freq: float, shade: int) -> None:

@@ -25,16 +25,14 @@ import numpy as np
 import pytest
 import trio
 
-from meshrtc.pipeline import default_manifest
 from meshrtc.rtc.peers import PeerManager
 from meshrtc.rtc.stun import StunServer
-from meshrtc.session import RunningSession
 from meshrtc.session.listener import ListenerFeed
 from meshrtc.signaling.auth import TokenAuthority
 from meshrtc.signaling.client import SignalingClient
 from meshrtc.signaling.server import SignalingServer
 from meshrtc.transport import WebRtcTransport
-from tests.peer_helpers import TEST_OPTIONS, Changes, Node, Session, tone
+from tests.peer_helpers import TEST_OPTIONS, Changes, Node, Session, run_transport, tick, tone
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +59,6 @@ def levels(node: Node, remote: str, freq: float, frames: int = 25) -> list[float
     return out
 
 
-async def _tick(changes: Changes) -> None:
-    while True:
-        await trio.sleep(0.05)
-        changes.poke()
-
-
-async def _run_transport(
-    transport: WebRtcTransport, *, task_status: trio.TaskStatus[RunningSession]
-) -> None:
-    async with transport, trio.open_nursery() as nursery:
-        running: RunningSession = await nursery.start(transport.run_session, default_manifest())
-        task_status.started(running)
-        await trio.sleep_forever()
-
-
 async def _speak(node: Node, seconds: float) -> None:
     for remote in node.manager.list_connected():
         await node.peer(remote).send_audio(tone(seconds, TONES[node.peer_id]))
@@ -88,10 +71,10 @@ async def granted_session() -> AsyncIterator[tuple[Session, WebRtcTransport, dic
         stun: StunServer = await nursery.start(StunServer().run)
         server: SignalingServer = await nursery.start(SignalingServer(port=0, auth=authority).run)
         session = Session(nursery, stun, server, Changes())
-        nursery.start_soon(_tick, session.changes)
+        nursery.start_soon(tick, session.changes)
         config = attrs.evolve(session.config(TRANSPORT_ID), ice_host_addresses=("127.0.0.1",))
         transport = WebRtcTransport(config, hub=server)
-        await nursery.start(_run_transport, transport)
+        await nursery.start(run_transport, transport)
         nodes: dict[str, Node] = {}
         for peer_id, grants in GRANTS.items():
             token = authority.issue(peer_id, "default", grants=grants)

@@ -30,13 +30,11 @@ import wsproto
 from trio_websocket import WebSocketConnection, open_websocket_url
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from meshrtc.pipeline import default_manifest
-from meshrtc.session import RunningSession
 from meshrtc.signaling.client import Backoff, SignalingClient
 from meshrtc.signaling.protocol import LeaveReason
 from meshrtc.signaling.server import SignalingServer
 from meshrtc.transport import WebRtcTransport
-from tests.peer_helpers import Node, Session, feed_media, open_session
+from tests.peer_helpers import Node, Session, feed_media, open_session, run_transport
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +195,6 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-async def _run_transport(
-    transport: WebRtcTransport, *, task_status: trio.TaskStatus[RunningSession]
-) -> None:
-    async with transport, trio.open_nursery() as nursery:
-        running: RunningSession = await nursery.start(transport.run_session, default_manifest())
-        task_status.started(running)
-        await trio.sleep_forever()
-
-
 @asynccontextmanager
 async def serving_transport() -> AsyncIterator[tuple[Session, WebRtcTransport, Node]]:
     """The ``meshrtc serve`` wiring (transport on the in-process link) and one honest member
@@ -213,7 +202,7 @@ async def serving_transport() -> AsyncIterator[tuple[Session, WebRtcTransport, N
     async with open_session() as session:
         config = attrs.evolve(session.config(TRANSPORT_ID), ice_host_addresses=("127.0.0.1",))
         transport = WebRtcTransport(config, hub=session.server)
-        await session.nursery.start(_run_transport, transport)
+        await session.nursery.start(run_transport, transport)
         honest = await session.join("honest")
         await session.until(lambda: TRANSPORT_ID in honest.manager.list_connected(), 30)
         session.nursery.start_soon(partial(feed_media, honest, 30.0, freq=440.0, shade=90))
@@ -480,7 +469,7 @@ async def test_stray_answers_and_candidates_to_the_transport_are_logged_once(
     async with open_session() as session:
         config = attrs.evolve(session.config(TRANSPORT_ID), ice_host_addresses=("127.0.0.1",))
         transport = WebRtcTransport(config, hub=session.server)
-        await session.nursery.start(_run_transport, transport)
+        await session.nursery.start(run_transport, transport)
         assert transport.peers is not None
         async with open_websocket_url(session.server.url) as ws:
             assert "result" in await _announce(ws, "mallory")

@@ -34,15 +34,13 @@ from meshrtc.host.metrics import (
     render,
     snapshot,
 )
-from meshrtc.pipeline import default_manifest
 from meshrtc.rtc.peers import PeerManager
 from meshrtc.rtc.stun import StunServer
-from meshrtc.session import RunningSession
 from meshrtc.signaling.auth import TokenAuthority
 from meshrtc.signaling.client import SignalingClient
 from meshrtc.signaling.server import OPERATOR_SESSION, SignalingServer
 from meshrtc.transport import WebRtcTransport
-from tests.peer_helpers import TEST_OPTIONS, Changes, Node, Session, tone
+from tests.peer_helpers import TEST_OPTIONS, Changes, Node, Session, run_transport, tick, tone
 from tests.test_signaling_server import http_exchange, serving
 
 log = logging.getLogger(__name__)
@@ -240,21 +238,6 @@ async def test_with_a_secret_only_an_operator_token_reads_metrics(
 # --- Live: a transport and two members ----------------------------------------------------------
 
 
-async def _tick(changes: Changes) -> None:
-    while True:
-        await trio.sleep(0.05)
-        changes.poke()
-
-
-async def _run_transport(
-    transport: WebRtcTransport, *, task_status: trio.TaskStatus[RunningSession]
-) -> None:
-    async with transport, trio.open_nursery() as nursery:
-        running: RunningSession = await nursery.start(transport.run_session, default_manifest())
-        task_status.started(running)
-        await trio.sleep_forever()
-
-
 async def _speak(node: Node, freq: float) -> None:
     for remote in node.manager.list_connected():
         await node.peer(remote).send_audio(tone(20.0, freq))
@@ -273,10 +256,10 @@ async def served_session() -> AsyncIterator[tuple[Session, SignalingServer, WebR
         stun: StunServer = await nursery.start(StunServer().run)
         server: SignalingServer = await nursery.start(signaling.run)
         session = Session(nursery, stun, server, Changes())
-        nursery.start_soon(_tick, session.changes)
+        nursery.start_soon(tick, session.changes)
         config = attrs.evolve(session.config("meshrtc-server"), ice_host_addresses=("127.0.0.1",))
         transport = WebRtcTransport(config, hub=server)
-        await nursery.start(_run_transport, transport)
+        await nursery.start(run_transport, transport)
         hosted.append(transport)
         for peer_id in ("alice", "bob"):
             token = authority.issue(peer_id, "default")

@@ -34,7 +34,7 @@ from meshrtc.signaling.protocol import Announce, ErrorCode, PeerInfo, SignalingE
 from meshrtc.signaling.server import SignalingServer
 from meshrtc.transport import WebRtcTransport
 
-from .peer_helpers import Changes, Node, tone
+from .peer_helpers import Changes, Node, tick, tone
 
 #: Audio only: the outage is about links, and video encoders would cost the suite CPU.
 OPTIONS = PeerOptions(quality_interval=1.0)
@@ -181,17 +181,11 @@ async def open_mesh() -> AsyncIterator[Mesh]:
             port = probe.getsockname()[1]
         mesh = Mesh(nursery, bridge, stun, port, Changes())
         await mesh.start_server()
-        nursery.start_soon(_tick, mesh.changes)
+        nursery.start_soon(tick, mesh.changes)
         try:
             yield mesh
         finally:
             nursery.cancel_scope.cancel()
-
-
-async def _tick(changes: Changes) -> None:
-    while True:
-        await trio.sleep(0.05)
-        changes.poke()
 
 
 async def _connected_pair(mesh: Mesh) -> dict[tuple[str, str], PeerConnection]:
